@@ -1,0 +1,545 @@
+"""Numba CPU backend: the recurrence kernels of ``pipeline.kernels`` (see its docstring).
+
+How it is fast:
+
+* Sequences are sorted by length and dealt to one block per thread (``_plan``). Within a
+  block the sequences still running at step ``t`` are a prefix, so their recurrent product
+  is one small matrix product ``S[r0:r1] @ W_hh.T`` (single-threaded BLAS inside
+  ``prange``, with ``W_hh`` hot in cache), and nothing is ever computed for padding,
+  because there is none. The whole time loop runs inside one parallel kernel call.
+* The input projection of every token is one large product before the loop (training) or
+  a row of a folded ``[V, G*H]`` table (inference: the embedding is folded into ``W_ih``).
+* The gate math of a step is one parallel Numba kernel over the running sequences, with a
+  rational tanh (and sigmoid from it) that vectorises; ``np.tanh``/``np.exp`` are scalar
+  library calls in Numba builds without SVML and would dominate the step.
+* Backward keeps per-step gate gradients in token order and forms every weight gradient
+  with one large product at the end: no per-thread scatter, so results are bit-identical
+  from run to run.
+
+BLAS inside the kernels is held to one thread (``pipeline.kernels.threads``), so Numba's
+threads and BLAS threads never multiply; ``set_threads`` sets both.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from pipeline.kernels import POOL_MODES, gates
+from pipeline.kernels.threads import blas_single_thread as _blas_single_thread
+
+F32 = np.float32
+_CLAMP = np.float32(7.90531110763549805)
+_A1 = np.float32(4.89352455891786e-03)
+_A3 = np.float32(6.37261928875436e-04)
+_A5 = np.float32(1.48572235717979e-05)
+_A7 = np.float32(5.12229709037114e-08)
+_A9 = np.float32(-8.60467152213735e-11)
+_A11 = np.float32(2.00018790482477e-13)
+_A13 = np.float32(-2.76076847742355e-16)
+_B0 = np.float32(4.89352518554385e-03)
+_B2 = np.float32(2.26843463243900e-03)
+_B4 = np.float32(1.18534705686654e-04)
+_B6 = np.float32(1.19825839466702e-06)
+_HALF = np.float32(0.5)
+_ONE = np.float32(1.0)
+_ZERO = np.float32(0.0)
+_CELL_ID = {"lstm": 0, "gru": 1, "rnn": 2}
+_MODE_ID = {"last": 0, "max": 1, "mean": 2}
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _tanh(x):
+    # Rational approximation (|error| < 4e-7 on float32), branch-free so loops vectorise.
+    c = min(max(x, -_CLAMP), _CLAMP)
+    x2 = c * c
+    p = _A13 * x2 + _A11
+    p = p * x2 + _A9
+    p = p * x2 + _A7
+    p = p * x2 + _A5
+    p = p * x2 + _A3
+    p = p * x2 + _A1
+    p = p * c
+    q = _B6 * x2 + _B4
+    q = q * x2 + _B2
+    q = q * x2 + _B0
+    return p / q
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _sigmoid(x):
+    return _HALF + _HALF * _tanh(_HALF * x)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-row gate math. Simple loops over contiguous rows, so LLVM vectorises them.
+# g: this step's recurrent product h @ W_hh.T for the row (overwritten with activations),
+# x: the row's input projection, h/c: its states (updated in place).
+# ---------------------------------------------------------------------------------------
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _lstm_row(g, x, h, c, H):
+    for k in range(2 * H):
+        g[k] = _sigmoid(g[k] + x[k])
+    for k in range(2 * H, 3 * H):
+        g[k] = _tanh(g[k] + x[k])
+    for k in range(3 * H, 4 * H):
+        g[k] = _sigmoid(g[k] + x[k])
+    for j in range(H):
+        c[j] = g[H + j] * c[j] + g[j] * g[2 * H + j]
+    for j in range(H):
+        h[j] = g[3 * H + j] * _tanh(c[j])
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _gru_row(g, x, h, hn, b_hn, H):
+    # hn: (H,) receives W_hn h + b_hn, which backward needs
+    for k in range(2 * H):
+        g[k] = _sigmoid(g[k] + x[k])
+    for j in range(H):
+        hn[j] = g[2 * H + j] + b_hn[j]
+    for j in range(H):
+        g[2 * H + j] = _tanh(x[2 * H + j] + g[j] * hn[j])
+    for j in range(H):
+        h[j] = (_ONE - g[H + j]) * g[2 * H + j] + g[H + j] * h[j]
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _rnn_row(g, x, h, H):
+    for j in range(H):
+        h[j] = _tanh(g[j] + x[j])
+
+
+@njit(cache=True, fastmath=True, error_model="numpy", inline="always")
+def _tok_at(starts, lens, r, t, reverse):
+    if reverse:
+        return starts[r] + lens[r] - 1 - t
+    return starts[r] + t
+
+
+@njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
+def _forward(cell, xsrc, rowmap, WhhT, b_hn, starts, lens, blocks, reverse, S_h, S_c, Gb,
+             hs, acts, aux, pool):  # fmt: skip
+    # Slots are grouped in blocks, each sorted by length (descending), one thread a block:
+    # at step t the block's running rows are a prefix, so their recurrent product is one
+    # small matrix product on W_hh, which stays in cache across the block's steps.
+    # S_h, S_c (n, H): states per slot; Gb (n, G*H): scratch
+    # hs (nnz, H), acts (nnz, G*H), aux (nnz, H): stores for backward (size 0 at inference)
+    # pool (2, n, H): running max and sum (size 0 when not needed)
+    H = S_h.shape[1]
+    store = hs.shape[0] > 0
+    dopool = pool.shape[0] > 0
+    hn_tmp = np.empty((blocks.shape[0], H), np.float32)
+    for bi in prange(blocks.shape[0] - 1):
+        r0 = blocks[bi]
+        r1 = blocks[bi + 1]
+        if r1 == r0:
+            continue
+        T = lens[r0]
+        for t in range(T):
+            while lens[r1 - 1] <= t:  # rows that ended drop off the end of the block
+                r1 -= 1
+            np.dot(S_h[r0:r1], WhhT, Gb[r0:r1])
+            for r in range(r0, r1):
+                tok = _tok_at(starts, lens, r, t, reverse)
+                row = tok if rowmap.shape[0] == 0 else rowmap[tok]
+                g = Gb[r]
+                x = xsrc[row]
+                h = S_h[r]
+                if cell == 0:
+                    _lstm_row(g, x, h, S_c[r], H)
+                    if store:
+                        aux[tok, :] = S_c[r]
+                elif cell == 1:
+                    hn = aux[tok] if store else hn_tmp[bi]
+                    _gru_row(g, x, h, hn, b_hn, H)
+                else:
+                    _rnn_row(g, x, h, H)
+                if store:
+                    hs[tok, :] = h
+                    if cell != 2:
+                        acts[tok, :] = g
+                if dopool:
+                    if t == 0:
+                        pool[0, r, :] = h
+                        pool[1, r, :] = h
+                    else:
+                        for j in range(H):
+                            pool[0, r, j] = max(pool[0, r, j], h[j])
+                            pool[1, r, j] += h[j]
+
+
+def _plan(offsets: np.ndarray):
+    """Slots for the kernels: sequences sorted by length, dealt to one block per thread.
+
+    Returns ``(perm, lens_s, starts_s, blocks)``: slot ``r`` holds sequence ``perm[r]``;
+    block ``b`` is slots ``blocks[b]:blocks[b+1]``, sorted by length (descending). Dealing
+    the sorted sequences in a snake order gives every block the same mix of lengths.
+    """
+    lens = np.diff(offsets)
+    n = lens.size
+    order = np.argsort(-lens, kind="stable")
+    nb = max(1, min(numba.get_num_threads(), n))
+    rank = np.arange(n)
+    rnd, pos = np.divmod(rank, nb)
+    block_of = np.where(rnd % 2 == 0, pos, nb - 1 - pos)
+    slot_order = np.lexsort((rank, block_of))  # by block, then by rank (length descending)
+    perm = order[slot_order]
+    counts = np.bincount(block_of, minlength=nb)
+    blocks = np.zeros(nb + 1, np.int64)
+    np.cumsum(counts, out=blocks[1:])
+    lens_s = np.ascontiguousarray(lens[perm])
+    starts_s = np.ascontiguousarray(offsets[:-1][perm])
+    return perm, lens_s, starts_s, blocks
+
+
+def _as32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=F32)
+
+
+def _check(cell, W_ih, W_hh, b_ih, b_hh, E=None):
+    G = gates(cell)
+    H = W_hh.shape[1]
+    if W_hh.shape != (G * H, H) or b_ih.shape != (G * H,) or b_hh.shape != (G * H,):
+        raise ValueError(f"{cell}: W_hh must be ({G * H}, {H}) and biases ({G * H},)")
+    if W_ih is not None and (W_ih.ndim != 2 or W_ih.shape[0] != G * H):
+        raise ValueError(f"{cell}: W_ih must be ({G * H}, E), got {W_ih.shape}")
+    if E is not None and W_ih is not None and W_ih.shape[1] != E:
+        raise ValueError(f"{cell}: x has {E} features but W_ih expects {W_ih.shape[1]}")
+    return G, H
+
+
+def _folded_bias(cell: str, b_ih: np.ndarray, b_hh: np.ndarray) -> np.ndarray:
+    H = b_hh.shape[0] // gates(cell)
+    fold = b_hh.copy()
+    if cell == "gru":
+        fold[2 * H :] = 0  # b_hn stays inside the reset product
+    return b_ih + fold
+
+
+def _b_hn(cell: str, b_hh: np.ndarray, H: int) -> np.ndarray:
+    return np.ascontiguousarray(b_hh[2 * H :]) if cell == "gru" else np.zeros(H, F32)
+
+
+class _Cache:
+    __slots__ = (
+        "cell", "x", "offsets", "W_ih", "W_hh", "reverse", "plan", "hs", "acts", "aux",
+    )  # fmt: skip
+
+
+def _run(cell, xsrc, rowmap, offsets, W_hh, b_hh, reverse, need_pool, store_nnz):
+    """Run the recurrence; returns (S_h, pool, hs, acts, aux, plan)."""
+    G, H = gates(cell), W_hh.shape[1]
+    n = offsets.size - 1
+    plan = _plan(offsets)
+    _, lens_s, starts_s, blocks = plan
+    WhhT = np.ascontiguousarray(W_hh.T)  # (H, G*H)
+    S_h = np.zeros((n, H), F32)
+    S_c = np.zeros((n, H), F32) if cell == "lstm" else np.zeros((0, H), F32)
+    Gb = np.empty((n, G * H), F32)
+    pool = np.empty((2, n, H), F32) if need_pool else np.empty((0, 0, 0), F32)
+    hs = np.empty((store_nnz, H), F32)
+    acts = np.empty((store_nnz if cell != "rnn" else 0, G * H), F32)
+    aux = np.empty((store_nnz if cell != "rnn" else 0, H), F32)
+    with _blas_single_thread():
+        _forward(_CELL_ID[cell], xsrc, rowmap, WhhT, _b_hn(cell, b_hh, H), starts_s, lens_s,
+                 blocks, reverse, S_h, S_c, Gb, hs, acts, aux, pool)  # fmt: skip
+    return S_h, pool, hs, acts, aux, plan
+
+
+def layer_forward(cell, x, offsets, W_ih, W_hh, b_ih, b_hh, reverse=False, training=True):
+    """One recurrent layer over ragged sequences; see ``pipeline.kernels`` for the contract.
+
+    Returns ``(hs, cache)``: ``hs`` float32[nnz, H], the state after every token.
+    """
+    x, W_ih, W_hh, b_ih, b_hh = map(_as32, (x, W_ih, W_hh, b_ih, b_hh))
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    _check(cell, W_ih, W_hh, b_ih, b_hh, E=x.shape[1])
+    xproj = x @ W_ih.T  # (nnz, G*H): one large product for all steps
+    xproj += _folded_bias(cell, b_ih, b_hh)
+    _, _, hs, acts, aux, plan = _run(
+        cell, xproj, np.empty(0, np.int64), offsets, W_hh, b_hh, reverse, False, x.shape[0]
+    )
+    cache = None
+    if training:
+        cache = _Cache()
+        cache.cell, cache.x, cache.offsets = cell, x, offsets
+        cache.W_ih, cache.W_hh, cache.reverse = W_ih, W_hh, reverse
+        cache.plan, cache.hs, cache.acts, cache.aux = plan, hs, acts, aux
+    return hs, cache
+
+
+# ---------------------------------------------------------------------------------------
+# Backward
+# ---------------------------------------------------------------------------------------
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _lstm_row_bwd(dh, dc, a, cs, cp, gx, H):
+    # dh (H,): dL/dh_t; dc (H,): dL/dc_t from step t+1, becomes dL/dc_{t-1}
+    # a: activations i f g o; cs: c_t; cp: c_{t-1} (None-free: zeros at t = 0)
+    for j in range(H):
+        tc = _tanh(cs[j])
+        ig = a[j]
+        fg = a[H + j]
+        gg = a[2 * H + j]
+        og = a[3 * H + j]
+        dcj = dc[j] + dh[j] * og * (_ONE - tc * tc)
+        gx[j] = dcj * gg * ig * (_ONE - ig)
+        gx[H + j] = dcj * cp[j] * fg * (_ONE - fg)
+        gx[2 * H + j] = dcj * ig * (_ONE - gg * gg)
+        gx[3 * H + j] = dh[j] * tc * og * (_ONE - og)
+        dc[j] = dcj * fg
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _gru_row_bwd(dh, a, hn, hp, gx, gh, dd, H):
+    # dd (H,): receives dL/dh_{t-1} through the z*h path
+    for j in range(H):
+        rg = a[j]
+        zg = a[H + j]
+        ng = a[2 * H + j]
+        dn = dh[j] * (_ONE - zg) * (_ONE - ng * ng)
+        dz = dh[j] * (hp[j] - ng) * zg * (_ONE - zg)
+        dr = dn * hn[j] * rg * (_ONE - rg)
+        dd[j] = dh[j] * zg
+        gx[j] = dr
+        gx[H + j] = dz
+        gx[2 * H + j] = dn
+        gh[j] = dr
+        gh[H + j] = dz
+        gh[2 * H + j] = dn * rg
+
+
+@njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
+def _backward(cell, W_hh, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dGh,
+              dS, dC, Dd, Db, zeros):  # fmt: skip
+    # dS (n, H): dL/dh of every slot from the later steps; dC (n, H): same for lstm's c
+    # Dd (n, H): gru's direct z*dh term; Db (n, G*H): gate gradients on the recurrent side
+    # dGx, dGh (nnz, G*H): gate gradients per token, for the weight products at the end
+    H = dS.shape[1]
+    for bi in prange(blocks.shape[0] - 1):
+        r0 = blocks[bi]
+        r1 = blocks[bi + 1]
+        if r1 == r0:
+            continue
+        T = lens[r0]
+        dh = np.empty(H, np.float32)
+        for t in range(T - 1, -1, -1):
+            ra = r0
+            while ra < r1 and lens[ra] > t:
+                ra += 1
+            for r in range(r0, ra):
+                tok = _tok_at(starts, lens, r, t, reverse)
+                prev = tok + 1 if reverse else tok - 1
+                for j in range(H):
+                    dh[j] = dS[r, j] + dhs[tok, j]
+                if cell == 0:
+                    cp = aux[prev] if t > 0 else zeros
+                    _lstm_row_bwd(dh, dC[r], acts[tok], aux[tok], cp, dGx[tok], H)
+                    Db[r, :] = dGx[tok]
+                elif cell == 1:
+                    for j in range(H):
+                        dh[j] += Dd[r, j]
+                    hp = hs[prev] if t > 0 else zeros
+                    _gru_row_bwd(dh, acts[tok], aux[tok], hp, dGx[tok], dGh[tok], Dd[r], H)
+                    Db[r, :] = dGh[tok]
+                else:
+                    gx = dGx[tok]
+                    for j in range(H):
+                        hv = hs[tok, j]
+                        gx[j] = dh[j] * (_ONE - hv * hv)
+                    Db[r, :] = gx
+            if t > 0:
+                np.dot(Db[r0:ra], W_hh, dS[r0:ra])
+
+
+@njit(parallel=True, cache=True)
+def _shift_prev(hs, starts, lens, reverse, out):
+    # out[tok] = state before tok (h0 = 0 at each sequence's first step)
+    H = hs.shape[1]
+    for i in prange(starts.shape[0]):
+        s = starts[i]
+        L = lens[i]
+        for k in range(L):
+            tok = s + k
+            first = (k == L - 1) if reverse else (k == 0)
+            if first:
+                for j in range(H):
+                    out[tok, j] = 0.0
+            else:
+                prev = tok + 1 if reverse else tok - 1
+                for j in range(H):
+                    out[tok, j] = hs[prev, j]
+
+
+def layer_backward(cache, dhs):
+    """Backpropagation through time for one layer; returns (dx, dW_ih, dW_hh, db_ih, db_hh)."""
+    cell, x, W_ih, W_hh = cache.cell, cache.x, cache.W_ih, cache.W_hh
+    G, H = gates(cell), W_hh.shape[1]
+    nnz, n = x.shape[0], cache.offsets.size - 1
+    dhs = _as32(dhs)
+    _, lens_s, starts_s, blocks = cache.plan
+    dGx = np.zeros((nnz, G * H), F32)
+    dGh = np.zeros((nnz, G * H), F32) if cell == "gru" else np.empty((0, G * H), F32)
+    dS = np.zeros((n, H), F32)
+    dC = np.zeros((n if cell == "lstm" else 0, H), F32)
+    Dd = np.zeros((n if cell == "gru" else 0, H), F32)
+    Db = np.empty((n, G * H), F32)
+    with _blas_single_thread():
+        _backward(_CELL_ID[cell], W_hh, starts_s, lens_s, blocks, cache.reverse, dhs, cache.hs,
+                  cache.acts, cache.aux, dGx, dGh, dS, dC, Dd, Db, np.zeros(H, F32))  # fmt: skip
+    if cell != "gru":
+        dGh = dGx
+    hprev = np.empty((nnz, H), F32)
+    _shift_prev(cache.hs, starts_s, lens_s, cache.reverse, hprev)
+    dW_hh = dGh.T @ hprev
+    dW_ih = dGx.T @ x
+    dx = dGx @ W_ih
+    db_ih = dGx.sum(axis=0, dtype=F32)
+    db_hh = dGh.sum(axis=0, dtype=F32)
+    return dx, dW_ih, dW_hh, db_ih, db_hh
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _pool_fwd(hs, offsets, mode, reverse, out):
+    H = hs.shape[1]
+    for i in prange(offsets.shape[0] - 1):
+        s = offsets[i]
+        e = offsets[i + 1]
+        if e == s:
+            for j in range(H):
+                out[i, j] = 0.0
+            continue
+        if mode == 0:
+            tok = s if reverse else e - 1
+            for j in range(H):
+                out[i, j] = hs[tok, j]
+        elif mode == 1:
+            for j in range(H):
+                out[i, j] = hs[s, j]
+            for tok in range(s + 1, e):
+                for j in range(H):
+                    out[i, j] = max(out[i, j], hs[tok, j])
+        else:
+            for j in range(H):
+                out[i, j] = 0.0
+            for tok in range(s, e):
+                for j in range(H):
+                    out[i, j] += hs[tok, j]
+            inv = np.float32(1.0) / np.float32(e - s)
+            for j in range(H):
+                out[i, j] *= inv
+
+
+@njit(parallel=True, cache=True)
+def _pool_bwd(dfeat, hs, offsets, mode, reverse, dhs):
+    H = hs.shape[1]
+    for i in prange(offsets.shape[0] - 1):
+        s = offsets[i]
+        e = offsets[i + 1]
+        if e == s:
+            continue
+        if mode == 0:
+            tok = s if reverse else e - 1
+            for j in range(H):
+                dhs[tok, j] += dfeat[i, j]
+        elif mode == 1:
+            for j in range(H):
+                best = s
+                for tok in range(s + 1, e):
+                    if hs[tok, j] > hs[best, j]:
+                        best = tok
+                dhs[best, j] += dfeat[i, j]
+        else:
+            inv = np.float32(1.0) / np.float32(e - s)
+            for tok in range(s, e):
+                for j in range(H):
+                    dhs[tok, j] += dfeat[i, j] * inv
+
+
+def _mode_id(mode: str) -> int:
+    if mode not in _MODE_ID:
+        raise ValueError(f"unknown pooling mode {mode!r}: expected one of {POOL_MODES}")
+    return _MODE_ID[mode]
+
+
+def pool_forward(hs, offsets, mode, reverse=False):
+    """Pool every sequence's states: ``last``, ``max`` or ``mean``; zeros for empty ones."""
+    hs = _as32(hs)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    out = np.empty((offsets.size - 1, hs.shape[1]), F32)
+    _pool_fwd(hs, offsets, _mode_id(mode), reverse, out)
+    return out
+
+
+def pool_backward(dfeat, hs, offsets, mode, reverse=False):
+    """Gradient of ``pool_forward`` with respect to ``hs``."""
+    hs = _as32(hs)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    dhs = np.zeros_like(hs)
+    _pool_bwd(_as32(dfeat), hs, offsets, _mode_id(mode), reverse, dhs)
+    return dhs
+
+
+# ---------------------------------------------------------------------------------------
+# Inference from a folded table
+# ---------------------------------------------------------------------------------------
+
+
+def fold_table(cell, emb, W_ih, b_ih, b_hh):
+    """``emb @ W_ih.T`` plus the foldable biases: float32[V, G*H], made once per model load."""
+    emb, W_ih, b_ih, b_hh = map(_as32, (emb, W_ih, b_ih, b_hh))
+    table = emb @ W_ih.T
+    table += _folded_bias(cell, b_ih, b_hh)
+    return table
+
+
+@njit(parallel=True, cache=True)
+def _finish_pool(S_h, pool, lens_s, order, modes, out):
+    n, H = S_h.shape
+    for r in prange(n):
+        i = order[r]
+        L = lens_s[r]
+        for m in range(modes.shape[0]):
+            base = m * H
+            mode = modes[m]
+            for j in range(H):
+                if L == 0:
+                    v = np.float32(0.0)
+                elif mode == 0:
+                    v = S_h[r, j]
+                elif mode == 1:
+                    v = pool[0, r, j]
+                else:
+                    v = pool[1, r, j] / np.float32(L)
+                out[i, base + j] = v
+
+
+def layer_infer(cell, table, ids, offsets, W_hh, b_hh, reverse, modes):
+    """Pooled features straight from token ids and a folded table; float32[n, len(modes)*H]."""
+    table, W_hh, b_hh = map(_as32, (table, W_hh, b_hh))
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    G, H = _check(cell, None, W_hh, b_hh, b_hh)
+    if table.ndim != 2 or table.shape[1] != G * H:
+        raise ValueError(f"{cell}: table must be (V, {G * H}), got {table.shape}")
+    mode_ids = np.array([_mode_id(m) for m in modes], np.int64)
+    n = offsets.size - 1
+    out = np.empty((n, mode_ids.size * H), F32)
+    if n == 0:
+        return out
+    need_pool = bool(np.any(mode_ids != 0))
+    S_h, pool, _, _, _, plan = _run(cell, table, ids, offsets, W_hh, b_hh, reverse, need_pool, 0)
+    order, lens_s, _, _ = plan
+    if not need_pool:
+        pool = np.zeros((2, 1, 1), F32)
+    _finish_pool(S_h, pool, lens_s, order, mode_ids, out)
+    return out

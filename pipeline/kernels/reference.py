@@ -1,0 +1,521 @@
+"""Pure NumPy recurrence kernels: the executable specification of the kernel contract.
+
+Slow and obviously right: a Python loop over sequences and over steps, NumPy vector math
+per step. The Numba (``cpu``) and CUDA (``cuda``) backends are tested against this module;
+see ``pipeline/kernels/__init__.py`` for the contract every backend implements.
+
+Everything is computed in the floating dtype of the inputs: float32 in normal use, float64
+when tests check gradients by finite differences.
+
+Example::
+
+    from pipeline.kernels import reference as ref
+    hs, cache = ref.layer_forward("lstm", x, offsets, W_ih, W_hh, b_ih, b_hh)
+    feat = ref.pool_forward(hs, offsets, "last")
+    dhs = ref.pool_backward(dfeat, hs, offsets, "last")
+    dx, dW_ih, dW_hh, db_ih, db_hh = ref.layer_backward(cache, dhs)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+from pipeline.kernels import POOL_MODES, gates
+
+__all__ = [
+    "fold_table",
+    "layer_backward",
+    "layer_forward",
+    "layer_infer",
+    "pool_backward",
+    "pool_forward",
+]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _float_dtype(*arrays: np.ndarray) -> np.dtype:
+    """The common floating dtype of ``arrays``; ValueError if any is not floating."""
+    for a in arrays:
+        if not np.issubdtype(a.dtype, np.floating):
+            raise ValueError(f"expected floating arrays, got dtype {a.dtype}")
+    return np.result_type(*arrays)
+
+
+def _check_offsets(offsets: np.ndarray, nnz: int) -> np.ndarray:
+    """``offsets`` as int64[n+1], checked to start at 0, never decrease and end at ``nnz``."""
+    offsets = np.asarray(offsets)
+    if offsets.ndim != 1 or offsets.size < 1:
+        raise ValueError(f"offsets must be 1-D with n+1 >= 1 entries, got shape {offsets.shape}")
+    if not np.issubdtype(offsets.dtype, np.integer):
+        raise ValueError(f"offsets must be an integer array (int64), got dtype {offsets.dtype}")
+    offsets = offsets.astype(np.int64, copy=False)
+    if offsets[0] != 0:
+        raise ValueError(f"offsets must start at 0, got {offsets[0]}")
+    if offsets[-1] != nnz:
+        raise ValueError(
+            f"offsets must end at nnz={nnz} (rows of the per-token array), got {offsets[-1]}"
+        )
+    if np.any(np.diff(offsets) < 0):
+        bad = int(np.flatnonzero(np.diff(offsets) < 0)[0])
+        raise ValueError(f"offsets must be non-decreasing: offsets[{bad + 1}] < offsets[{bad}]")
+    return offsets
+
+
+def _check_recurrent(cell: str, W_hh: np.ndarray, b_hh: np.ndarray) -> tuple[int, int]:
+    """(G, H) from ``W_hh [G*H, H]`` and ``b_hh [G*H]``, checked against ``cell``."""
+    G = gates(cell)
+    if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1]:
+        raise ValueError(f"W_hh must be [G*H, H] with G={G} for {cell}, got shape {W_hh.shape}")
+    H = W_hh.shape[1]
+    if b_hh.shape != (G * H,):
+        raise ValueError(f"b_hh must be [G*H]=[{G * H}] for {cell} with H={H}, got {b_hh.shape}")
+    return G, H
+
+
+def _check_input_weights(
+    cell: str, W_ih: np.ndarray, b_ih: np.ndarray, G: int, H: int, E: int
+) -> None:
+    if W_ih.shape != (G * H, E):
+        raise ValueError(f"W_ih must be [G*H, E]=[{G * H}, {E}] for {cell}, got {W_ih.shape}")
+    if b_ih.shape != (G * H,):
+        raise ValueError(f"b_ih must be [G*H]=[{G * H}] for {cell}, got {b_ih.shape}")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in POOL_MODES:
+        raise ConfigError(f"unknown pool mode {mode!r}: expected one of {', '.join(POOL_MODES)}")
+
+
+def _foldable_bias(cell: str, b_hh: np.ndarray) -> np.ndarray:
+    """The part of ``b_hh`` that can be added to the input projection once per token.
+
+    All of it for lstm and rnn; for gru only the r and z parts, since b_hn sits inside the
+    reset product r*(W_hn h + b_hn) and so must stay in the recurrent step.
+    """
+    folded = b_hh.copy()
+    if cell == "gru":
+        H = b_hh.shape[0] // 3
+        folded[2 * H :] = 0
+    return folded
+
+
+# --------------------------------------------------------------------------- cell math
+
+
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    """Logistic function that never overflows: exp only ever sees -|a|."""
+    e = np.exp(-np.abs(a))
+    return np.where(a >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _step(
+    cell: str,
+    xw: np.ndarray,
+    h: np.ndarray,
+    c: np.ndarray,
+    W_hh: np.ndarray,
+    b_hh: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """One recurrence step of ``cell``.
+
+    ``xw`` (G*H,) is the input projection W_ih x + b_ih; ``h``, ``c`` (H,) the previous states
+    (``c`` is only used by lstm). Returns ``(h', c', acts, ghn)``: ``acts`` (G*H,) are the gate
+    activations (lstm i,f,g,o; gru r,z,n; rnn h'), ``ghn`` (H,) is W_hn h + b_hn (gru only,
+    None otherwise), all of which backward needs.
+    """
+    H = h.shape[0]
+    gh = W_hh @ h + b_hh  # (G*H,)
+    if cell == "lstm":
+        a = xw + gh
+        i = _sigmoid(a[0:H])
+        f = _sigmoid(a[H : 2 * H])
+        g = np.tanh(a[2 * H : 3 * H])
+        o = _sigmoid(a[3 * H : 4 * H])
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        return h_new, c_new, np.concatenate([i, f, g, o]), None
+    if cell == "gru":
+        r = _sigmoid(xw[0:H] + gh[0:H])
+        z = _sigmoid(xw[H : 2 * H] + gh[H : 2 * H])
+        ghn = gh[2 * H : 3 * H]
+        n = np.tanh(xw[2 * H : 3 * H] + r * ghn)
+        h_new = (1 - z) * n + z * h
+        return h_new, c, np.concatenate([r, z, n]), ghn
+    # rnn
+    h_new = np.tanh(xw + gh)
+    return h_new, c, h_new, None
+
+
+def _step_backward(
+    cell: str,
+    dh: np.ndarray,
+    dc: np.ndarray,
+    acts: np.ndarray,
+    ghn: np.ndarray | None,
+    h_prev: np.ndarray,
+    c_prev: np.ndarray,
+    c: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Backward through one ``_step``.
+
+    ``dh``, ``dc`` (H,) are dL/dh', dL/dc' (all sources). Returns ``(dxw, dgh, dh_direct,
+    dc_prev)``: gradients w.r.t. the input projection ``xw`` and the recurrent pre-activation
+    ``gh = W_hh h + b_hh`` (both (G*H,)), the part of dL/dh that does not pass through W_hh
+    (gru's z*h term; zero otherwise), and dL/dc (lstm; zero otherwise).
+    """
+    H = dh.shape[0]
+    zero = np.zeros_like(dh)
+    if cell == "lstm":
+        i, f, g, o = acts[0:H], acts[H : 2 * H], acts[2 * H : 3 * H], acts[3 * H : 4 * H]
+        tc = np.tanh(c)
+        dc = dc + dh * o * (1 - tc * tc)
+        da = np.concatenate(
+            [
+                dc * g * i * (1 - i),  # d a_i
+                dc * c_prev * f * (1 - f),  # d a_f
+                dc * i * (1 - g * g),  # d a_g
+                dh * tc * o * (1 - o),  # d a_o
+            ]
+        )
+        # a = xw + gh, so both receive the same gradient
+        return da, da, zero, dc * f
+    if cell == "gru":
+        r, z, n = acts[0:H], acts[H : 2 * H], acts[2 * H : 3 * H]
+        dn_pre = dh * (1 - z) * (1 - n * n)  # d(xw_n + r*ghn)
+        dr_pre = dn_pre * ghn * r * (1 - r)
+        dz_pre = dh * (h_prev - n) * z * (1 - z)
+        dxw = np.concatenate([dr_pre, dz_pre, dn_pre])
+        dgh = np.concatenate([dr_pre, dz_pre, dn_pre * r])
+        return dxw, dgh, dh * z, zero
+    # rnn: acts is h' itself
+    da = dh * (1 - acts * acts)
+    return da, da, zero, zero
+
+
+def _steps(start: int, end: int, reverse: bool) -> range:
+    """Token indices of one sequence in processing order."""
+    return range(end - 1, start - 1, -1) if reverse else range(start, end)
+
+
+# --------------------------------------------------------------------------- layer
+
+
+@dataclass(frozen=True)
+class _Cache:
+    """What ``layer_backward`` needs; every per-token array is in token order."""
+
+    cell: str
+    reverse: bool
+    x: np.ndarray  # (nnz, E)
+    offsets: np.ndarray  # (n+1,) int64
+    W_ih: np.ndarray  # (G*H, E)
+    W_hh: np.ndarray  # (G*H, H)
+    h_prev: np.ndarray  # (nnz, H) state before consuming each token
+    c_prev: np.ndarray  # (nnz, H) lstm cell state before each token (zeros otherwise)
+    c: np.ndarray  # (nnz, H) lstm cell state after each token (zeros otherwise)
+    acts: np.ndarray  # (nnz, G*H) gate activations
+    ghn: np.ndarray  # (nnz, H) gru W_hn h + b_hn (zeros otherwise)
+
+
+def layer_forward(
+    cell: str,
+    x: np.ndarray,
+    offsets: np.ndarray,
+    W_ih: np.ndarray,
+    W_hh: np.ndarray,
+    b_ih: np.ndarray,
+    b_hh: np.ndarray,
+    reverse: bool = False,
+    training: bool = True,
+) -> tuple[np.ndarray, _Cache | None]:
+    """Run one recurrent layer in one direction over ragged sequences.
+
+    Parameters: ``cell`` one of lstm, gru, rnn; ``x`` [nnz, E] inputs in token order;
+    ``offsets`` int64[n+1] (sequence i owns rows offsets[i]:offsets[i+1]); ``W_ih`` [G*H, E],
+    ``W_hh`` [G*H, H], ``b_ih`` and ``b_hh`` [G*H] in PyTorch's layout; ``reverse`` reads each
+    sequence from its last token to its first; ``training`` keeps what backward needs.
+
+    Returns ``(hs, cache)``: ``hs`` [nnz, H], the state after each token (for ``reverse``, after
+    consuming tokens end..tok), and the cache for ``layer_backward`` (None unless training).
+
+    Raises ConfigError for an unknown cell, ValueError for inconsistent shapes or dtypes.
+
+    Example::
+
+        hs, cache = layer_forward("gru", x, np.array([0, 2, 5]), W_ih, W_hh, b_ih, b_hh)
+    """
+    x, W_ih, W_hh, b_ih, b_hh = (np.asarray(a) for a in (x, W_ih, W_hh, b_ih, b_hh))
+    dtype = _float_dtype(x, W_ih, W_hh, b_ih, b_hh)
+    G, H = _check_recurrent(cell, W_hh, b_hh)
+    if x.ndim != 2:
+        raise ValueError(f"x must be [nnz, E], got shape {x.shape}")
+    nnz, E = x.shape
+    _check_input_weights(cell, W_ih, b_ih, G, H, E)
+    offsets = _check_offsets(offsets, nnz)
+    x, W_ih, W_hh, b_ih, b_hh = (a.astype(dtype, copy=False) for a in (x, W_ih, W_hh, b_ih, b_hh))
+
+    # The input projection does not depend on the state: one product over all tokens.
+    xw = x @ W_ih.T + b_ih  # (nnz, G*H)
+
+    hs = np.zeros((nnz, H), dtype=dtype)
+    h_prev = np.zeros((nnz, H), dtype=dtype)
+    c_prev = np.zeros((nnz, H), dtype=dtype)
+    cs = np.zeros((nnz, H), dtype=dtype)
+    acts = np.zeros((nnz, G * H), dtype=dtype)
+    ghns = np.zeros((nnz, H), dtype=dtype)
+    for s in range(offsets.size - 1):
+        h = np.zeros(H, dtype=dtype)
+        c = np.zeros(H, dtype=dtype)
+        for tok in _steps(offsets[s], offsets[s + 1], reverse):
+            h_prev[tok], c_prev[tok] = h, c
+            h, c, acts[tok], ghn = _step(cell, xw[tok], h, c, W_hh, b_hh)
+            hs[tok], cs[tok] = h, c
+            if ghn is not None:
+                ghns[tok] = ghn
+    if not training:
+        return hs, None
+    cache = _Cache(cell, bool(reverse), x, offsets, W_ih, W_hh, h_prev, c_prev, cs, acts, ghns)
+    return hs, cache
+
+
+def layer_backward(
+    cache: _Cache, dhs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Full backpropagation through time for one ``layer_forward`` call.
+
+    Parameters: ``cache`` from ``layer_forward(..., training=True)``; ``dhs`` [nnz, H], dL/dhs.
+
+    Returns ``(dx, dW_ih, dW_hh, db_ih, db_hh)`` with the shapes of x, W_ih, W_hh, b_ih, b_hh,
+    in the dtype of the forward computation.
+
+    Raises ValueError when ``cache`` is None (forward ran with training=False) or ``dhs`` has
+    the wrong shape.
+
+    Example::
+
+        hs, cache = layer_forward("lstm", x, offsets, W_ih, W_hh, b_ih, b_hh)
+        dx, dW_ih, dW_hh, db_ih, db_hh = layer_backward(cache, np.ones_like(hs))
+    """
+    if cache is None:
+        raise ValueError("layer_backward needs the cache of layer_forward(..., training=True)")
+    dhs = np.asarray(dhs)
+    nnz, H = cache.h_prev.shape
+    if dhs.shape != (nnz, H):
+        raise ValueError(f"dhs must be [nnz, H]=[{nnz}, {H}] like hs, got {dhs.shape}")
+    dtype = cache.x.dtype
+    dhs = dhs.astype(dtype, copy=False)
+    GH = cache.W_hh.shape[0]
+
+    # Per-token gradients w.r.t. the input projection and the recurrent pre-activation;
+    # the weight gradients are then one product each over all tokens.
+    dxw = np.zeros((nnz, GH), dtype=dtype)
+    dgh = np.zeros((nnz, GH), dtype=dtype)
+    offsets = cache.offsets
+    for s in range(offsets.size - 1):
+        dh_next = np.zeros(H, dtype=dtype)  # dL/dh flowing back from the later step
+        dc_next = np.zeros(H, dtype=dtype)
+        # walk the steps in the opposite order to forward
+        for tok in reversed(_steps(offsets[s], offsets[s + 1], cache.reverse)):
+            dh = dhs[tok] + dh_next
+            dxw[tok], dgh[tok], dh_direct, dc_next = _step_backward(
+                cache.cell,
+                dh,
+                dc_next,
+                cache.acts[tok],
+                cache.ghn[tok],
+                cache.h_prev[tok],
+                cache.c_prev[tok],
+                cache.c[tok],
+            )
+            dh_next = dh_direct + cache.W_hh.T @ dgh[tok]
+
+    dx = dxw @ cache.W_ih  # (nnz, E)
+    dW_ih = dxw.T @ cache.x  # (G*H, E)
+    dW_hh = dgh.T @ cache.h_prev  # (G*H, H)
+    db_ih = dxw.sum(axis=0)
+    db_hh = dgh.sum(axis=0)
+    return dx, dW_ih, dW_hh, db_ih, db_hh
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def _check_pool_args(
+    hs: np.ndarray, offsets: np.ndarray, mode: str
+) -> tuple[np.ndarray, np.ndarray]:
+    _check_mode(mode)
+    hs = np.asarray(hs)
+    if hs.ndim != 2:
+        raise ValueError(f"hs must be [nnz, H], got shape {hs.shape}")
+    _float_dtype(hs)
+    return hs, _check_offsets(offsets, hs.shape[0])
+
+
+def pool_forward(
+    hs: np.ndarray, offsets: np.ndarray, mode: str, reverse: bool = False
+) -> np.ndarray:
+    """One feature vector per sequence from its per-token states.
+
+    Parameters: ``hs`` [nnz, H] from ``layer_forward``; ``offsets`` int64[n+1]; ``mode``:
+    ``last`` (forward: state at the last token; reverse: state at the first token, which is
+    the state after the whole sequence), ``max`` (elementwise over the valid steps) or ``mean``;
+    ``reverse`` says which direction produced ``hs``.
+
+    Returns [n, H] in the dtype of ``hs``; empty sequences give zeros.
+
+    Raises ConfigError for an unknown mode, ValueError for inconsistent shapes.
+
+    Example::
+
+        feat = pool_forward(hs, np.array([0, 3, 3, 4]), "max")  # feat[1] is all zeros
+    """
+    hs, offsets = _check_pool_args(hs, offsets, mode)
+    n = offsets.size - 1
+    feat = np.zeros((n, hs.shape[1]), dtype=hs.dtype)
+    for s in range(n):
+        start, end = offsets[s], offsets[s + 1]
+        if end == start:
+            continue
+        seq = hs[start:end]  # (L, H)
+        if mode == "last":
+            feat[s] = seq[0] if reverse else seq[-1]
+        elif mode == "max":
+            feat[s] = seq.max(axis=0)
+        else:
+            feat[s] = seq.sum(axis=0) / (end - start)
+    return feat
+
+
+def pool_backward(
+    dfeat: np.ndarray, hs: np.ndarray, offsets: np.ndarray, mode: str, reverse: bool = False
+) -> np.ndarray:
+    """Gradient of ``pool_forward`` w.r.t. ``hs``.
+
+    Parameters: ``dfeat`` [n, H] = dL/dfeat; ``hs``, ``offsets``, ``mode``, ``reverse`` as
+    given to ``pool_forward``. ``max`` sends each column's gradient to the first step holding
+    the maximum, first meaning the lowest token index in either direction.
+
+    Returns dhs [nnz, H] in the dtype of ``hs``; tokens of no pooled step get zeros.
+
+    Raises ConfigError for an unknown mode, ValueError for inconsistent shapes.
+
+    Example::
+
+        dhs = pool_backward(np.ones((2, H)), hs, np.array([0, 3, 5]), "mean")
+    """
+    hs, offsets = _check_pool_args(hs, offsets, mode)
+    n = offsets.size - 1
+    dfeat = np.asarray(dfeat)
+    if dfeat.shape != (n, hs.shape[1]):
+        raise ValueError(f"dfeat must be [n, H]=[{n}, {hs.shape[1]}], got {dfeat.shape}")
+    dfeat = dfeat.astype(hs.dtype, copy=False)
+    dhs = np.zeros_like(hs)
+    for s in range(n):
+        start, end = offsets[s], offsets[s + 1]
+        if end == start:
+            continue
+        if mode == "last":
+            dhs[start if reverse else end - 1] += dfeat[s]
+        elif mode == "max":
+            first_max = start + hs[start:end].argmax(axis=0)  # (H,); argmax takes the first
+            dhs[first_max, np.arange(hs.shape[1])] += dfeat[s]
+        else:
+            dhs[start:end] += dfeat[s] / (end - start)
+    return dhs
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def fold_table(
+    cell: str, emb: np.ndarray, W_ih: np.ndarray, b_ih: np.ndarray, b_hh: np.ndarray
+) -> np.ndarray:
+    """The embedding folded into the input projection: one row per vocabulary id.
+
+    Parameters: ``emb`` [V, E]; ``W_ih`` [G*H, E]; ``b_ih``, ``b_hh`` [G*H].
+
+    Returns [V, G*H] = ``emb @ W_ih.T + b_ih`` plus all of ``b_hh`` for lstm and rnn, plus only
+    its r and z parts for gru (``b_hn`` stays inside the reset product).
+
+    Raises ConfigError for an unknown cell, ValueError for inconsistent shapes.
+
+    Example::
+
+        table = fold_table("lstm", emb, W_ih, b_ih, b_hh)  # table[ids] replaces emb[ids] @ W_ih.T
+    """
+    emb, W_ih, b_ih, b_hh = (np.asarray(a) for a in (emb, W_ih, b_ih, b_hh))
+    dtype = _float_dtype(emb, W_ih, b_ih, b_hh)
+    G = gates(cell)
+    if emb.ndim != 2:
+        raise ValueError(f"emb must be [V, E], got shape {emb.shape}")
+    if W_ih.ndim != 2 or W_ih.shape[0] % G != 0:
+        raise ValueError(f"W_ih must be [G*H, E] with G={G} for {cell}, got {W_ih.shape}")
+    H = W_ih.shape[0] // G
+    _check_input_weights(cell, W_ih, b_ih, G, H, emb.shape[1])
+    if b_hh.shape != (G * H,):
+        raise ValueError(f"b_hh must be [G*H]=[{G * H}] for {cell}, got {b_hh.shape}")
+    emb, W_ih, b_ih, b_hh = (a.astype(dtype, copy=False) for a in (emb, W_ih, b_ih, b_hh))
+    return emb @ W_ih.T + b_ih + _foldable_bias(cell, b_hh)
+
+
+def layer_infer(
+    cell: str,
+    table: np.ndarray,
+    ids: np.ndarray,
+    offsets: np.ndarray,
+    W_hh: np.ndarray,
+    b_hh: np.ndarray,
+    reverse: bool,
+    modes: tuple[str, ...],
+) -> np.ndarray:
+    """Inference from a folded table straight to pooled features.
+
+    Parameters: ``table`` [V, G*H] from ``fold_table``; ``ids`` int[nnz] in [0, V);
+    ``offsets`` int64[n+1]; ``W_hh`` [G*H, H]; ``b_hh`` [G*H] (the full bias: this function
+    adds back only the part ``fold_table`` left out); ``reverse`` the direction; ``modes`` a
+    tuple of pool modes, e.g. ``("last",)`` or ``("last", "max")``.
+
+    Returns [n, len(modes)*H]: the features of each mode, concatenated in the order of
+    ``modes``; equal to ``pool_forward(layer_forward(emb[ids], ...))`` up to rounding.
+
+    Raises ConfigError for an unknown cell or mode, ValueError for inconsistent shapes or ids
+    outside the table.
+
+    Example::
+
+        feats = layer_infer("gru", table, ids, offsets, W_hh, b_hh, False, ("last", "mean"))
+    """
+    table, W_hh, b_hh = (np.asarray(a) for a in (table, W_hh, b_hh))
+    dtype = _float_dtype(table, W_hh, b_hh)
+    G, H = _check_recurrent(cell, W_hh, b_hh)
+    if table.ndim != 2 or table.shape[1] != G * H:
+        raise ValueError(f"table must be [V, G*H]=[V, {G * H}] for {cell}, got {table.shape}")
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"ids must be a 1-D integer array, got shape {ids.shape} {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        bad = int(np.flatnonzero((ids < 0) | (ids >= table.shape[0]))[0])
+        raise ValueError(f"ids[{bad}]={ids[bad]} is outside the table of {table.shape[0]} rows")
+    offsets = _check_offsets(offsets, ids.size)
+    if isinstance(modes, str) or len(modes) == 0:
+        raise ValueError(f"modes must be a non-empty tuple like ('last',), got {modes!r}")
+    for mode in modes:
+        _check_mode(mode)
+    table, W_hh, b_hh = (a.astype(dtype, copy=False) for a in (table, W_hh, b_hh))
+
+    # The table already holds the folded bias; the step adds back only the rest (gru's b_hn).
+    b_rest = b_hh - _foldable_bias(cell, b_hh)
+    hs = np.zeros((ids.size, H), dtype=dtype)
+    for s in range(offsets.size - 1):
+        h = np.zeros(H, dtype=dtype)
+        c = np.zeros(H, dtype=dtype)
+        for tok in _steps(offsets[s], offsets[s + 1], reverse):
+            h, c, _, _ = _step(cell, table[ids[tok]], h, c, W_hh, b_rest)
+            hs[tok] = h
+    feats = [pool_forward(hs, offsets, mode, reverse) for mode in modes]
+    return np.concatenate(feats, axis=1)
