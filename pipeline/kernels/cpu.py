@@ -120,8 +120,9 @@ def _tok_at(starts, lens, r, t, reverse):
 
 
 @njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
-def _forward(cell, xsrc, rowmap, WhhT, b_hn, starts, lens, blocks, reverse, S_h, S_c, Gb,
-             hs, acts, aux, pool):  # fmt: skip
+def _forward(
+    cell, xsrc, rowmap, WhhT, b_hn, starts, lens, blocks, reverse, S_h, S_c, Gb, hs, acts, aux, pool
+):
     # Slots are grouped in blocks, each sorted by length (descending), one thread a block:
     # at step t the block's running rows are a prefix, so their recurrent product is one
     # small matrix product on W_hh, which stays in cache across the block's steps.
@@ -225,8 +226,17 @@ def _b_hn(cell: str, b_hh: np.ndarray, H: int) -> np.ndarray:
 
 class _Cache:
     __slots__ = (
-        "cell", "x", "offsets", "W_ih", "W_hh", "reverse", "plan", "hs", "acts", "aux",
-    )  # fmt: skip
+        "cell",
+        "x",
+        "offsets",
+        "W_ih",
+        "W_hh",
+        "reverse",
+        "plan",
+        "hs",
+        "acts",
+        "aux",
+    )
 
 
 def _run(cell, xsrc, rowmap, offsets, W_hh, b_hh, reverse, need_pool, store_nnz):
@@ -244,8 +254,24 @@ def _run(cell, xsrc, rowmap, offsets, W_hh, b_hh, reverse, need_pool, store_nnz)
     acts = np.empty((store_nnz if cell != "rnn" else 0, G * H), F32)
     aux = np.empty((store_nnz if cell != "rnn" else 0, H), F32)
     with _blas_single_thread():
-        _forward(_CELL_ID[cell], xsrc, rowmap, WhhT, _b_hn(cell, b_hh, H), starts_s, lens_s,
-                 blocks, reverse, S_h, S_c, Gb, hs, acts, aux, pool)  # fmt: skip
+        _forward(
+            _CELL_ID[cell],
+            xsrc,
+            rowmap,
+            WhhT,
+            _b_hn(cell, b_hh, H),
+            starts_s,
+            lens_s,
+            blocks,
+            reverse,
+            S_h,
+            S_c,
+            Gb,
+            hs,
+            acts,
+            aux,
+            pool,
+        )
     return S_h, pool, hs, acts, aux, plan
 
 
@@ -314,8 +340,9 @@ def _gru_row_bwd(dh, a, hn, hp, gx, gh, dd, H):
 
 
 @njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
-def _backward(cell, W_hh, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dGh,
-              dS, dC, Dd, Db, zeros):  # fmt: skip
+def _backward(
+    cell, W_hh, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dGh, dS, dC, Dd, Db, zeros
+):
     # dS (n, H): dL/dh of every slot from the later steps; dC (n, H): same for lstm's c
     # Dd (n, H): gru's direct z*dh term; Db (n, G*H): gate gradients on the recurrent side
     # dGx, dGh (nnz, G*H): gate gradients per token, for the weight products at the end
@@ -389,8 +416,25 @@ def layer_backward(cache, dhs):
     Dd = np.zeros((n if cell == "gru" else 0, H), F32)
     Db = np.empty((n, G * H), F32)
     with _blas_single_thread():
-        _backward(_CELL_ID[cell], W_hh, starts_s, lens_s, blocks, cache.reverse, dhs, cache.hs,
-                  cache.acts, cache.aux, dGx, dGh, dS, dC, Dd, Db, np.zeros(H, F32))  # fmt: skip
+        _backward(
+            _CELL_ID[cell],
+            W_hh,
+            starts_s,
+            lens_s,
+            blocks,
+            cache.reverse,
+            dhs,
+            cache.hs,
+            cache.acts,
+            cache.aux,
+            dGx,
+            dGh,
+            dS,
+            dC,
+            Dd,
+            Db,
+            np.zeros(H, F32),
+        )
     if cell != "gru":
         dGh = dGx
     hprev = np.empty((nnz, H), F32)

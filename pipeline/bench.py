@@ -1,0 +1,212 @@
+"""Throughput of the recurrence kernels on this machine (``rnnpipe bench``).
+
+Times inference (folded table, no padding) and training (forward + backward) of one
+recurrent layer on batches with real review lengths, and the machine's matrix-product
+rate measured in the same run, so GFLOP/s can be read against it. Only NumPy and the
+rnnpipe kernels are used here; the comparison with PyTorch lives in
+``tests/benchmarks/bench_kernels.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.kernels import gates, get_backend
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One benchmark shape: cell, embedding and hidden sizes, batch size, vocabulary size."""
+
+    cell: str = "lstm"
+    embed_dim: int = 128
+    hidden_dim: int = 128
+    batch: int = 256
+    vocab: int = 20002
+
+
+def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def synthetic_lengths(n: int, seed: int = 0) -> np.ndarray:
+    """Review lengths shaped like IMDB's (log-normal, median about 174 tokens)."""
+    rng = np.random.default_rng(seed)
+    return np.maximum(1, rng.lognormal(np.log(174), 0.75, n)).astype(np.int64)
+
+
+def make_batch(lengths: np.ndarray, vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets and random token ids (2..vocab-1) for sequences of ``lengths``."""
+    offsets = np.zeros(lengths.size + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.random.default_rng(seed).integers(2, vocab, offsets[-1]).astype(np.int32)
+    return offsets, ids
+
+
+def make_layer(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 parameters of one layer (and an embedding) of ``shape``."""
+    G, E, H = gates(shape.cell), shape.embed_dim, shape.hidden_dim
+    rng = np.random.default_rng(seed)
+    return {
+        "emb": rng.uniform(-0.05, 0.05, (shape.vocab, E)).astype(np.float32),
+        "W_ih": rng.normal(0, 1 / np.sqrt(E), (G * H, E)).astype(np.float32),
+        "W_hh": rng.normal(0, 1 / np.sqrt(H), (G * H, H)).astype(np.float32),
+        "b_ih": np.zeros(G * H, np.float32),
+        "b_hh": np.zeros(G * H, np.float32),
+    }
+
+
+def matmul_rate(m: int, k: int, n: int, repeats: int = 20) -> float:
+    """GFLOP/s of a float32 (m,k)x(k,n) product with NumPy's BLAS at its current threads."""
+    rng = np.random.default_rng(0)
+    a = rng.random((m, k), dtype=np.float32)
+    b = rng.random((k, n), dtype=np.float32)
+    out = np.empty((m, n), np.float32)
+    inner = max(1, int(2e8 // (2 * m * k * n)))
+
+    def run():
+        for _ in range(inner):
+            np.matmul(a, b, out=out)
+
+    return 2.0 * m * k * n * inner / median_time(run, repeats=repeats) / 1e9
+
+
+def time_infer(shape: Shape, offsets, ids, params, backend: str = "cpu", repeats: int = 5):
+    """Median seconds of folded-table inference (last-state features) on one batch."""
+    be = get_backend(backend)
+    table = be.fold_table(shape.cell, params["emb"], params["W_ih"], params["b_ih"], params["b_hh"])
+    return median_time(
+        lambda: be.layer_infer(
+            shape.cell, table, ids, offsets, params["W_hh"], params["b_hh"], False, ("last",)
+        ),
+        repeats=repeats,
+    )
+
+
+def time_train(shape: Shape, offsets, ids, params, backend: str = "cpu", repeats: int = 5):
+    """Median seconds of forward + backward (embedding lookup, layer, last-state pooling)."""
+    be = get_backend(backend)
+    n, H = offsets.size - 1, shape.hidden_dim
+    dfeat = np.ones((n, H), np.float32) / n
+
+    def step():
+        x = params["emb"][ids]
+        hs, cache = be.layer_forward(
+            shape.cell, x, offsets, params["W_ih"], params["W_hh"], params["b_ih"], params["b_hh"]
+        )
+        be.pool_forward(hs, offsets, "last")
+        dhs = be.pool_backward(dfeat, hs, offsets, "last")
+        dx = be.layer_backward(cache, dhs)[0]
+        demb = np.zeros_like(params["emb"])
+        np.add.at(demb, ids, dx)
+
+    return median_time(step, repeats=repeats)
+
+
+def recurrent_flops(shape: Shape, tokens: int) -> float:
+    """FLOPs of the recurrent product alone: 2*G*H*H per real token."""
+    return 2.0 * gates(shape.cell) * shape.hidden_dim**2 * tokens
+
+
+def run_kernel_bench(shapes: list[Shape], lengths: np.ndarray, repeats: int = 5) -> list[dict]:
+    """rnnpipe inference and training throughput for each shape, as rows of a table."""
+    rows = []
+    for shape in shapes:
+        params = make_layer(shape)
+        lens = lengths[: shape.batch]
+        offsets, ids = make_batch(lens, shape.vocab)
+        t_inf = time_infer(shape, offsets, ids, params, repeats=repeats)
+        tokens = int(offsets[-1])
+        rows.append(
+            {
+                "cell": shape.cell,
+                "E": shape.embed_dim,
+                "H": shape.hidden_dim,
+                "batch": shape.batch,
+                "what": "inference",
+                "tokens": tokens,
+                "seconds": t_inf,
+                "reviews_per_s": lens.size / t_inf,
+                "tokens_per_s": tokens / t_inf,
+                "gflops": recurrent_flops(shape, tokens) / t_inf / 1e9,
+            }
+        )
+    return rows
+
+
+def generated_reviews(n: int, seed: int = 0, words: int = 30000):
+    """``n`` generated reviews (Zipf-distributed made-up words, IMDB-like lengths)."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    vocab = np.array([f"w{i}" for i in range(words)])
+    lens = synthetic_lengths(n, seed)
+    ranks = np.minimum(rng.zipf(1.2, int(lens.sum())), words) - 1
+    tokens = vocab[ranks]
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    texts = [" ".join(tokens[offsets[i] : offsets[i + 1]]) for i in range(n)]  # setup only
+    return pa.array(texts, pa.large_string())
+
+
+def run_machine_bench(
+    cell: str = "lstm",
+    embed_dim: int = 128,
+    hidden_dim: int = 128,
+    rows: int = 4096,
+    repeats: int = 3,
+    backend: str = "cpu",
+) -> dict[str, float | int | str]:
+    """Score ``rows`` generated reviews with a random-weight model; the figures of this machine.
+
+    Returns reviews/s and tokens/s end to end (tokenize + score, in memory) and for the
+    kernels alone, GFLOP/s of the recurrent product, and the matrix-product rate of NumPy's
+    BLAS measured in the same run.
+
+    Example: ``run_machine_bench("gru", 128, 128, rows=2048)``.
+    """
+    import numba
+
+    from pipeline.model import Model, ModelConfig
+    from pipeline.text import Tokenizer
+
+    texts = generated_reviews(rows)
+    tok = Tokenizer(num_words=20000).fit(texts)
+    config = ModelConfig(
+        cell=cell,
+        embed_dim=embed_dim,
+        hidden_dim=hidden_dim,
+        vocab_size=tok.vocab_size,
+        max_len=256,
+    )
+    model = Model(config, tokenizer=tok, backend=backend, seed=0)
+    tokens = model.encode(texts)
+    t_kernel = median_time(lambda: model.predict_proba(tokens), repeats=repeats)
+    t_e2e = median_time(lambda: model.predict_proba(model.encode(texts)), repeats=repeats)
+    G, H = gates(cell), hidden_dim
+    return {
+        "cell": cell,
+        "embed_dim": embed_dim,
+        "hidden_dim": hidden_dim,
+        "backend": backend,
+        "threads": numba.get_num_threads(),
+        "reviews": rows,
+        "tokens": tokens.nnz,
+        "reviews_per_s": rows / t_e2e,
+        "tokens_per_s": tokens.nnz / t_e2e,
+        "kernel_reviews_per_s": rows / t_kernel,
+        "kernel_gflops": 2.0 * G * H * H * tokens.nnz / t_kernel / 1e9,
+        "matmul_gflops": matmul_rate(256, H, G * H),
+    }

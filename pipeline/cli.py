@@ -1,0 +1,454 @@
+"""The ``rnnpipe`` command line: a thin Typer layer over the library.
+
+Each command parses its options, builds a config, calls one library function and prints a
+summary. Expected failures (``RnnpipeError``) become one line on stderr and a non-zero exit
+code (2 bad input or usage, 1 failure at run time); anything else is a bug and keeps its
+traceback.
+
+    rnnpipe train data.parquet --out model/
+    rnnpipe score reviews/ --model model/ --out scores/
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.errors import DeviceError, RnnpipeError
+
+app = typer.Typer(
+    name="rnnpipe",
+    help="Train recurrent (LSTM/GRU/RNN) sentiment classifiers on Parquet and score huge "
+    "Parquet datasets with them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+job_app = typer.Typer(
+    help="Scheduled batch jobs: incremental, exactly-once scoring.", no_args_is_help=True
+)
+app.add_typer(job_app, name="job")
+
+TextCol = Annotated[str | None, typer.Option(help="Text column (default: 'text', else 'review').")]
+LabelCol = Annotated[str, typer.Option(help="Label column.")]
+Threads = Annotated[
+    int, typer.Option(help="Threads for Numba and BLAS together (0: all cores).", min=0)
+]
+Device = Annotated[str, typer.Option(help="cpu, cuda or auto (cuda when a GPU is present).")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object for machines.")]
+ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Model directory.")]
+
+
+def _err(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+
+
+def _expected_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn RnnpipeError into one line on stderr and its exit code: no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RnnpipeError as exc:
+            _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper
+
+
+def _backend(device: str) -> str:
+    """Map --device to a kernel backend name."""
+    from pipeline.kernels import cuda_available
+
+    if device == "auto":
+        return "cuda" if cuda_available() and _cuda_backend_present() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device == "cuda":
+        if not cuda_available():
+            raise DeviceError("--device cuda: no CUDA GPU is available here; use --device cpu")
+        if not _cuda_backend_present():
+            raise DeviceError("--device cuda: this build of rnnpipe has no CUDA kernels yet")
+        return "cuda"
+    raise DeviceError(f"unknown device {device!r}: expected cpu, cuda or auto")
+
+
+def _cuda_backend_present() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pipeline.kernels.cuda") is not None
+
+
+def _threads(n: int) -> None:
+    from pipeline.kernels.threads import set_threads
+
+    set_threads(n or None)
+
+
+def _load_model(path: Path, device: str):
+    from pipeline.model import Model
+
+    return Model.load(path, backend=_backend(device))
+
+
+# ----------------------------------------------------------------------------------- train
+
+
+@app.command()
+@_expected_errors
+def train(
+    data: Annotated[list[str], typer.Argument(help="Parquet file(s), directories or globs.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
+    cell: Annotated[str, typer.Option(help="lstm, gru or rnn.")] = "lstm",
+    embed_dim: Annotated[int, typer.Option(help="Embedding size E.")] = 64,
+    hidden_dim: Annotated[int, typer.Option(help="Hidden size H.")] = 64,
+    num_layers: Annotated[int, typer.Option(help="Stacked recurrent layers.")] = 1,
+    bidirectional: Annotated[bool, typer.Option(help="Also run each review backwards.")] = True,
+    pooling: Annotated[str, typer.Option(help="last, max, mean or a '+' mix.")] = "last+max",
+    dropout: Annotated[float, typer.Option(help="Dropout before the dense layer.")] = 0.0,
+    max_len: Annotated[int, typer.Option(help="Tokens kept per review (the last).")] = 256,
+    num_words: Annotated[int, typer.Option(help="Vocabulary size.")] = 20000,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 3,
+    batch_size: Annotated[int, typer.Option(help="Reviews per minibatch.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
+    optimizer: Annotated[str, typer.Option(help="adam, adamw or sgd.")] = "adam",
+    clip_norm: Annotated[float, typer.Option(help="Global gradient-norm clip (0: off).")] = 5.0,
+    weight_decay: Annotated[float, typer.Option(help="Decoupled weight decay.")] = 0.0,
+    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up.")] = 0,
+    lr_schedule: Annotated[str, typer.Option(help="constant, linear or cosine.")] = "constant",
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (0: off).")] = 1,
+    valid_frac: Annotated[float, typer.Option(help="Held-out share for validation.")] = 0.1,
+    valid: Annotated[list[str] | None, typer.Option(help="Validation file(s) instead.")] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Class names in order, comma-separated.")
+    ] = None,
+    class_weights: Annotated[str, typer.Option(help="none or balanced.")] = "none",
+    seed: Annotated[int, typer.Option(help="Seed for split, init and shuffling.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    init_from: Annotated[Path | None, typer.Option(help="Warm-start from a model.")] = None,
+    init_embeddings: Annotated[Path | None, typer.Option(help="word2vec/GloVe text file.")] = None,
+    text_col: TextCol = None,
+    label_col: LabelCol = "label",
+    threads: Threads = 0,
+    device: Device = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train a classifier on labelled Parquet reviews and save it to --out.
+
+    Example: rnnpipe train reviews.parquet --out model/ --cell gru --epochs 3
+    """
+    from pipeline.train import TrainConfig
+    from pipeline.train import train as run_train
+
+    tc = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        clip_norm=clip_norm,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        lr_schedule=lr_schedule,
+        patience=patience,
+        valid_frac=valid_frac,
+        seed=seed,
+        class_weights=class_weights,
+        num_words=num_words,
+        threads=threads or None,
+        backend=_backend(device),
+    )
+    overrides = {
+        "cell": cell,
+        "embed_dim": embed_dim,
+        "hidden_dim": hidden_dim,
+        "num_layers": num_layers,
+        "bidirectional": bidirectional,
+        "pooling": pooling,
+        "dropout": dropout,
+        "max_len": max_len,
+    }
+    declared = [c.strip() for c in classes.split(",")] if classes else None
+    from pipeline.progress import TrainProgress
+
+    with TrainProgress(enabled=not quiet) as progress:
+        result = run_train(
+            data,
+            out,
+            overrides,
+            tc,
+            text_col=text_col,
+            label_col=label_col,
+            valid_paths=valid,
+            classes=declared,
+            resume=resume,
+            init_from=init_from,
+            init_embeddings=init_embeddings,
+            progress=progress,
+        )
+    m = result.metrics
+    cov = result.embedding_coverage
+    extra = f", embedding coverage {cov:.1%}" if cov is not None else ""
+    typer.echo(
+        f"saved {result.model_dir}: best epoch {result.best_epoch}, validation accuracy "
+        f"{m.get('accuracy', float('nan')):.4f}, log loss {m.get('log_loss', float('nan')):.4f}"
+        f"{extra}"
+    )
+
+
+# ----------------------------------------------------------------------------------- score
+
+
+@app.command()
+@_expected_errors
+def score(
+    data: Annotated[list[str], typer.Argument(help="Parquet file(s), directories or globs.")],
+    model: ModelDir,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder, or FILE.parquet.")],
+    keep: Annotated[str | None, typer.Option(help="Input columns to keep (default: id).")] = None,
+    batch_rows: Annotated[int, typer.Option(help="Rows per streamed batch.", min=1)] = 8192,
+    threshold: Annotated[float, typer.Option(help="Binary decision threshold.")] = 0.5,
+    resume: Annotated[bool, typer.Option(help="Skip outputs already complete.")] = False,
+    engine: Annotated[str, typer.Option(help="local or ray.")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    workers: Annotated[int, typer.Option(help="Ray workers (0: one per core).")] = 0,
+    text_col: TextCol = None,
+    threads: Threads = 0,
+    device: Device = "cpu",
+    json_out: Json = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Score Parquet reviews with a model; one output file per input, written atomically.
+
+    Example: rnnpipe score reviews/ --model model/ --out scores/ --keep id,date
+    """
+    from pipeline.score import ScoreOptions
+    from pipeline.score import score as run_score
+
+    _threads(threads)
+    keep_cols = tuple(c.strip() for c in keep.split(",") if c.strip()) if keep else None
+    options = ScoreOptions(
+        text_col=text_col,
+        keep=keep_cols,
+        batch_rows=batch_rows,
+        threshold=threshold,
+        resume=resume,
+        backend=_backend(device),
+    )
+    m = _load_model(model, device)
+    if engine == "ray":
+        from pipeline.engines.ray import score_on_ray
+
+        summary = score_on_ray(data, m, model, out, options, address=address, workers=workers)
+    elif engine == "local":
+        from pipeline.progress import ScoreProgress
+
+        with ScoreProgress(data, enabled=not quiet and not json_out) as progress:
+            summary = run_score(data, m, out, options, progress=progress)
+    else:
+        raise typer.BadParameter(f"unknown engine {engine!r}: expected local or ray")
+    if json_out:
+        typer.echo(json.dumps(summary.to_dict()))
+    else:
+        typer.echo(
+            f"scored {summary.rows:,} rows in {summary.files} file(s) "
+            f"({summary.skipped_files} skipped) in {summary.seconds:.1f} s: "
+            f"{summary.rows_per_s:,.0f} rows/s, {summary.null_texts:,} null or empty texts"
+        )
+
+
+# -------------------------------------------------------------------------------- evaluate
+
+
+@app.command()
+@_expected_errors
+def evaluate(
+    data: Annotated[list[str], typer.Argument(help="Labelled Parquet file(s).")],
+    model: ModelDir,
+    text_col: TextCol = None,
+    label_col: LabelCol = "label",
+    threads: Threads = 0,
+    device: Device = "cpu",
+    json_out: Json = False,
+) -> None:
+    """Accuracy, per-class precision/recall/F1, ROC AUC, log loss, calibration of a model.
+
+    Example: rnnpipe evaluate test.parquet --model model/ --json
+    """
+    from pipeline.train import evaluate as run_evaluate
+
+    _threads(threads)
+    m = _load_model(model, device)
+    report = run_evaluate(data, m, text_col=text_col, label_col=label_col)
+    if json_out:
+        typer.echo(json.dumps(report))
+        return
+    from pipeline.progress import print_evaluation
+
+    print_evaluation(report)
+
+
+# --------------------------------------------------------------------------------- predict
+
+
+@app.command()
+@_expected_errors
+def predict(
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts (default: stdin lines).")] = None,
+    model: ModelDir = Path("model"),
+    threshold: Annotated[float, typer.Option(help="Binary decision threshold.")] = 0.5,
+    threads: Threads = 0,
+    device: Device = "cpu",
+    json_out: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+) -> None:
+    """Label texts given as arguments, or one per line on stdin.
+
+    Example: rnnpipe predict --model model/ "a wonderful film" "dull and far too long"
+    """
+    from pipeline.score import predict_texts
+
+    _threads(threads)
+    m = _load_model(model, device)
+    items = list(texts) if texts else [line.rstrip("\n") for line in sys.stdin]
+    for text, p in zip(items, predict_texts(m, items, threshold=threshold), strict=True):
+        if json_out:
+            typer.echo(
+                json.dumps(
+                    {"text": text, "label": p.label, "probability": p.probability, "probs": p.probs}
+                )
+            )
+        else:
+            typer.echo(f"{p.label}\t{p.probability:.4f}\t{text}")
+
+
+# ------------------------------------------------------------------------------------ info
+
+
+@app.command()
+@_expected_errors
+def info(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
+    json_out: Json = False,
+) -> None:
+    """Show a model's configuration, size, training data and metrics.
+
+    Example: rnnpipe info model/
+    """
+    from pipeline.model import Model
+
+    m = Model.load(model_dir)
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    n_params = int(sum(v.size for v in m.params.values()))
+    report = {
+        "model_dir": str(model_dir),
+        "parameters": n_params,
+        "fingerprint": m.fingerprint(),
+        **config,
+    }
+    if json_out:
+        typer.echo(json.dumps(report))
+        return
+    for key, value in report.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={_short(v)}" for k, v in value.items())
+        typer.echo(f"{key:>16}: {_short(value)}")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple) and len(value) > 8:
+        return f"[{', '.join(map(str, value[:8]))}, ... {len(value)} items]"
+    if isinstance(value, dict):
+        return "{...}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------- bench
+
+
+@app.command()
+@_expected_errors
+def bench(
+    cell: Annotated[str, typer.Option(help="lstm, gru or rnn.")] = "lstm",
+    embed_dim: Annotated[int, typer.Option(help="Embedding size E.")] = 128,
+    hidden_dim: Annotated[int, typer.Option(help="Hidden size H.")] = 128,
+    rows: Annotated[int, typer.Option(help="Generated reviews to score.", min=1)] = 4096,
+    repeats: Annotated[int, typer.Option(help="Timed repeats (median).", min=1)] = 3,
+    threads: Threads = 0,
+    device: Device = "cpu",
+    json_out: Json = False,
+) -> None:
+    """Measure this machine: score generated reviews with a random model of the given size.
+
+    Prints reviews/s, tokens/s and GFLOP/s of the recurrent product, and the machine's
+    matrix-product rate for comparison. Example: rnnpipe bench --cell gru --threads 2
+    """
+    from pipeline.bench import run_machine_bench
+
+    _threads(threads)
+    report = run_machine_bench(cell, embed_dim, hidden_dim, rows, repeats, _backend(device))
+    if json_out:
+        typer.echo(json.dumps(report))
+        return
+    for key, value in report.items():
+        typer.echo(
+            f"{key:>22}: {value:,.1f}" if isinstance(value, float) else f"{key:>22}: {value}"
+        )
+
+
+# ------------------------------------------------------------------------------------ jobs
+
+
+JobSpecArg = Annotated[Path, typer.Argument(help="Job spec (TOML).")]
+
+
+@job_app.command("run")
+@_expected_errors
+def job_run(spec: JobSpecArg) -> None:
+    """Score the job's new or changed inputs; safe to kill and rerun.
+
+    Exit codes: 0 all done (or nothing to do), 1 some inputs failed, 2 bad spec,
+    3 another run holds the lock. Example: rnnpipe job run jobs/example.toml
+    """
+    from pipeline.jobs import load_spec, run_job
+
+    report = run_job(load_spec(spec))
+    raise typer.Exit(report.exit_code)
+
+
+@job_app.command("status")
+@_expected_errors
+def job_status(spec: JobSpecArg, json_out: Json = False) -> None:
+    """What a job has done, what is pending or failed, and its last run.
+
+    Example: rnnpipe job status jobs/example.toml --json
+    """
+    from pipeline.jobs import format_status, job_status, load_spec
+
+    status = job_status(load_spec(spec))
+    typer.echo(json.dumps(status) if json_out else format_status(status))
+
+
+@job_app.command("validate")
+@_expected_errors
+def job_validate(spec: JobSpecArg) -> None:
+    """Check a job spec (keys, types, model, inputs) without running it.
+
+    Example: rnnpipe job validate jobs/example.toml
+    """
+    from pipeline.jobs import load_spec, validate_spec
+
+    summary = validate_spec(load_spec(spec))
+    typer.echo(summary if isinstance(summary, str) else f"{spec}: ok")
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

@@ -1,0 +1,217 @@
+"""Classification metrics: accuracy, per-class F1, ROC AUC, log loss, confusion, calibration.
+
+Everything takes true labels as class indices (int[n]) and predicted probabilities as
+float[n, C] (rows summing to 1, column ``k`` for class ``k``; for a binary model column 1
+is the positive class). ``evaluate_probs`` bundles them into one JSON-serialisable dict,
+which the trainer writes to ``metrics.json`` and ``rnnpipe evaluate`` prints.
+
+Example::
+
+    from pipeline.metrics import evaluate_probs
+    report = evaluate_probs(np.array([0, 1, 1]), probs, ("negative", "positive"))
+    report["accuracy"], report["roc_auc"]
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "accuracy",
+    "confusion_matrix",
+    "evaluate_probs",
+    "expected_calibration_error",
+    "f1_macro",
+    "log_loss",
+    "precision_recall_f1",
+    "roc_auc",
+]
+
+
+def _labels(y: np.ndarray, n_classes: int | None = None) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be a 1-D integer array, got shape {y.shape} {y.dtype}")
+    if n_classes is not None and y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"labels must lie in [0, {n_classes}), got {y.min()}..{y.max()}")
+    return y.astype(np.int64, copy=False)
+
+
+def _probs(probs: np.ndarray, n: int) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != n or probs.shape[1] < 2:
+        raise ValueError(f"probs must be [n={n}, C>=2], got shape {probs.shape}")
+    if not np.all(np.isfinite(probs)):
+        raise ValueError("probs contain NaN or infinite values")
+    return probs
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Fraction of ``y_pred`` equal to ``y_true`` (NaN when empty).
+
+    Example: ``accuracy(np.array([0, 1, 1]), np.array([0, 1, 0]))`` is 2/3.
+    """
+    y_true, y_pred = _labels(y_true), _labels(y_pred)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
+    return float(np.mean(y_true == y_pred)) if y_true.size else math.nan
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """int64[C, C] counts: row = true class, column = predicted class.
+
+    Example: ``confusion_matrix([0, 1, 1], [0, 1, 0], 2)`` is ``[[1, 0], [1, 1]]``.
+    """
+    y_true, y_pred = _labels(y_true, n_classes), _labels(y_pred, n_classes)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
+    flat = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes)
+    return flat.reshape(n_classes, n_classes).astype(np.int64)
+
+
+def precision_recall_f1(
+    y_true: np.ndarray, y_pred: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-class precision, recall, F1 (float64[C]) and support (int64[C]).
+
+    A ratio with a zero denominator is 0 (sklearn's ``zero_division=0``): a class never
+    predicted has precision 0, a class never present recall 0.
+
+    Example::
+
+        p, r, f1, support = precision_recall_f1(y, y_hat, 3)
+    """
+    cm = confusion_matrix(y_true, y_pred, n_classes)
+    tp = np.diag(cm).astype(np.float64)
+    predicted = cm.sum(axis=0).astype(np.float64)
+    support = cm.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        denom = precision + recall
+        f1 = np.where(denom > 0, 2 * precision * recall / denom, 0.0)
+    return precision, recall, f1, support
+
+
+def f1_macro(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Unweighted mean of the per-class F1 scores.
+
+    Example: ``f1_macro([0, 1, 1], [0, 1, 0], 2)`` is (2/3 + 2/3) / 2.
+    """
+    return float(np.mean(precision_recall_f1(y_true, y_pred, n_classes)[2]))
+
+
+def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve for binary labels (1 = positive), from ranks.
+
+    Equals the probability that a random positive scores above a random negative, ties
+    counting one half (Mann-Whitney U with average ranks). NaN when only one class is present.
+
+    Example: ``roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])`` is 0.75.
+    """
+    y = _labels(y_true, 2)
+    s = np.asarray(scores, dtype=np.float64)
+    if s.shape != y.shape:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} differ in shape")
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = np.argsort(s, kind="stable")
+    sorted_s = s[order]
+    # average rank (1-based) of each run of equal scores
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], s.size]
+    avg_rank = (starts + ends + 1) / 2.0  # mean of ranks starts+1 .. ends
+    ranks = np.empty(s.size, dtype=np.float64)
+    ranks[order] = np.repeat(avg_rank, ends - starts)
+    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def log_loss(y_true: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
+    """Mean negative log-likelihood of the true class, probabilities clipped to [eps, 1-eps].
+
+    Example: ``log_loss([1], [[0.2, 0.8]])`` is -log(0.8).
+    """
+    y = _labels(y_true)
+    p = _probs(probs, y.size)
+    if y.size == 0:
+        return math.nan
+    _labels(y, p.shape[1])
+    p_true = np.clip(p[np.arange(y.size), y], eps, 1 - eps)
+    return float(-np.mean(np.log(p_true)))
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """Expected calibration error of the top-label confidence (Guo et al. 2017).
+
+    Confidences (the largest probability of each row) go into ``n_bins`` equal-width bins
+    (lo, hi]; ECE = sum over bins of (bin size / n) * |accuracy(bin) - mean confidence(bin)|.
+
+    Example: ``expected_calibration_error([0, 1], [[0.9, 0.1], [0.8, 0.2]])`` is
+    0.5*|1-0.9| + 0.5*|0-0.8| = 0.45.
+    """
+    y = _labels(y_true)
+    p = _probs(probs, y.size)
+    if y.size == 0:
+        return math.nan
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    # bin k holds conf in (k/n_bins, (k+1)/n_bins]; a confidence of exactly 0 goes to bin 0
+    bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    sum_conf = np.bincount(bins, weights=conf, minlength=n_bins)
+    sum_correct = np.bincount(bins, weights=correct, minlength=n_bins)
+    return float(np.sum(np.abs(sum_correct - sum_conf)) / y.size)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def evaluate_probs(
+    y_true_idx: np.ndarray, probs: np.ndarray, classes: tuple[str, ...] | list[str]
+) -> dict:
+    """Every metric for predicted ``probs`` [n, C] against true class indices, as a JSON dict.
+
+    Keys: ``n``, ``accuracy``, ``f1_macro``, ``log_loss``, ``ece``, ``per_class`` (name ->
+    precision, recall, f1, support), ``confusion_matrix`` (rows true, columns predicted, in the
+    order of ``classes``), ``classes``, and ``roc_auc`` for binary problems (probability of
+    class 1 as the score; None when only one class is present). Undefined values are None.
+
+    Raises ValueError for inconsistent shapes or labels outside the classes.
+
+    Example::
+
+        evaluate_probs(np.array([0, 1]), np.array([[0.7, 0.3], [0.4, 0.6]]), ["neg", "pos"])
+    """
+    classes = [str(c) for c in classes]
+    y = _labels(y_true_idx, len(classes))
+    p = _probs(probs, y.size)
+    if p.shape[1] != len(classes):
+        raise ValueError(f"probs have {p.shape[1]} columns for {len(classes)} classes")
+    y_pred = p.argmax(axis=1) if y.size else np.zeros(0, np.int64)
+    precision, recall, f1, support = precision_recall_f1(y, y_pred, len(classes))
+    report: dict = {
+        "n": int(y.size),
+        "accuracy": _finite_or_none(accuracy(y, y_pred)),
+        "f1_macro": float(np.mean(f1)),
+        "log_loss": _finite_or_none(log_loss(y, p)),
+        "ece": _finite_or_none(expected_calibration_error(y, p)),
+        "classes": classes,
+        "per_class": {
+            name: {
+                "precision": float(precision[k]),
+                "recall": float(recall[k]),
+                "f1": float(f1[k]),
+                "support": int(support[k]),
+            }
+            for k, name in enumerate(classes)
+        },
+        "confusion_matrix": confusion_matrix(y, y_pred, len(classes)).tolist(),
+    }
+    if len(classes) == 2:
+        report["roc_auc"] = _finite_or_none(roc_auc(y, p[:, 1]))
+    return report

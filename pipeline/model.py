@@ -1,0 +1,755 @@
+"""The recurrent classifier: its config, parameters, forward/backward over a kernel backend,
+and the model artifact (a directory that ``Model.save`` writes and ``Model.load`` validates).
+
+Architecture: embedding → ``num_layers`` recurrent layers (lstm, gru or rnn; optionally
+bidirectional, the two directions' states concatenated) → pooling of the last layer (last
+state, max and/or mean over the valid steps, per direction) → dropout → one dense layer
+(a single logit with a sigmoid for two classes, softmax logits otherwise).
+
+Parameters are a flat ``dict[str, np.ndarray]``, float32 (float64 works too, for gradient
+checks on the reference backend)::
+
+    embedding            [V, E]        row 0 (padding) stays zero
+    l{l}.{fwd|bwd}.W_ih  [G*H, in]     in = E for layer 0, dirs*H above
+    l{l}.{fwd|bwd}.W_hh  [G*H, H]
+    l{l}.{fwd|bwd}.b_ih  [G*H]
+    l{l}.{fwd|bwd}.b_hh  [G*H]
+    out.W                [C', F]       C' = 1 (binary) or C; F = dirs * H * len(modes)
+    out.b                [C']
+
+Features are ordered direction first, then pooling mode: [fwd last, fwd max, bwd last, ...].
+
+The artifact directory holds ``config.json`` (format version, model config, tokenizer
+settings, training info, metrics), ``vocab.json`` and ``weights.npz`` (loaded with
+``allow_pickle=False``).
+
+Example::
+
+    model = Model(ModelConfig(cell="gru", vocab_size=tok.vocab_size), tokenizer=tok)
+    probs = model.predict_proba(model.encode(texts))   # float32 [n, C]
+    model.save("model/")
+    same = Model.load("model/")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numba
+import numpy as np
+
+from pipeline.batching import sorted_batches
+from pipeline.errors import ConfigError, ModelFormatError, RnnpipeError
+from pipeline.kernels import BACKENDS, CELLS, gates, get_backend
+from pipeline.text import PAD_ID, TokenIds
+
+__all__ = [
+    "FORMAT_VERSION",
+    "POOLINGS",
+    "Model",
+    "ModelConfig",
+    "expected_shapes",
+    "init_params",
+]
+
+FORMAT_VERSION = 1
+POOLINGS = ("last", "max", "mean", "last+max", "last+mean", "max+mean", "last+max+mean")
+DIRECTIONS = ("fwd", "bwd")
+CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "weights.npz"
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes the model's shapes and behaviour; stored in ``config.json``.
+
+    Fields: ``cell`` lstm|gru|rnn; ``embed_dim`` E; ``hidden_dim`` H; ``num_layers`` >= 1;
+    ``bidirectional``; ``pooling`` one of ``POOLINGS`` ("last+max" pools both ways and
+    concatenates); ``dropout`` in [0, 1), applied between layers and before the dense layer;
+    ``vocab_size`` V including pad (0) and OOV (1); ``max_len`` tokens kept per review (the
+    last ones); ``classes`` the class names, >= 2, in label-index order.
+
+    Raises ConfigError for any invalid value.
+
+    Example: ``ModelConfig(cell="gru", hidden_dim=64, pooling="last+max", vocab_size=20002)``.
+    """
+
+    cell: str = "lstm"
+    embed_dim: int = 64
+    hidden_dim: int = 32
+    num_layers: int = 1
+    bidirectional: bool = False
+    pooling: str = "last"
+    dropout: float = 0.0
+    vocab_size: int = 20002
+    max_len: int = 256
+    classes: tuple[str, ...] = ("negative", "positive")
+
+    format_version = FORMAT_VERSION  # class constant, not a field
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ConfigError(f"unknown cell {self.cell!r}: expected one of lstm, gru, rnn")
+        minimums = {"embed_dim": 1, "hidden_dim": 1, "num_layers": 1, "vocab_size": 2, "max_len": 1}
+        for name, low in minimums.items():
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise ConfigError(f"model option {name} must be an integer >= {low}, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if not isinstance(self.bidirectional, bool | np.bool_):
+            raise ConfigError(f"bidirectional must be true or false, got {self.bidirectional!r}")
+        object.__setattr__(self, "bidirectional", bool(self.bidirectional))
+        if self.pooling not in POOLINGS:
+            raise ConfigError(
+                f"unknown pooling {self.pooling!r}: expected one of {', '.join(POOLINGS)}"
+            )
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, int | float)
+            or not 0 <= self.dropout < 1
+        ):
+            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        object.__setattr__(self, "dropout", float(self.dropout))
+        if isinstance(self.classes, str) or not isinstance(self.classes, tuple | list):
+            raise ConfigError(f"classes must be a list of names, got {self.classes!r}")
+        classes = tuple(str(c) for c in self.classes)
+        if len(classes) < 2 or len(set(classes)) != len(classes) or "" in classes:
+            raise ConfigError(f"classes must be >= 2 distinct non-empty names, got {list(classes)}")
+        object.__setattr__(self, "classes", classes)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The pooling modes, e.g. ``("last", "max")`` for ``"last+max"``."""
+        return tuple(self.pooling.split("+"))
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return DIRECTIONS if self.bidirectional else DIRECTIONS[:1]
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+    @property
+    def num_outputs(self) -> int:
+        """C': 1 logit for two classes (sigmoid), else one per class (softmax)."""
+        return 1 if self.binary else len(self.classes)
+
+    @property
+    def feature_dim(self) -> int:
+        """F = dirs * H * len(modes), the input width of the dense layer."""
+        return len(self.directions) * self.hidden_dim * len(self.modes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (``classes`` as a list)."""
+        d = dataclasses.asdict(self)
+        d["classes"] = list(self.classes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """Build from ``to_dict`` output. Raises ConfigError on missing or unknown keys.
+
+        Example: ``ModelConfig.from_dict(cfg.to_dict()) == cfg``.
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown model option {unknown[0]!r}: expected some of {names}")
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise ConfigError(f"model config lacks {missing[0]!r}")
+        return cls(**{n: d[n] for n in names})
+
+
+def _layer_names(config: ModelConfig) -> Iterator[tuple[int, str, str]]:
+    """(layer, direction, name prefix) for every recurrent layer and direction."""
+    for layer in range(config.num_layers):
+        for direction in config.directions:
+            yield layer, direction, f"l{layer}.{direction}"
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter name and the shape ``config`` implies, in a fixed order.
+
+    Example: ``expected_shapes(cfg)["l0.fwd.W_hh"] == (4 * cfg.hidden_dim, cfg.hidden_dim)``.
+    """
+    G, H, E = gates(config.cell), config.hidden_dim, config.embed_dim
+    dirs = len(config.directions)
+    shapes: dict[str, tuple[int, ...]] = {"embedding": (config.vocab_size, E)}
+    for layer, _, prefix in _layer_names(config):
+        in_dim = E if layer == 0 else dirs * H
+        shapes[f"{prefix}.W_ih"] = (G * H, in_dim)
+        shapes[f"{prefix}.W_hh"] = (G * H, H)
+        shapes[f"{prefix}.b_ih"] = (G * H,)
+        shapes[f"{prefix}.b_hh"] = (G * H,)
+    shapes["out.W"] = (config.num_outputs, config.feature_dim)
+    shapes["out.b"] = (config.num_outputs,)
+    return shapes
+
+
+def _glorot(rng: np.random.Generator, fan_out: int, fan_in: int) -> np.ndarray:
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=(fan_out, fan_in))
+
+
+def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
+    # QR of a Gaussian, signs fixed by diag(R) so the result is uniform over orthogonal matrices
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def init_params(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Fresh float32 parameters with Keras' initialisation (worth points of accuracy on IMDB).
+
+    Embedding U(-0.05, 0.05) with the pad row zero; ``W_ih`` Glorot-uniform per gate block;
+    ``W_hh`` orthogonal per gate block; biases zero except the LSTM forget gate's ``b_ih``
+    block, which is 1; dense layer Glorot-uniform, bias zero. Same seed, same parameters.
+
+    Example: ``params = init_params(ModelConfig(vocab_size=100), seed=1)``.
+    """
+    rng = np.random.default_rng(seed)
+    G, H = gates(config.cell), config.hidden_dim
+    shapes = expected_shapes(config)
+    params: dict[str, np.ndarray] = {}
+    emb = rng.uniform(-0.05, 0.05, size=shapes["embedding"])
+    emb[PAD_ID] = 0.0
+    params["embedding"] = emb
+    for _, _, prefix in _layer_names(config):
+        in_dim = shapes[f"{prefix}.W_ih"][1]
+        params[f"{prefix}.W_ih"] = np.concatenate([_glorot(rng, H, in_dim) for _ in range(G)])
+        params[f"{prefix}.W_hh"] = np.concatenate([_orthogonal(rng, H) for _ in range(G)])
+        params[f"{prefix}.b_ih"] = np.zeros(G * H)
+        params[f"{prefix}.b_hh"] = np.zeros(G * H)
+        if config.cell == "lstm":
+            params[f"{prefix}.b_ih"][H : 2 * H] = 1.0  # forget gate: remember by default
+    params["out.W"] = _glorot(rng, *shapes["out.W"])
+    params["out.b"] = np.zeros(shapes["out.b"])
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype) -> np.ndarray:
+    """Inverted dropout: kept units are scaled by 1/(1-p) so inference needs no rescaling."""
+    return ((rng.random(shape) >= p) / (1.0 - p)).astype(dtype)
+
+
+@numba.njit(cache=True)
+def _dense_kernel(feats, W, b, out):  # pragma: no cover
+    # One row at a time in a fixed order: a row's logits never depend on the batch around
+    # it (a BLAS product may round differently with the number of rows).
+    for i in range(feats.shape[0]):
+        for c in range(W.shape[0]):
+            acc = 0.0
+            for f in range(W.shape[1]):
+                acc += feats[i, f] * W[c, f]
+            out[i, c] = acc + b[c]
+
+
+def _dense(feats: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``feats @ W.T + b``, row-independent (see ``_dense_kernel``)."""
+    out = np.empty((feats.shape[0], W.shape[0]), dtype=np.result_type(feats, W))
+    _dense_kernel(np.ascontiguousarray(feats), np.ascontiguousarray(W), b, out)
+    return out
+
+
+@numba.njit(cache=True)
+def _scatter_kernel(ids, rows, out):  # pragma: no cover
+    for t in range(ids.size):
+        v = ids[t]
+        for j in range(rows.shape[1]):
+            out[v, j] += rows[t, j]
+
+
+def _scatter_rows(ids: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """dEmb[v] = sum of ``rows`` whose id is v, added in token order.
+
+    A fixed summation order keeps it deterministic; one compiled pass is far faster than
+    ``np.add.at`` or a sort + ``reduceat``.
+    """
+    out = np.zeros((n_rows, rows.shape[1]), dtype=rows.dtype)
+    _scatter_kernel(np.ascontiguousarray(ids), np.ascontiguousarray(rows), out)
+    out[PAD_ID] = 0.0  # padding never learns
+    return out
+
+
+@dataclass
+class _ForwardCache:
+    """What ``Model.backward`` needs from one training forward pass."""
+
+    ids: np.ndarray  # (nnz,) int32
+    offsets: np.ndarray  # (n+1,) int64
+    layer_caches: list[dict[str, Any]]  # per layer: direction -> kernel cache
+    input_masks: list[np.ndarray | None]  # per layer > 0: dropout mask on its input
+    last_hs: dict[str, np.ndarray]  # direction -> (nnz, H) states of the last layer
+    feats: np.ndarray  # (n, F) pooled features after dropout
+    feat_mask: np.ndarray | None  # (n, F) dropout mask on the features
+
+
+# --------------------------------------------------------------------------- model
+
+
+class Model:
+    """A recurrent classifier: config, parameters, fitted tokenizer and a kernel backend.
+
+    Parameters: ``config``; ``params`` (default: ``init_params(config, seed)``), checked against
+    the shapes the config implies; ``tokenizer`` the fitted ``pipeline.text.Tokenizer`` (needed
+    by ``encode`` and ``save``); ``backend`` ``cpu`` (default), ``reference`` or ``cuda``,
+    resolved on first use; nothing falls back to another backend silently.
+
+    Raises ConfigError for an unknown backend or parameters that do not fit the config.
+
+    Example::
+
+        model = Model(ModelConfig(vocab_size=50), backend="reference", seed=0)
+        logits, cache = model.forward(tokens, training=True, rng=np.random.default_rng(0))
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        params: Mapping[str, np.ndarray] | None = None,
+        tokenizer: Any = None,
+        backend: str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self._kernels: ModuleType | None = None
+        self._tables: dict[str, np.ndarray] | None = None
+        if params is None:
+            params = init_params(config, seed)
+        problem = _params_problem(config, params, float32_only=False)
+        if problem:
+            raise ConfigError(f"parameters do not fit the model config: {problem}")
+        self.params: dict[str, np.ndarray] = dict(params)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def kernels(self) -> ModuleType:
+        """The backend's kernel module (imported on first use)."""
+        if self._kernels is None:
+            self._kernels = get_backend(self.backend)
+        return self._kernels
+
+    def clear_cache(self) -> None:
+        """Forget the folded inference tables; call after changing ``params`` in place."""
+        self._tables = None
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.params["embedding"].dtype
+
+    def encode(self, texts: Any) -> TokenIds:
+        """Tokenize ``texts`` (an Arrow string array) and keep the last ``max_len`` tokens.
+
+        Raises ConfigError when the model has no tokenizer.
+
+        Example: ``tokens = model.encode(pa.array(["great film", "dull"]))``.
+        """
+        if self.tokenizer is None:
+            raise ConfigError("this model has no tokenizer: cannot encode text")
+        return self.tokenizer.encode(texts).truncate(self.config.max_len)
+
+    # ------------------------------------------------------------------ training path
+
+    def forward(
+        self, tokens: TokenIds, training: bool, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, _ForwardCache | None]:
+        """Logits for every sequence, and (when ``training``) what ``backward`` needs.
+
+        Parameters: ``tokens`` already truncated to ``max_len``; ``training`` enables dropout and
+        the cache; ``rng`` draws the dropout masks (required when training with dropout > 0).
+
+        Returns ``(logits [n, C'], cache)``; ``cache`` is None unless ``training``.
+
+        Example: ``logits, _ = model.forward(tokens, training=False)``.
+        """
+        cfg, k, p = self.config, self.kernels, self.params
+        p_drop = cfg.dropout if training else 0.0
+        if p_drop > 0 and rng is None:
+            raise ValueError("forward(training=True) with dropout needs an rng")
+        ids, offsets = tokens.ids, tokens.offsets
+        x = p["embedding"][ids]  # (nnz, E)
+        layer_caches: list[dict[str, Any]] = []
+        input_masks: list[np.ndarray | None] = []
+        hs: dict[str, np.ndarray] = {}
+        for layer in range(cfg.num_layers):
+            if layer > 0:
+                mask = _dropout_mask(rng, x.shape, p_drop, x.dtype) if p_drop > 0 else None
+                if mask is not None:
+                    x = x * mask
+                input_masks.append(mask)
+            caches: dict[str, Any] = {}
+            hs = {}
+            for d in cfg.directions:
+                pre = f"l{layer}.{d}"
+                hs[d], caches[d] = k.layer_forward(
+                    cfg.cell,
+                    x,
+                    offsets,
+                    p[f"{pre}.W_ih"],
+                    p[f"{pre}.W_hh"],
+                    p[f"{pre}.b_ih"],
+                    p[f"{pre}.b_hh"],
+                    reverse=d == "bwd",
+                    training=training,
+                )
+            layer_caches.append(caches)
+            x = np.concatenate([hs[d] for d in cfg.directions], axis=1)  # (nnz, dirs*H)
+        feats = np.concatenate(
+            [
+                k.pool_forward(hs[d], offsets, mode, reverse=d == "bwd")
+                for d in cfg.directions
+                for mode in cfg.modes
+            ],
+            axis=1,
+        )  # (n, F)
+        feat_mask = None
+        if p_drop > 0:
+            feat_mask = _dropout_mask(rng, feats.shape, p_drop, feats.dtype)
+            feats = feats * feat_mask
+        logits = feats @ p["out.W"].T + p["out.b"]  # (n, C')
+        if not training:
+            return logits, None
+        cache = _ForwardCache(ids, offsets, layer_caches, input_masks, hs, feats, feat_mask)
+        return logits, cache
+
+    def backward(self, cache: _ForwardCache, dlogits: np.ndarray) -> dict[str, np.ndarray]:
+        """Gradients of every parameter (same keys and shapes) given dL/dlogits [n, C'].
+
+        Example::
+
+            logits, cache = model.forward(tokens, training=True, rng=rng)
+            grads = model.backward(cache, dlogits)
+        """
+        cfg, k, p = self.config, self.kernels, self.params
+        H, dirs = cfg.hidden_dim, cfg.directions
+        dlogits = np.asarray(dlogits, dtype=self.dtype)
+        grads: dict[str, np.ndarray] = {
+            "out.W": dlogits.T @ cache.feats,
+            "out.b": dlogits.sum(axis=0),
+        }
+        dfeats = dlogits @ p["out.W"]  # (n, F)
+        if cache.feat_mask is not None:
+            dfeats *= cache.feat_mask
+        # split the features back per direction and mode, in forward's order
+        dhs: dict[str, np.ndarray] = {}
+        col = 0
+        for d in dirs:
+            for mode in cfg.modes:
+                part = np.ascontiguousarray(dfeats[:, col : col + H])
+                g = k.pool_backward(part, cache.last_hs[d], cache.offsets, mode, reverse=d == "bwd")
+                dhs[d] = g if d not in dhs else dhs[d] + g
+                col += H
+        for layer in reversed(range(cfg.num_layers)):
+            dx = None
+            for d in dirs:
+                pre = f"l{layer}.{d}"
+                dx_d, dW_ih, dW_hh, db_ih, db_hh = k.layer_backward(
+                    cache.layer_caches[layer][d], dhs[d]
+                )
+                grads[f"{pre}.W_ih"], grads[f"{pre}.W_hh"] = dW_ih, dW_hh
+                grads[f"{pre}.b_ih"], grads[f"{pre}.b_hh"] = db_ih, db_hh
+                dx = dx_d if dx is None else dx + dx_d  # both directions read the same input
+            if layer > 0:
+                mask = cache.input_masks[layer - 1]
+                if mask is not None:
+                    dx *= mask
+                dhs = {
+                    d: np.ascontiguousarray(dx[:, j * H : (j + 1) * H]) for j, d in enumerate(dirs)
+                }
+            else:
+                grads["embedding"] = _scatter_rows(cache.ids, dx, cfg.vocab_size)
+        return {name: np.ascontiguousarray(grads[name], dtype=self.dtype) for name in p}
+
+    def loss_and_grads(
+        self,
+        tokens: TokenIds,
+        y: np.ndarray,
+        class_weights: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[float, dict[str, np.ndarray]]:
+        """Mean cross-entropy over the batch and the gradient of every parameter.
+
+        Binary models use binary cross-entropy with logits (computed stably), others softmax
+        cross-entropy. With ``class_weights`` (float[C]) each row counts ``w[y_i]`` and the loss
+        is the weighted mean sum(w_i * l_i) / sum(w_i), as in PyTorch.
+
+        Parameters: ``tokens`` the batch; ``y`` int class indices [n]; ``rng`` for dropout.
+
+        Example: ``loss, grads = model.loss_and_grads(batch, y, rng=rng)``.
+        """
+        y = np.asarray(y, dtype=np.int64)
+        if y.shape != (len(tokens),):
+            raise ValueError(f"y must have one label per sequence ({len(tokens)}), got {y.shape}")
+        logits, cache = self.forward(tokens, training=True, rng=rng)
+        z = logits.astype(np.float64)
+        if self.config.binary:
+            z1 = z[:, 0]
+            per_row = np.maximum(z1, 0) - z1 * y + np.log1p(np.exp(-np.abs(z1)))
+            dz = (_sigmoid(z1) - y)[:, None]
+        else:
+            logp = _log_softmax(z)
+            per_row = -logp[np.arange(y.size), y]
+            dz = np.exp(logp)
+            dz[np.arange(y.size), y] -= 1.0
+        w = np.ones(y.size) if class_weights is None else np.asarray(class_weights, np.float64)[y]
+        total = w.sum()
+        loss = float((w * per_row).sum() / total)
+        dlogits = dz * (w / total)[:, None]
+        return loss, self.backward(cache, dlogits)
+
+    # ------------------------------------------------------------------ inference
+
+    def _folded_tables(self) -> dict[str, np.ndarray]:
+        if self._tables is None:
+            p, cfg = self.params, self.config
+            self._tables = {
+                d: self.kernels.fold_table(
+                    cfg.cell,
+                    p["embedding"],
+                    p[f"l0.{d}.W_ih"],
+                    p[f"l0.{d}.b_ih"],
+                    p[f"l0.{d}.b_hh"],
+                )
+                for d in cfg.directions
+            }
+        return self._tables
+
+    def logits(self, tokens: TokenIds) -> np.ndarray:
+        """Inference logits [n, C'] (folded-table fast path for one-layer models)."""
+        cfg, p = self.config, self.params
+        if cfg.num_layers != 1:
+            return self.forward(tokens, training=False)[0]
+        tables = self._folded_tables()
+        feats = np.concatenate(
+            [
+                self.kernels.layer_infer(
+                    cfg.cell,
+                    tables[d],
+                    tokens.ids,
+                    tokens.offsets,
+                    p[f"l0.{d}.W_hh"],
+                    p[f"l0.{d}.b_hh"],
+                    d == "bwd",
+                    cfg.modes,
+                )
+                for d in cfg.directions
+            ],
+            axis=1,
+        )
+        return _dense(feats, p["out.W"], p["out.b"])
+
+    def predict_proba(self, tokens: TokenIds, batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities float32 [n, C], rows in input order.
+
+        Sequences are processed in batches of similar length. For two classes column 1 is the
+        positive class (the sigmoid of the single logit). ``tokens`` should already be
+        truncated (``model.encode`` does it).
+
+        Raises RuntimeError if the result is not finite (a bug or corrupt weights).
+
+        Example: ``probs = model.predict_proba(model.encode(texts))``.
+        """
+        n = len(tokens)
+        out = np.zeros((n, len(self.config.classes)), dtype=np.float32)
+        for idx in sorted_batches(tokens.lengths, batch_size):
+            z = self.logits(tokens.take(idx)).astype(np.float64)
+            if self.config.binary:
+                p1 = _sigmoid(z[:, 0])
+                out[idx, 0], out[idx, 1] = 1.0 - p1, p1
+            else:
+                out[idx] = np.exp(_log_softmax(z))
+        if not np.all(np.isfinite(out)):
+            raise RuntimeError("model produced non-finite probabilities")
+        return out
+
+    # ------------------------------------------------------------------ artifact
+
+    def fingerprint(self) -> str:
+        """sha256 hex digest of the config, the vocabulary and every weight's bytes."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        if self.tokenizer is not None:
+            h.update(json.dumps(self.tokenizer.to_config(), sort_keys=True).encode())
+            # the words themselves: a changed vocabulary changes every prediction
+            h.update("\n".join(self.tokenizer.words).encode())
+        for name in sorted(self.params):
+            a = np.ascontiguousarray(self.params[name])
+            h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
+    def save(
+        self,
+        directory: str | Path,
+        training: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        extra_files: Mapping[str, bytes | str] | None = None,
+    ) -> Path:
+        """Write the model directory atomically: a failed save leaves nothing behind.
+
+        Parameters: ``directory`` the final path; ``training`` and ``metrics`` JSON-ready dicts
+        recorded in ``config.json``; ``extra_files`` more files (name -> content) written into
+        the same directory, e.g. ``metrics.json``, ``history.csv``.
+
+        Returns the directory. Raises ConfigError when the model has no tokenizer or the
+        parameters are not float32.
+
+        Example: ``model.save("runs/imdb", metrics={"accuracy": 0.88})``.
+        """
+        from pipeline import io
+
+        if self.tokenizer is None:
+            raise ConfigError("cannot save a model without its tokenizer")
+        problem = _params_problem(self.config, self.params, float32_only=True)
+        if problem:
+            raise ConfigError(f"cannot save: {problem}")
+        config = {
+            "format_version": FORMAT_VERSION,
+            **self.config.to_dict(),
+            "tokenizer": self.tokenizer.to_config(),
+            "training": dict(training or {}),
+            "metrics": dict(metrics or {}),
+        }
+        directory = Path(directory)
+        with io.atomic_dir(directory) as tmp:
+            tmp = Path(tmp)
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
+            self.tokenizer.save(tmp / VOCAB_FILE)
+            np.savez(
+                tmp / WEIGHTS_FILE, **{k: np.ascontiguousarray(v) for k, v in self.params.items()}
+            )
+            for name, content in (extra_files or {}).items():
+                target = tmp / name
+                if isinstance(content, str):
+                    target.write_text(content)
+                else:
+                    target.write_bytes(content)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, backend: str = "cpu") -> Model:
+        """Load and validate a model directory written by ``save``.
+
+        Checks the format version, the config, the vocabulary size, and that the weights hold
+        exactly the expected names, each float32, of the expected shape, all finite.
+
+        Raises ModelFormatError (one line naming the directory and the problem) for anything
+        wrong or missing.
+
+        Example: ``model = Model.load("model/", backend="cpu")``.
+        """
+        from pipeline.text import Tokenizer
+
+        directory = Path(directory)
+
+        def fail(what: str) -> ModelFormatError:
+            return ModelFormatError(f"{directory}: {what}")
+
+        if not directory.is_dir():
+            raise fail("not a model directory (it does not exist or is not a directory)")
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise fail(f"not a model directory (no {CONFIG_FILE})")
+        try:
+            raw = json.loads(config_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise fail(f"{CONFIG_FILE} is not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise fail(f"{CONFIG_FILE} must hold a JSON object")
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise fail(
+                f"model format_version {version!r} is not supported (this rnnpipe reads version "
+                f"{FORMAT_VERSION}): retrain or convert the model"
+            )
+        names = [f.name for f in dataclasses.fields(ModelConfig)]
+        try:
+            config = ModelConfig.from_dict({n: raw[n] for n in names if n in raw})
+        except ConfigError as e:
+            raise fail(f"bad model config in {CONFIG_FILE}: {e}") from None
+
+        vocab_path = directory / VOCAB_FILE
+        if not vocab_path.is_file():
+            raise fail(f"missing {VOCAB_FILE}")
+        try:
+            tokenizer = Tokenizer.load(vocab_path)
+        except (RnnpipeError, OSError, ValueError, KeyError, TypeError) as e:
+            raise fail(f"cannot read {VOCAB_FILE}: {e}") from None
+        if tokenizer.vocab_size != config.vocab_size:
+            raise fail(
+                f"{VOCAB_FILE} has {tokenizer.vocab_size} ids but the config says vocab_size "
+                f"{config.vocab_size}"
+            )
+
+        weights_path = directory / WEIGHTS_FILE
+        if not weights_path.is_file():
+            raise fail(f"missing {WEIGHTS_FILE}")
+        try:
+            with np.load(weights_path, allow_pickle=False) as npz:
+                params = {name: npz[name] for name in npz.files}
+        except Exception as e:  # zip, header and pickle errors all mean a broken file
+            raise fail(f"cannot read {WEIGHTS_FILE}: {e}") from None
+        problem = _params_problem(config, params, float32_only=True)
+        if problem:
+            raise fail(f"{WEIGHTS_FILE}: {problem}")
+        params = {k: np.ascontiguousarray(params[k]) for k in expected_shapes(config)}
+        return cls(config, params, tokenizer=tokenizer, backend=backend)
+
+
+def _params_problem(
+    config: ModelConfig, params: Mapping[str, np.ndarray], float32_only: bool
+) -> str | None:
+    """A one-line description of the first way ``params`` fail to fit ``config``, or None."""
+    shapes = expected_shapes(config)
+    missing = [k for k in shapes if k not in params]
+    if missing:
+        return f"weight {missing[0]!r} is missing"
+    extra = sorted(set(params) - set(shapes))
+    if extra:
+        return f"unexpected weight {extra[0]!r} (not part of this model config)"
+    dtype = None
+    for name, shape in shapes.items():
+        a = params[name]
+        if not isinstance(a, np.ndarray):
+            return f"weight {name!r} is not an array"
+        if a.shape != shape:
+            return f"weight {name!r} has shape {list(a.shape)}, expected {list(shape)}"
+        allowed = (np.float32,) if float32_only else (np.float32, np.float64)
+        if a.dtype not in allowed:
+            return f"weight {name!r} is {a.dtype}, expected float32"
+        if dtype is not None and a.dtype != dtype:
+            return f"weight {name!r} is {a.dtype} while others are {dtype}"
+        dtype = a.dtype
+        if not np.all(np.isfinite(a)):
+            return f"weight {name!r} holds NaN or infinite values"
+    return None

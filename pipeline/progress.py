@@ -1,0 +1,148 @@
+"""Progress bars and summaries on stderr for the CLI (rich, which Typer already brings).
+
+The library reports progress through callbacks and prints nothing; these classes turn the
+callbacks into a progress bar with rate and ETA, and one summary line per epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+_console = Console(stderr=True)
+
+
+class TrainProgress:
+    """Callback for ``train``: a bar per epoch (loss, tokens/s, ETA) and a line per epoch."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled and _console.is_terminal
+        self.progress: Progress | None = None
+        self.task = None
+
+    def __enter__(self) -> TrainProgress:
+        if self.enabled:
+            self.progress = Progress(
+                TextColumn("epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:,.0f} tok/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=_console,
+                transient=True,
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, event: Any) -> None:
+        kind = getattr(event, "kind", "")
+        if kind == "data_ready":
+            _console.print(
+                f"{event.n_train:,} training and {event.n_valid:,} validation reviews, "
+                f"classes {list(event.classes)}, vocabulary {event.vocab_size:,}"
+                + (f", resuming after epoch {event.start_epoch}" if event.start_epoch else "")
+            )
+        elif kind == "epoch_start" and self.progress is not None:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(
+                "train",
+                total=event.batches,
+                epoch=f"{event.epoch}/{event.epochs}",
+                loss=0.0,
+                speed=0.0,
+            )
+        elif kind == "batch" and self.progress is not None and self.task is not None:
+            self.progress.update(
+                self.task, completed=event.batch, loss=event.loss, speed=event.tokens_per_s
+            )
+        elif kind == "epoch_end":
+            mark = " *" if event.improved else ""
+            _console.print(
+                f"epoch {event.epoch}/{event.epochs}: train loss {event.train_loss:.4f}, "
+                f"valid loss {event.valid_loss:.4f}, valid acc {event.valid_acc:.4f}, "
+                f"{event.seconds:.0f} s, {event.tokens_per_s:,.0f} tok/s{mark}"
+            )
+
+
+class ScoreProgress:
+    """Callback for ``score``: a bar over all input rows with rows/s and ETA."""
+
+    def __init__(self, sources: Any, enabled: bool = True) -> None:
+        self.enabled = enabled and _console.is_terminal
+        self.sources = sources
+        self.progress: Progress | None = None
+        self.task = None
+
+    def __enter__(self) -> ScoreProgress:
+        if self.enabled:
+            from pipeline.io import count_rows, resolve_inputs
+
+            try:
+                total = count_rows(resolve_inputs(self.sources))
+            except Exception:  # the scorer reports bad inputs itself, with its own message
+                total = None
+            self.progress = Progress(
+                TextColumn("scoring"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:,.0f} rows/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=_console,
+                transient=True,
+            )
+            self.progress.__enter__()
+            self.task = self.progress.add_task("score", total=total, rate=0.0)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, event: Any) -> None:
+        if self.progress is None or self.task is None:
+            return
+        rows = event if isinstance(event, int) else getattr(event, "rows", None)
+        if isinstance(rows, int) and getattr(event, "kind", "batch") == "batch":
+            self.progress.advance(self.task, rows)
+            task = self.progress.tasks[0]
+            self.progress.update(self.task, rate=task.speed or 0.0)
+
+
+def print_evaluation(report: dict[str, Any]) -> None:
+    """Print an evaluation report (from ``train.evaluate``) as a short table."""
+    out = Console()
+    out.print(
+        f"n={report['n']:,}  accuracy {report['accuracy']:.4f}  macro F1 "
+        f"{report['f1_macro']:.4f}  log loss {report['log_loss']:.4f}"
+        + (f"  ROC AUC {report['roc_auc']:.4f}" if report.get("roc_auc") is not None else "")
+        + (f"  ECE {report['ece']:.4f}" if report.get("ece") is not None else "")
+    )
+    per_class = report.get("per_class") or {}
+    if per_class:
+        out.print(f"{'class':<16}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+        for name, m in per_class.items():
+            out.print(
+                f"{name:<16}{m['precision']:>10.4f}{m['recall']:>10.4f}{m['f1']:>10.4f}"
+                f"{m['support']:>10}"
+            )
+    cm = report.get("confusion_matrix")
+    if cm:
+        out.print("confusion matrix (rows: true, columns: predicted):")
+        for row in cm:
+            out.print("  " + " ".join(f"{v:>7}" for v in row))

@@ -1,0 +1,334 @@
+"""The training loop end to end on tiny Parquet files (``pipeline/train.py``).
+
+Tiny models (E=H=8) on the reference backend keep this fast; the sample-data test skips when
+``sample_data/reviews.parquet`` is absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.errors import ConfigError, InputError, RunError
+from pipeline.model import Model
+from pipeline.train import (
+    BatchDone,
+    DataReady,
+    EpochEnd,
+    EpochStart,
+    TrainConfig,
+    checkpoint_dir_for,
+    evaluate,
+    train,
+)
+
+
+def _available_backends() -> list[str]:
+    try:
+        import pipeline.kernels.cpu  # noqa: F401
+    except Exception:
+        return ["reference"]
+    return ["reference", "cpu"]
+
+
+BACKENDS = _available_backends()
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "reviews.parquet"
+TINY = {"embed_dim": 8, "hidden_dim": 8, "max_len": 12}
+FILLER = ["the", "a", "movie", "film", "plot", "actor", "scene", "story"]
+POSITIVE, NEGATIVE, NEUTRAL = ["good", "great", "fine"], ["bad", "awful", "poor"], ["ok", "so"]
+
+
+def _texts(rng: np.random.Generator, labels: list[int], words: list[list[str]]) -> list[str]:
+    out = []
+    for label in labels:
+        toks = list(rng.choice(FILLER, size=rng.integers(2, 7)))
+        toks.insert(int(rng.integers(0, len(toks) + 1)), str(rng.choice(words[label])))
+        out.append(" ".join(toks))
+    return out
+
+
+def _write(path: Path, columns: dict) -> Path:
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+@pytest.fixture
+def binary_file(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 240).tolist()
+    texts = _texts(rng, labels, [NEGATIVE, POSITIVE])
+    return _write(
+        tmp_path / "train.parquet",
+        {"id": np.arange(240), "review": texts, "label": pa.array(labels, pa.int8())},
+    )
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(epochs=2, batch_size=16, lr=0.02, backend="reference", patience=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(model_dir: Path) -> dict[str, np.ndarray]:
+    with np.load(model_dir / "weights.npz") as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_binary_end_to_end(binary_file, tmp_path, backend):
+    events = []
+    out = tmp_path / "model"
+    cfg = _config(epochs=3, backend=backend)
+    result = train(binary_file, out, TINY, cfg, progress=events.append)
+    names = sorted(p.name for p in out.iterdir())
+    assert names[:5] == ["config.json", "history.csv", "metrics.json", "vocab.json", "weights.npz"]
+    assert result.metrics["accuracy"] >= 0.95 and result.metrics["roc_auc"] >= 0.95
+    assert json.loads((out / "metrics.json").read_text())["n"] == 24  # 10 % held out
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["classes"] == ["0", "1"] and config["training"]["n_train"] == 216
+    assert config["tokenizer"]["num_words"] == 20000
+
+    kinds = [type(e) for e in events]
+    assert kinds[0] is DataReady and kinds[1] is EpochStart and kinds[-1] is EpochEnd
+    assert sum(k is EpochEnd for k in kinds) == 3 and sum(k is BatchDone for k in kinds) == 3 * 14
+    batch = next(e for e in events if isinstance(e, BatchDone))
+    assert batch.tokens_per_s > 0 and batch.loss > 0
+
+    loaded = Model.load(out, backend=backend)
+    probs = loaded.predict_proba(loaded.encode(["a good film", "an awful plot"]))
+    assert probs[0, 1] > 0.5 > probs[1, 1]
+    # evaluate() on the training file knows the classes and reports every row
+    report = evaluate(binary_file, loaded)
+    assert report["n"] == 240 and report["accuracy"] >= 0.95
+    # best weights are the saved ones: the final metrics equal the best epoch's validation loss
+    best = min(float(r["valid_loss"]) for r in rows)
+    assert result.metrics["log_loss"] == pytest.approx(best, rel=1e-5)
+
+
+def test_resume_is_bit_identical(binary_file, tmp_path):
+    overrides = {**TINY, "dropout": 0.2, "cell": "gru"}  # dropout: the rng state matters
+    cfg = _config(lr_schedule="cosine", warmup_steps=5)
+    straight = train(binary_file, tmp_path / "a", overrides, cfg)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first_epoch(event):
+        if isinstance(event, EpochEnd) and event.epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(binary_file, tmp_path / "b", overrides, cfg, progress=stop_after_first_epoch)
+    assert not (tmp_path / "b").exists() and checkpoint_dir_for(tmp_path / "b").is_dir()
+    events = []
+    resumed = train(
+        binary_file, tmp_path / "b", overrides, cfg, resume=True, progress=events.append
+    )
+    assert events[0].start_epoch == 1
+    assert sum(isinstance(e, EpochEnd) for e in events) == 1
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    timing = ("seconds", "tokens_per_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in straight.history] == [
+        {k: v for k, v in r.items() if k not in timing} for r in resumed.history
+    ]
+
+
+def test_resume_refuses_an_incompatible_checkpoint(binary_file, tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train(binary_file, tmp_path / "m", TINY, _config(), resume=True)
+    train(binary_file, tmp_path / "m", TINY, _config(epochs=1))
+    with pytest.raises(ConfigError, match="model config"):
+        train(binary_file, tmp_path / "m", {**TINY, "hidden_dim": 4}, _config(), resume=True)
+    with pytest.raises(ConfigError, match="train config"):
+        train(binary_file, tmp_path / "m", TINY, _config(lr=0.5), resume=True)
+    # more epochs is a compatible change: training continues from epoch 1
+    result = train(binary_file, tmp_path / "m", TINY, _config(epochs=2), resume=True)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+
+
+def test_multiclass_string_labels_and_balanced_weights(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.choice(3, size=300, p=[0.5, 0.3, 0.2]).tolist()
+    names = np.array(["negative", "neutral", "positive"])
+    texts = _texts(rng, labels, [NEGATIVE, NEUTRAL, POSITIVE])
+    path = _write(tmp_path / "three.parquet", {"text": texts, "sentiment": names[labels]})
+    result = train(
+        path, tmp_path / "m", {**TINY, "pooling": "last+max"},
+        _config(epochs=4, class_weights="balanced"), label_col="sentiment",
+    )  # fmt: skip
+    assert result.model.config.classes == ("negative", "neutral", "positive")
+    assert result.model.config.num_outputs == 3
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert "roc_auc" not in result.metrics and result.metrics["accuracy"] > 0.8
+
+
+def test_validation_files_and_declared_classes(binary_file, tmp_path):
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 40).tolist()
+    valid = _write(
+        tmp_path / "valid.parquet",
+        {"review": _texts(rng, labels, [NEGATIVE, POSITIVE]), "label": labels},
+    )
+    result = train(
+        binary_file, tmp_path / "m", TINY, _config(), valid_paths=valid, classes=["0", "1"]
+    )
+    assert result.metrics["n"] == 40
+    with pytest.raises(InputError, match="'label' has the label '1'"):
+        train(binary_file, tmp_path / "m2", TINY, _config(), classes=["0", "2"])
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="sample_data/reviews.parquet not created yet")
+def test_loss_decreases_on_sample_data(tmp_path):
+    labels = pq.read_table(SAMPLE, columns=["label"]).column("label").to_pylist()
+    result = train(
+        SAMPLE, tmp_path / "m", {"embed_dim": 8, "hidden_dim": 8, "max_len": 40},
+        _config(epochs=2, batch_size=32, lr=0.01, num_words=2000, backend=BACKENDS[-1]),
+    )  # fmt: skip
+    assert result.model.config.classes == tuple(sorted(set(map(str, labels))))
+    assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path):
+    rng = np.random.default_rng(0)
+    words = FILLER + POSITIVE + NEGATIVE
+    texts = [" ".join(rng.choice(words, size=rng.integers(2, 8))) for _ in range(200)]
+    path = _write(tmp_path / "noise.parquet", {"text": texts, "label": rng.integers(0, 2, 200)})
+    # random labels: validation loss rises after the first epoch, patience 1 stops at once
+    result = train(path, tmp_path / "m", TINY, _config(epochs=8, lr=0.05, patience=1))
+    assert result.stopped_early and len(result.history) < 8
+    losses = [r["valid_loss"] for r in result.history]
+    assert result.best_epoch == 1 + int(np.argmin(losses))
+    assert result.metrics["log_loss"] == pytest.approx(min(losses), rel=1e-5)
+    # the checkpoint remembers that training stopped: resuming trains no further
+    again = train(path, tmp_path / "m", TINY, _config(epochs=8, lr=0.05, patience=1), resume=True)
+    assert again.history == result.history
+
+
+def test_divergence_is_a_run_error(binary_file, tmp_path, monkeypatch):
+    real = Model.loss_and_grads
+
+    def nan_loss(self, *args, **kwargs):
+        return float("nan"), real(self, *args, **kwargs)[1]
+
+    monkeypatch.setattr(Model, "loss_and_grads", nan_loss)
+    with pytest.raises(RunError, match="diverged at epoch 1, batch 1"):
+        train(binary_file, tmp_path / "m", TINY, _config())
+    assert not (tmp_path / "m").exists()
+
+
+# --------------------------------------------------------------------------- warm starts
+
+
+def test_init_embeddings_from_a_text_file(binary_file, tmp_path):
+    vectors = tmp_path / "vectors.txt"
+    lines = ["3 8", "good " + " ".join(["0.5"] * 8), "zebra " + " ".join(["0.1"] * 8)]
+    lines.append("GOOD " + " ".join(["9"] * 8))  # same id after lowercasing: first wins
+    vectors.write_text("\n".join(lines) + "\n")
+    result = train(binary_file, tmp_path / "m", TINY, _config(epochs=1, lr=1e-9),
+                   init_embeddings=vectors)  # fmt: skip
+    tok = result.model.tokenizer
+    assert result.embedding_coverage == pytest.approx(1 / (tok.vocab_size - 2))
+    row = result.model.params["embedding"][tok.word_index["good"]]
+    np.testing.assert_allclose(row, 0.5, atol=1e-4)  # lr 1e-9: barely moved
+
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("good 0.1 0.2 0.3\n")
+    with pytest.raises(InputError, match="embed_dim is 8"):
+        train(binary_file, tmp_path / "m2", TINY, _config(epochs=1), init_embeddings=wrong)
+
+
+def test_init_from_warm_starts(binary_file, tmp_path):
+    first = train(binary_file, tmp_path / "m1", TINY, _config(epochs=1))
+    second = train(binary_file, tmp_path / "m2", {"dropout": 0.1}, _config(epochs=1),
+                   init_from=tmp_path / "m1")  # fmt: skip
+    assert second.model.config.hidden_dim == 8 and second.model.config.dropout == 0.1
+    assert second.model.tokenizer.words == first.model.tokenizer.words
+    assert second.metrics["log_loss"] <= first.metrics["log_loss"] * 1.5
+    with pytest.raises(ConfigError, match="hidden_dim"):
+        train(binary_file, tmp_path / "m3", {"hidden_dim": 4}, _config(), init_from=tmp_path / "m1")
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_null_label_names_file_column_and_row(tmp_path):
+    path = _write(tmp_path / "nulls.parquet", {"text": ["a", "b", "c"], "label": [1, None, 0]})
+    with pytest.raises(InputError) as info:
+        train(path, tmp_path / "m", TINY, _config())
+    message = str(info.value)
+    assert "nulls.parquet" in message and "'label'" in message and "row 1" in message
+    assert not (tmp_path / "m").exists()
+
+
+def test_single_class_is_refused(tmp_path):
+    path = _write(tmp_path / "one.parquet", {"text": ["good film"] * 40, "label": [1] * 40})
+    with pytest.raises(InputError, match="single class"):
+        train(path, tmp_path / "m", TINY, _config())
+
+
+def test_too_few_rows_for_a_batch(tmp_path):
+    path = _write(tmp_path / "few.parquet", {"text": ["good", "bad"] * 5, "label": [1, 0] * 5})
+    with pytest.raises(InputError, match="fewer than one batch"):
+        train(path, tmp_path / "m", TINY, _config(batch_size=16))
+
+
+def test_empty_file_is_refused(tmp_path):
+    path = _write(
+        tmp_path / "empty.parquet",
+        {"text": pa.array([], pa.string()), "label": pa.array([], pa.int64())},
+    )
+    with pytest.raises(InputError, match="empty.parquet"):
+        train(path, tmp_path / "m", TINY, _config())
+
+
+def test_bad_label_values_and_types(tmp_path):
+    path = _write(tmp_path / "f.parquet", {"text": ["a", "b", "c"], "label": [1.0, 0.5, 0.0]})
+    with pytest.raises(InputError, match="row 1"):
+        train(path, tmp_path / "m", TINY, _config())
+    path = _write(tmp_path / "e.parquet", {"text": ["a", "b"], "label": ["pos", ""]})
+    with pytest.raises(InputError, match="empty label at row 1"):
+        train(path, tmp_path / "m", TINY, _config())
+    path = _write(tmp_path / "n.parquet", {"text": ["a", "b"], "stars": [1, 2]})
+    with pytest.raises(InputError, match="no column 'label'"):
+        train(path, tmp_path / "m", TINY, _config())
+
+
+def test_evaluate_refuses_unknown_labels(binary_file, tmp_path):
+    result = train(binary_file, tmp_path / "m", TINY, _config(epochs=1))
+    path = _write(tmp_path / "other.parquet", {"text": ["good", "bad"], "label": [1, 7]})
+    with pytest.raises(
+        InputError, match="other.parquet: column 'label' has the label '7' at row 1"
+    ):
+        evaluate(path, result.model)
+
+
+def test_bad_options():
+    with pytest.raises(ConfigError):
+        TrainConfig(valid_frac=0)
+    with pytest.raises(ConfigError):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ConfigError):
+        TrainConfig(epochs=0)
+    with pytest.raises(ConfigError):
+        TrainConfig(class_weights="inverse")
+
+
+def test_unknown_model_option(binary_file, tmp_path):
+    with pytest.raises(ConfigError, match="colour"):
+        train(binary_file, tmp_path / "m", {"colour": "red"}, _config())
+    with pytest.raises(ConfigError, match="vocab_size"):
+        train(binary_file, tmp_path / "m", {"vocab_size": 5}, _config())
