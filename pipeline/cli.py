@@ -320,7 +320,12 @@ def predict(
         if json_out:
             typer.echo(
                 json.dumps(
-                    {"text": text, "label": p.label, "probability": p.probability, "probs": p.probs}
+                    {
+                        "text": text,
+                        "label": p.label,
+                        "probability": p.probability,
+                        "probs": p.probabilities,
+                    }
                 )
             )
         else:
@@ -445,8 +450,13 @@ def job_validate(spec: JobSpecArg) -> None:
     """
     from pipeline.jobs import load_spec, validate_spec
 
-    summary = validate_spec(load_spec(spec))
-    typer.echo(summary if isinstance(summary, str) else f"{spec}: ok")
+    info = validate_spec(load_spec(spec))
+    inputs = info.get("inputs", [])
+    n = len(inputs) if isinstance(inputs, list | tuple) else inputs
+    typer.echo(
+        f"{spec}: ok (job {info.get('job')}, model {info.get('model')} "
+        f"{str(info.get('fingerprint', ''))[:12]}, {n} input file(s))"
+    )
 
 
 def main() -> None:

@@ -1,0 +1,471 @@
+"""Tokenizer tests: the Numba fast path against ``reference_tokens``, vocabulary rules, I/O."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.errors import ConfigError, InputError, ModelFormatError
+from pipeline.text import OOV_ID, TokenIds, Tokenizer, reference_tokens
+
+# Pieces that exercise every rule; hypothesis glues them together with arbitrary text.
+FRAGMENTS = [
+    "<br />",
+    "<br>",
+    "<p>",
+    "</i>",
+    "<b",
+    "a<b>c",
+    "<3",
+    "< a >",
+    "<>",
+    "</>",
+    "<a<b>",
+    ">",
+    "'",
+    "''",
+    "’",
+    "don't",
+    "'tis",
+    "rock 'n' roll",
+    "it's'",
+    "Ǆ",
+    "İ",
+    "Σ",
+    "ς",
+    "ẞ",
+    "ß",
+    "e\u0301",
+    "\u0301",
+    "\u0903",
+    "हिन्दी",
+    "Café",
+    "naïve",
+    "Москва",
+    "東京",
+    "😀",
+    "👍🏽",
+    "\ufe0f",
+    "1️⃣",
+    "10/10",
+    "7.5",
+    "_",
+    "-",
+    "—",
+    "…",
+    "\u00a0",
+    "\t",
+    "\n",
+    " ",
+    "GREAT!",
+    "great",
+    "Ⅻ",
+    "²",
+    "٣",
+    "\U00010400",
+    "\U0001d400",
+    "\U00020000",
+    "\ufffd",
+]
+
+text_pieces = st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8))
+texts_st = st.lists(text_pieces, max_size=12).map("".join)
+settings_fast = settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+def ids_by_reference(tok: Tokenizer, texts: list[str | None]) -> list[list[int]]:
+    index = tok.word_index
+    return [[index.get(w, OOV_ID) for w in reference_tokens(t, tok.lowercase)] for t in texts]
+
+
+def as_lists(ids: TokenIds) -> list[list[int]]:
+    return ids.to_arrow().to_pylist()
+
+
+@pytest.fixture(scope="module")
+def fitted(corner_texts) -> Tokenizer:
+    return Tokenizer(num_words=30).fit(corner_texts)
+
+
+# -- the fast path matches the reference ----------------------------------------------------
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_tokens_match_reference_on_corner_cases(corner_texts, lowercase):
+    tok = Tokenizer(lowercase=lowercase)
+    assert tok.tokens(corner_texts) == [reference_tokens(t, lowercase) for t in corner_texts]
+
+
+@settings_fast
+@given(st.lists(texts_st, min_size=1, max_size=8), st.booleans())
+def test_tokens_match_reference(texts, lowercase):
+    tok = Tokenizer(lowercase=lowercase)
+    assert tok.tokens(texts) == [reference_tokens(t, lowercase) for t in texts]
+
+
+@settings_fast
+@given(st.lists(texts_st, min_size=1, max_size=8))
+def test_encode_matches_reference_ids(fitted, texts):
+    ids = fitted.encode(texts)
+    assert as_lists(ids) == ids_by_reference(fitted, texts)
+    assert ids.ids.size == 0 or (ids.ids.min() >= 1 and ids.ids.max() < fitted.vocab_size)
+
+
+def test_encode_matches_reference_on_corner_cases(fitted, corner_texts):
+    ids = fitted.encode(corner_texts)
+    assert as_lists(ids) == ids_by_reference(fitted, corner_texts)
+    assert len(ids) == len(corner_texts)
+    assert (ids.ids != 0).all()  # id 0 is padding, never a real token
+    assert ids.ids.max() < fitted.vocab_size
+
+
+def test_rules_by_example():
+    tok = Tokenizer()
+    got = tok.tokens(
+        [
+            "Great!<br /><br />GREAT great",
+            "don't 'quoted' rock 'n' roll ''",
+            "well-made 10/10 a_b",
+            "Café Москва 東京 naïve ÜBER",
+            "a < b and <3 but <i>c</i>",
+            "don’t",
+        ]
+    )
+    assert got == [
+        ["great", "great", "great"],
+        ["don't", "quoted", "rock", "n", "roll"],
+        ["well", "made", "10", "10", "a", "b"],
+        ["café", "москва", "東京", "naïve", "über"],
+        ["a", "b", "and", "3", "but", "c"],
+        ["don't"],
+    ]
+    assert Tokenizer(lowercase=False).tokens(["Great GREAT"]) == [["Great", "GREAT"]]
+
+
+def test_invalid_utf8_is_separator_not_crash():
+    # Arrow arrays built from raw buffers skip UTF-8 validation; the kernel must stay in bounds
+    data = b"ab\xffcd \xe2\x82"
+    offsets = np.array([0, len(data)], dtype=np.int64)
+    arr = pa.LargeStringArray.from_buffers(1, pa.py_buffer(offsets), pa.py_buffer(data))
+    assert Tokenizer().tokens(arr) == [["ab", "cd"]]
+
+
+def test_null_slot_with_bytes_is_empty(fitted):
+    # Arrow lets a null's offsets span bytes: they must be ignored
+    data = b"great movie"
+    offsets = np.array([0, 5, 11], dtype=np.int64)
+    validity = pa.py_buffer(np.packbits([0, 1], bitorder="little"))
+    arr = pa.LargeStringArray.from_buffers(
+        2, pa.py_buffer(offsets), pa.py_buffer(data), validity, null_count=1
+    )
+    assert fitted.tokens(arr) == [[], ["movie"]]
+    assert as_lists(fitted.encode(arr))[0] == []
+
+
+# -- encoding properties ---------------------------------------------------------------------
+
+
+def test_null_and_empty_encode_to_empty(fitted):
+    ids = fitted.encode([None, "", "  ", "!!", "great"])
+    assert ids.lengths.tolist() == [0, 0, 0, 0, 1]
+    assert fitted.encode([]).offsets.tolist() == [0]
+
+
+def test_punctuation_does_not_split_ids(fitted):
+    ids = as_lists(fitted.encode(["great!", "great", "GREAT...", "(great)"]))
+    assert ids[0] == ids[1] == ids[2] == ids[3] == [fitted.word_index["great"]]
+
+
+def test_unicode_words_kept():
+    tok = Tokenizer().fit(["Café café Москва 東京", "Москва МОСКВА"])
+    assert tok.words == ["москва", "café", "東京"]
+    assert as_lists(tok.encode(["CAFÉ"])) == [[3]]
+
+
+def test_html_tags_removed():
+    tok = Tokenizer().fit(["good<br />film<br><br>end</p><p>start"])
+    assert "br" not in tok.words and "p" not in tok.words
+    assert sorted(tok.words) == ["end", "film", "good", "start"]
+
+
+def test_deterministic(corner_texts):
+    a = Tokenizer(num_words=25).fit(corner_texts)
+    b = Tokenizer(num_words=25).fit(corner_texts)
+    assert a.words == b.words and a.counts == b.counts
+    x, y = a.encode(corner_texts), b.encode(corner_texts)
+    assert np.array_equal(x.offsets, y.offsets) and np.array_equal(x.ids, y.ids)
+
+
+def test_batch_size_independent(fitted, corner_texts):
+    whole = fitted.encode(corner_texts)
+    one_by_one = TokenIds.concat([fitted.encode([t]) for t in corner_texts])
+    arr = pa.array(corner_texts, pa.string())
+    chunked = pa.chunked_array([arr.slice(i, 3) for i in range(0, len(arr), 3)])
+    for other in (
+        one_by_one,
+        fitted.encode(chunked),
+        fitted.encode(arr.cast(pa.large_string())),
+        fitted.encode(arr.cast(pa.string_view())),
+        fitted.encode(arr.dictionary_encode()),
+        fitted.encode(iter([arr.slice(0, 5), arr.slice(5)])),
+    ):
+        assert np.array_equal(other.offsets, whole.offsets)
+        assert np.array_equal(other.ids, whole.ids)
+
+
+def test_parallel_kernel_equals_serial(fitted, corner_texts):
+    from pipeline import text
+
+    arr = pa.array(corner_texts * 3, pa.large_string())
+    buffers = text._buffers(arr)
+    tables = text._unicode_tables(True)
+    want = text._encode_serial(buffers, tables, fitted._table)
+    for chunks in (1, 2, 7, 1000):
+        bounds = text._chunk_bounds(buffers[0], chunks)
+        got = text._encode_parallel(buffers, tables, fitted._table, bounds)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+        assert got[2] == want[2] == 0
+    assert as_lists(fitted.encode(arr)) == as_lists(TokenIds(want[0], want[1]))
+
+
+@settings_fast
+@given(st.lists(st.one_of(st.none(), texts_st), max_size=20), st.integers(1, 7))
+def test_batch_size_independent_random(fitted, texts, size):
+    whole = fitted.encode(texts)
+    parts = [fitted.encode(texts[i : i + size]) for i in range(0, len(texts), size)]
+    chunks = TokenIds.concat(parts)
+    assert np.array_equal(chunks.offsets, whole.offsets)
+    assert np.array_equal(chunks.ids, whole.ids)
+
+
+def test_long_words_sharing_first_bytes_and_trailing_apostrophes():
+    # words are keyed by their first 8 bytes plus the rest: exercise every boundary
+    words = "internationalization internationally internat internatx abcdefg abcdefgh é1234567é"
+    tok = Tokenizer(num_words=None).fit([words])
+    assert len(tok.words) == 7
+    text = "internationally' internationalization 'abcdefg' abcdefgh' internat' é1234567é' x"
+    want = [tok.word_index[w] for w in reference_tokens(text)[:-1]] + [OOV_ID]
+    assert as_lists(tok.encode([text])) == [want]
+    assert as_lists(tok.encode(["internationalizatiox internationall"])) == [[OOV_ID, OOV_ID]]
+
+
+@pytest.mark.parametrize("dense", ["a ", "a b, ", "é ", "x'y "])
+def test_dense_text_beyond_the_scratch_estimate(dense):
+    # ~1 token per 2 bytes overflows the per-chunk estimate (1 per 4): the fallback path
+    from pipeline import text
+
+    texts = [dense * 3000, "normal words here", dense * 10, None, dense * 5000]
+    tok = Tokenizer().fit(texts)
+    want = ids_by_reference(tok, texts)
+    assert as_lists(tok.encode(texts)) == want
+    arr = pa.array(texts * 5, pa.large_string())
+    buffers = text._buffers(arr)
+    tables = text._unicode_tables(True)
+    for chunks in (1, 3, 8):
+        bounds = text._chunk_bounds(buffers[0], chunks)
+        got = text._encode_parallel(buffers, tables, tok._table, bounds)
+        assert got[2] == 0
+        assert as_lists(TokenIds(got[0], got[1])) == want * 5
+
+
+def test_fit_streamed_batches_equal_one_batch(corner_texts):
+    arr = pa.array(corner_texts, pa.string())
+    one = Tokenizer(num_words=40).fit(arr)
+    streamed = Tokenizer(num_words=40).fit(arr.slice(i, 7) for i in range(0, len(arr), 7))
+    reversed_order = Tokenizer(num_words=40).fit(corner_texts[::-1])
+    assert one.words == streamed.words == reversed_order.words
+    assert one.counts == streamed.counts == reversed_order.counts
+
+
+def test_many_batches_of_python_strings_are_streamed():
+    from pipeline import text
+
+    n = text._TEXT_BATCH + 10
+    tok = Tokenizer().fit(f"w{i % 3}" for i in range(n))
+    assert tok.counts == [len(range(0, n, 3)), len(range(1, n, 3)), len(range(2, n, 3))]
+
+
+# -- vocabulary ------------------------------------------------------------------------------
+
+
+def test_frequency_order_and_ties():
+    tok = Tokenizer().fit(["b c c a", "d c b e e"])
+    # counts: c 3, b 2, e 2, a 1, d 1; ties by code point
+    assert tok.words == ["c", "b", "e", "a", "d"]
+    assert tok.counts == [3, 2, 2, 1, 1]
+    assert tok.word_index == {"c": 2, "b": 3, "e": 4, "a": 5, "d": 6}
+    assert tok.vocab_size == 7
+
+
+def test_reference_counts_on_corner_cases(corner_texts):
+    from collections import Counter
+
+    counts = Counter(w for t in corner_texts for w in reference_tokens(t))
+    tok = Tokenizer(num_words=None).fit(corner_texts)
+    expected = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    assert list(zip(tok.words, tok.counts, strict=True)) == expected
+
+
+def test_num_words_cap_gives_oov():
+    tok = Tokenizer(num_words=2).fit(["a a a b b c", "c d"])
+    assert tok.words == ["a", "b"]  # c (2) ties with b (2) and loses on code point
+    assert tok.vocab_size == 4
+    assert as_lists(tok.encode(["a b c d zzz"])) == [[2, 3, OOV_ID, OOV_ID, OOV_ID]]
+
+
+def test_min_count():
+    tok = Tokenizer(min_count=2).fit(["a a b c c c d"])
+    assert tok.words == ["c", "a"]
+
+
+def test_small_corpus_vocab_smaller_than_num_words():
+    tok = Tokenizer(num_words=1000).fit(["x y"])
+    assert tok.vocab_size == 4
+    assert tok.to_config()["vocab_size"] == 4
+
+
+def test_fit_replaces_previous_vocabulary():
+    tok = Tokenizer().fit(["old words"])
+    tok.fit(["new"])
+    assert tok.words == ["new"]
+
+
+def test_many_distinct_words_grow_the_table():
+    words = [f"w{i}" for i in range(20_000)]
+    tok = Tokenizer(num_words=None).fit([" ".join(words), "w7 w7"])
+    assert tok.words[0] == "w7" and len(tok.words) == 20_000
+    assert as_lists(tok.encode(["w7 w19999"])) == [[2, tok.word_index["w19999"]]]
+
+
+# -- decode, save and load -------------------------------------------------------------------
+
+
+def test_decode(fitted):
+    ids = fitted.encode(["GREAT movie, zzzunseen!", None])
+    assert fitted.decode(ids) == ["great movie <oov>", ""]
+    padded = TokenIds(np.array([0, 3]), np.array([0, 2, 0]))
+    assert fitted.decode(padded) == [fitted.words[0]]
+    with pytest.raises(ValueError, match="token ids"):
+        fitted.decode(TokenIds(np.array([0, 1]), np.array([fitted.vocab_size])))
+
+
+@settings_fast
+@given(st.lists(texts_st, min_size=1, max_size=5))
+def test_decode_then_encode_round_trip(fitted, texts):
+    ids = fitted.encode(texts)
+    again = fitted.encode(fitted.decode(ids))
+    # decode writes OOV as <oov>, a tag, so only in-vocabulary ids come back
+    expect = [[i for i in row if i != OOV_ID] for row in as_lists(ids)]
+    assert as_lists(again) == expect
+
+
+def test_save_load_round_trip(tmp_path, corner_texts):
+    tok = Tokenizer(num_words=50, min_count=2).fit(corner_texts)
+    path = tmp_path / "vocab.json"
+    tok.save(path)
+    back = Tokenizer.load(path)
+    assert back.words == tok.words and back.counts == tok.counts
+    assert back.to_config() == tok.to_config()
+    a, b = tok.encode(corner_texts), back.encode(corner_texts)
+    assert np.array_equal(a.offsets, b.offsets) and np.array_equal(a.ids, b.ids)
+    assert [p.name for p in tmp_path.iterdir()] == ["vocab.json"]  # no temp file left
+
+
+def test_to_config_has_settings_not_words(fitted):
+    config = fitted.to_config()
+    assert config == {
+        "normalisation": "rnnpipe-text-v1",
+        "num_words": 30,
+        "lowercase": True,
+        "min_count": 1,
+        "vocab_size": fitted.vocab_size,
+    }
+    json.dumps(config)
+
+
+def _saved(tmp_path, **changes) -> object:
+    path = tmp_path / "vocab.json"
+    Tokenizer(num_words=5).fit(["a b b c"]).save(path)
+    doc = json.loads(path.read_text())
+    doc.update(changes)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"format": "keras"}, "not an rnnpipe tokenizer"),
+        ({"version": 99}, "version 99"),
+        ({"normalisation": "other"}, "normalisation"),
+        ({"num_words": -1}, "num_words"),
+        ({"lowercase": "yes"}, "lowercase"),
+        ({"words": ["b", "b", "a"], "counts": [2, 2, 1]}, "twice"),
+        ({"words": ["B", "a", "c"]}, "not one normalised token"),
+        ({"words": ["a b", "x", "c"]}, "not one normalised token"),
+        ({"words": ["b", "a"]}, "as long as"),
+        ({"words": "b a c"}, "list of strings"),
+        ({"counts": [1, -1, 1]}, "non-negative"),
+        ({"num_words": 2}, "more than num_words"),
+    ],
+)
+def test_load_rejects_bad_files(tmp_path, changes, message):
+    path = _saved(tmp_path, **changes)
+    with pytest.raises(ModelFormatError, match=message) as info:
+        Tokenizer.load(path)
+    assert str(path) in str(info.value)
+
+
+def test_load_rejects_missing_and_garbage(tmp_path):
+    with pytest.raises(ModelFormatError, match="not found"):
+        Tokenizer.load(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ModelFormatError, match="not a tokenizer JSON"):
+        Tokenizer.load(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(ModelFormatError, match="not an rnnpipe tokenizer"):
+        Tokenizer.load(bad)
+
+
+# -- bad use ---------------------------------------------------------------------------------
+
+
+def test_bad_settings():
+    for kwargs in ({"num_words": 0}, {"num_words": 2.5}, {"min_count": 0}, {"lowercase": 1}):
+        with pytest.raises(ConfigError):
+            Tokenizer(**kwargs)
+
+
+def test_bad_inputs(fitted):
+    with pytest.raises(InputError, match="int64, expected strings"):
+        fitted.encode(pa.array([1, 2]))
+    with pytest.raises(TypeError, match="single string"):
+        fitted.encode("a text")
+    with pytest.raises(TypeError, match="not int"):
+        fitted.encode([1, 2])
+    with pytest.raises(TypeError, match="mixes"):
+        fitted.encode(["a", pa.array(["b"])])
+    with pytest.raises(RuntimeError, match="fit"):
+        Tokenizer().encode(["x"])
+
+
+# -- real data -------------------------------------------------------------------------------
+
+
+def test_imdb_sample_matches_reference(imdb_train_path):
+    reviews = pq.read_table(imdb_train_path, columns=["review"]).column("review").slice(0, 1500)
+    texts = reviews.to_pylist()
+    tok = Tokenizer(num_words=5000).fit(reviews)
+    assert tok.words[0] == "the" and set(tok.words[1:3]) == {"and", "a"}
+    assert "br" not in tok.word_index  # every review is full of <br />
+    assert tok.tokens(reviews) == [reference_tokens(t) for t in texts]
+    assert as_lists(tok.encode(reviews)) == ids_by_reference(tok, texts)
