@@ -97,6 +97,8 @@ def time_infer(shape: Shape, offsets, ids, params, backend: str = "cpu", repeats
 
 def time_train(shape: Shape, offsets, ids, params, backend: str = "cpu", repeats: int = 5):
     """Median seconds of forward + backward (embedding lookup, layer, last-state pooling)."""
+    from pipeline.model import _scatter_rows as scatter_rows
+
     be = get_backend(backend)
     n, H = offsets.size - 1, shape.hidden_dim
     dfeat = np.ones((n, H), np.float32) / n
@@ -109,8 +111,7 @@ def time_train(shape: Shape, offsets, ids, params, backend: str = "cpu", repeats
         be.pool_forward(hs, offsets, "last")
         dhs = be.pool_backward(dfeat, hs, offsets, "last")
         dx = be.layer_backward(cache, dhs)[0]
-        demb = np.zeros_like(params["emb"])
-        np.add.at(demb, ids, dx)
+        scatter_rows(ids, dx, shape.vocab)  # the embedding's gradient, as the trainer does
 
     return median_time(step, repeats=repeats)
 

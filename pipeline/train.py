@@ -73,7 +73,8 @@ class TrainConfig:
     ``clip_norm`` global gradient-norm limit (0 turns clipping off); ``weight_decay`` decoupled,
     matrices only; ``warmup_steps`` linear warm-up; ``lr_schedule`` constant|linear|cosine
     (decay to ``lr_floor`` * lr at the end of the last epoch); ``patience`` epochs without a
-    better validation loss before stopping (0: never stop early); ``valid_frac`` held-out
+    better validation loss before stopping and restoring the best epoch's weights (0: never
+    stop early and keep the last epoch's weights); ``valid_frac`` held-out
     share when no validation files are given; ``seed`` for the split, initialisation and
     shuffling; ``class_weights`` none|balanced; ``num_words`` tokenizer vocabulary size;
     ``threads`` for the kernels (None: leave as is); ``backend`` cpu|reference|cuda.
@@ -721,7 +722,13 @@ def train(
     batches_per_epoch = math.ceil(y_train.size / tc.batch_size)
     optimizer = make_optimizer(tc.optimizer, model.params, tc.lr, tc.weight_decay)
     schedule = LRSchedule(
-        tc.lr, tc.warmup_steps, tc.lr_schedule, tc.epochs * batches_per_epoch, tc.lr_floor
+        tc.lr,
+        # a small dataset may have fewer steps than the warm-up asks for: warm up for at most
+        # a tenth of the run rather than refuse the defaults
+        min(tc.warmup_steps, tc.epochs * batches_per_epoch // 10),
+        tc.lr_schedule,
+        tc.epochs * batches_per_epoch,
+        tc.lr_floor,
     )
     rng = np.random.default_rng(tc.seed)
     best = {k: v.copy() for k, v in model.params.items()}
@@ -785,12 +792,18 @@ def train(
             )
         )  # fmt: skip
 
-    # ---- best weights, final metrics, artifact
-    for k, p in model.params.items():
-        np.copyto(p, best[k])
+    # ---- the weights to keep, final metrics, artifact. With early stopping on, the best
+    # epoch's (lowest validation loss); with it off (patience 0), the last epoch's: the one
+    # the learning-rate schedule was planned to end on (Keras' restore_best_weights=False).
+    kept_epoch = loop.best_epoch
+    if tc.patience > 0:
+        for k, p in model.params.items():
+            np.copyto(p, best[k])
+    elif loop.history:
+        kept_epoch = int(loop.history[-1]["epoch"])
     model.clear_cache()
     metrics = evaluate_probs(y_valid, model.predict_proba(valid_tokens), config.classes)
-    metrics["best_epoch"] = loop.best_epoch
+    metrics["best_epoch"] = kept_epoch
     training_info = {
         "train_config": tc.to_dict(),
         "data": [str(p) for p in split.files],
@@ -801,7 +814,7 @@ def train(
         "n_valid": int(y_valid.size),
         "data_fingerprint": identity["data_fingerprint"],
         "epochs_run": len(loop.history),
-        "best_epoch": loop.best_epoch,
+        "best_epoch": kept_epoch,
         "stopped_early": loop.stopped,
         "init_from": str(init_from) if init_from is not None else None,
         "init_embeddings": str(init_embeddings) if init_embeddings is not None else None,
@@ -820,7 +833,7 @@ def train(
         model=model,
         metrics=metrics,
         history=loop.history,
-        best_epoch=loop.best_epoch,
+        best_epoch=kept_epoch,
         stopped_early=loop.stopped,
         checkpoint_dir=ckpt,
         embedding_coverage=coverage,

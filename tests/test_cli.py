@@ -95,7 +95,7 @@ def test_train_score_evaluate_predict_info(trained, tmp_path):
     assert [x["label"] for x in lines] == ["positive", "negative"]
 
     res = run("info", model, "--json")
-    assert res.exit_code == 0 and json.loads(res.output)["cell"] == "lstm"
+    assert res.exit_code == 0 and json.loads(res.output)["cell"] == "gru"
 
 
 def _one_line_error(res, *needles: str, code: int = 2) -> None:

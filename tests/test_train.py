@@ -218,6 +218,19 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     assert again.history == result.history
 
 
+def test_without_early_stopping_the_last_epoch_is_kept(tmp_path):
+    rng = np.random.default_rng(0)
+    words = FILLER + POSITIVE + NEGATIVE
+    texts = [" ".join(rng.choice(words, size=rng.integers(2, 8))) for _ in range(200)]
+    path = _write(tmp_path / "noise.parquet", {"text": texts, "label": rng.integers(0, 2, 200)})
+    # random labels make validation loss rise after epoch 1; patience 0 keeps epoch 4 anyway
+    result = train(path, tmp_path / "m", TINY, _config(epochs=4, lr=0.05, patience=0))
+    losses = [r["valid_loss"] for r in result.history]
+    assert len(result.history) == 4 and not result.stopped_early
+    assert result.best_epoch == 4 and int(np.argmin(losses)) != 3
+    assert result.metrics["log_loss"] == pytest.approx(losses[-1], rel=1e-5)
+
+
 def test_divergence_is_a_run_error(binary_file, tmp_path, monkeypatch):
     real = Model.loss_and_grads
 
