@@ -54,7 +54,9 @@ def default_decay_filter(name: str, param: np.ndarray) -> bool:
 # --------------------------------------------------------------------------- kernels
 
 
-@numba.njit(cache=True, parallel=True)
+# error_model="numpy" drops Python's division-by-zero check, which stops LLVM vectorising
+# the loop; the arithmetic (and so every bit of the result) is unchanged.
+@numba.njit(cache=True, parallel=True, error_model="numpy")
 def _adam_kernel(p, g, m, v, beta1, beta2, step_size, bc2_sqrt, eps, decay):  # pragma: no cover
     # Elementwise, so splitting over threads cannot change the result. Arithmetic runs in the
     # parameters' dtype and in torch's order: decay, m lerp, v, then p -= step * m / denom.
@@ -70,7 +72,7 @@ def _adam_kernel(p, g, m, v, beta1, beta2, step_size, bc2_sqrt, eps, decay):  # 
         p[k] = p[k] * dc - ss * (mk / (np.sqrt(vk) / bc + e))
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True, error_model="numpy")
 def _sgd_kernel(p, g, buf, momentum, lr, decay, first):  # pragma: no cover
     dt = p.dtype.type
     mu, step, dc = dt(momentum), dt(lr), dt(decay)

@@ -458,7 +458,7 @@ def layer_backward(cache, dhs):
 # ---------------------------------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _pool_fwd(hs, offsets, mode, reverse, out):
     H = hs.shape[1]
     for i in prange(offsets.shape[0] - 1):
@@ -489,7 +489,7 @@ def _pool_fwd(hs, offsets, mode, reverse, out):
                 out[i, j] *= inv
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _pool_bwd(dfeat, hs, offsets, mode, reverse, dhs):
     H = hs.shape[1]
     for i in prange(offsets.shape[0] - 1):

@@ -1,0 +1,312 @@
+"""The CUDA backend against the NumPy reference: every cell, direction and pooling mode.
+
+On a machine with an NVIDIA GPU the tests run directly on it. Without one they run in the
+CUDA simulator: ``test_cuda_backend_under_simulator`` re-runs this file in a child process
+with ``NUMBA_ENABLE_CUDASIM=1`` (it must be set before numba is first imported, and the
+parent process has long imported it) and block sizes of 2, so the tiny inputs below span
+several blocks along sequences, hidden units and matrix tiles. The simulator is slow, so
+shapes are tiny (E=3, H=4, lengths 0, 1, 5, 3, 2); the child run takes about 20 s.
+Tests that need bigger shapes than the simulator can afford run on a real GPU only, and
+``test_kernels_compile_for_hopper_without_a_gpu`` compiles every kernel to PTX (what the
+simulator, running kernels as Python, cannot check) on machines without one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pipeline.errors import ConfigError
+from pipeline.kernels import cuda_available, gates, reference
+
+CELLS = ["lstm", "gru", "rnn"]
+MODES = ["last", "max", "mean"]
+LENGTHS = [0, 1, 5, 3, 2]  # empty, one token, and rows that end at different steps
+E, H, V = 3, 4, 7
+
+CHILD_ENV = "RNNPIPE_CUDA_SIM_CHILD"  # set in the simulator child so it does not recurse
+SIM_BLOCKS = {"RNNPIPE_CUDA_THREADS": "2", "RNNPIPE_CUDA_ROWS": "2", "RNNPIPE_CUDA_TILE": "2"}
+HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+ON_DEVICE = HAVE_NUMBA_CUDA and cuda_available()  # a GPU, or the simulator in this process
+
+needs_cuda = pytest.mark.skipif(
+    not ON_DEVICE, reason="no CUDA GPU here; test_cuda_backend_under_simulator runs these"
+)
+needs_gpu = pytest.mark.skipif(
+    not ON_DEVICE or SIMULATED, reason="needs a real GPU: too big for the simulator"
+)
+
+
+@pytest.fixture(scope="module")
+def K():
+    """The CUDA backend module (imported only where it can run)."""
+    from pipeline.kernels import cuda
+
+    return cuda
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_simulator_threads():
+    # The simulator runs each CUDA thread as a Python thread and its block manager polls
+    # them; with the default 5 ms GIL switch interval every syncthreads costs milliseconds.
+    if not SIMULATED:
+        yield
+        return
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(old)
+
+
+def _layer(cell, E, H, seed):
+    G = gates(cell)
+    rng = np.random.default_rng(seed)
+    p = {
+        "W_ih": rng.normal(0, 0.5, (G * H, E)),
+        "W_hh": rng.normal(0, 0.5, (G * H, H)),
+        "b_ih": rng.normal(0, 0.3, G * H),
+        "b_hh": rng.normal(0, 0.3, G * H),
+    }
+    return {k: v.astype(np.float32) for k, v in p.items()}
+
+
+def _batch(lengths, E, V, seed):
+    rng = np.random.default_rng(seed)
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = rng.integers(0, V, offsets[-1]).astype(np.int32)
+    emb = rng.normal(0, 1.0, (V, E)).astype(np.float32)
+    return offsets, ids, emb
+
+
+def _train_step(backend, cell, p, x, offsets, reverse, mode, dfeat):
+    hs, cache = backend.layer_forward(cell, x, offsets, **p, reverse=reverse, training=True)
+    feat = backend.pool_forward(hs, offsets, mode, reverse)
+    dhs = backend.pool_backward(dfeat, hs, offsets, mode, reverse)
+    return (hs, feat, dhs, *backend.layer_backward(cache, dhs))
+
+
+NAMES = ["hs", "feat", "dhs", "dx", "dW_ih", "dW_hh", "db_ih", "db_hh"]
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_forward_and_gradients_match_reference(K, cell, reverse, mode):
+    p = _layer(cell, E, H, seed=1)
+    offsets, ids, emb = _batch(LENGTHS, E, V, seed=2)
+    x = emb[ids]
+    dfeat = np.random.default_rng(3).normal(size=(len(LENGTHS), H)).astype(np.float32)
+    got = _train_step(K, cell, p, x, offsets, reverse, mode, dfeat)
+    want = _train_step(reference, cell, p, x, offsets, reverse, mode, dfeat)
+    for name, a, b in zip(NAMES, got, want, strict=True):
+        assert a.dtype == np.float32 and a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4, err_msg=name)
+    assert np.abs(got[4]).max() > 0  # the gradients are not trivially zero
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_infer_matches_reference(K, cell, reverse):
+    p = _layer(cell, E, H, seed=4)
+    offsets, ids, emb = _batch(LENGTHS, E, V, seed=5)
+    t_c = K.fold_table(cell, emb, p["W_ih"], p["b_ih"], p["b_hh"])
+    t_r = reference.fold_table(cell, emb, p["W_ih"], p["b_ih"], p["b_hh"])
+    np.testing.assert_allclose(t_c, t_r, atol=1e-5, rtol=1e-5)
+    outs = {}
+    for modes in [("last", "max", "mean"), ("mean", "last")]:
+        out_c = K.layer_infer(cell, t_c, ids, offsets, p["W_hh"], p["b_hh"], reverse, modes)
+        out_r = reference.layer_infer(cell, t_r, ids, offsets, p["W_hh"], p["b_hh"], reverse, modes)
+        assert out_c.shape == (len(LENGTHS), len(modes) * H)
+        np.testing.assert_allclose(out_c, out_r, atol=2e-5, rtol=1e-4, err_msg=str(modes))
+        outs[modes] = out_c
+    # a table kept on the device gives the same features as a host one
+    from numba import cuda
+
+    t_dev = cuda.to_device(t_c)
+    on_dev = K.layer_infer(cell, t_dev, ids, offsets, p["W_hh"], p["b_hh"], reverse, ("max",))
+    np.testing.assert_array_equal(on_dev, outs[("last", "max", "mean")][:, H : 2 * H])
+
+
+@needs_cuda
+@pytest.mark.parametrize("reverse", [False, True])
+def test_max_pool_gradient_goes_to_first_maximum(K, reverse):
+    # ties on purpose: the gradient goes to the lowest token index, in either direction
+    hs = np.array([[1, 4], [3, 0], [3, 4], [2, 1], [5, 5]], np.float32)
+    offsets = np.array([0, 4, 5], np.int64)
+    dfeat = np.array([[1, 2], [3, 4]], np.float32)
+    got = K.pool_backward(dfeat, hs, offsets, "max", reverse)
+    want = np.array([[0, 2], [1, 0], [0, 0], [0, 0], [3, 4]], np.float32)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, reference.pool_backward(dfeat, hs, offsets, "max", reverse))
+    np.testing.assert_array_equal(K.pool_forward(hs, offsets, "max"), [[3, 4], [5, 5]])
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_runs_are_bit_identical(K, cell):
+    p = _layer(cell, E, H, seed=6)
+    offsets, ids, emb = _batch(LENGTHS, E, V, seed=7)
+    dfeat = np.ones((len(LENGTHS), H), np.float32)
+    first = _train_step(K, cell, p, emb[ids], offsets, True, "max", dfeat)
+    second = _train_step(K, cell, p, emb[ids], offsets, True, "max", dfeat)
+    for name, a, b in zip(NAMES, first, second, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@needs_cuda
+@pytest.mark.parametrize("lengths", [[], [0, 0]])
+def test_empty_batches(K, lengths):
+    p = _layer("lstm", E, H, seed=8)
+    offsets = np.zeros(len(lengths) + 1, np.int64)
+    x = np.zeros((0, E), np.float32)
+    hs, cache = K.layer_forward("lstm", x, offsets, **p)
+    assert hs.shape == (0, H)
+    dx, dW_ih, dW_hh, db_ih, db_hh = K.layer_backward(cache, np.zeros((0, H), np.float32))
+    assert dx.shape == (0, E) and not dW_ih.any() and not dW_hh.any() and not db_hh.any()
+    assert dW_ih.shape == p["W_ih"].shape and db_ih.shape == p["b_ih"].shape
+    np.testing.assert_array_equal(K.pool_forward(hs, offsets, "max"), np.zeros((len(lengths), H)))
+    table = np.ones((V, 4 * H), np.float32)
+    ids = np.zeros(0, np.int32)
+    out = K.layer_infer("lstm", table, ids, offsets, p["W_hh"], p["b_hh"], False, ("last", "mean"))
+    np.testing.assert_array_equal(out, np.zeros((len(lengths), 2 * H)))
+
+
+@needs_cuda
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_matmul_split_over_k_matches_numpy(K, trans_a, trans_b):
+    from numba import cuda
+
+    rng = np.random.default_rng(9)
+    M, Kd, N = 3, 11, 5  # none a multiple of the tile
+    A = rng.normal(size=(Kd, M) if trans_a else (M, Kd)).astype(np.float32)
+    B = rng.normal(size=(N, Kd) if trans_b else (Kd, N)).astype(np.float32)
+    bias = rng.normal(size=N).astype(np.float32)
+    want = (A.T if trans_a else A) @ (B.T if trans_b else B) + bias
+    for splits in (1, 3):
+        got = K._matmul(
+            cuda.to_device(A), cuda.to_device(B), trans_a, trans_b, cuda.to_device(bias), splits
+        ).copy_to_host()
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5, err_msg=f"splits={splits}")
+
+
+@needs_cuda
+def test_bad_inputs_raise_clear_errors(K):
+    p = _layer("gru", E, H, seed=10)
+    offsets, ids, emb = _batch(LENGTHS, E, V, seed=11)
+    x = emb[ids]
+    table = np.zeros((V, 3 * H), np.float32)
+    with pytest.raises(ConfigError, match="unknown cell"):
+        K.layer_forward("lstmx", x, offsets, **p)
+    with pytest.raises(ConfigError, match="unknown pool mode"):
+        K.pool_forward(np.zeros((x.shape[0], H), np.float32), offsets, "sum")
+    with pytest.raises(ValueError, match="offsets must end at nnz"):
+        K.layer_forward("gru", x[:-1], offsets, **p)
+    with pytest.raises(ValueError, match="outside the table"):
+        K.layer_infer("gru", table, ids + V, offsets, p["W_hh"], p["b_hh"], False, ("last",))
+    with pytest.raises(ValueError, match="W_ih must be"):
+        K.layer_forward("gru", x[:, :2], offsets, **p)
+    big = _layer("lstm", 2, 2048, seed=12)  # 2*4*2048 floats of shared state per sequence
+    with pytest.raises(ValueError, match="too large for the CUDA backend"):
+        K.layer_forward("lstm", np.zeros((0, 2), np.float32), np.zeros(1, np.int64), **big)
+
+
+@pytest.mark.skipif(not SIMULATED, reason="checks the simulator's block sizes")
+def test_simulated_blocks_span_several(K):
+    # the point of running under the simulator with small blocks: tiny inputs cross blocks
+    assert K.ROWS < len(LENGTHS) and K.THREADS < H and K.TILE < H
+
+
+@needs_gpu
+@pytest.mark.parametrize("cell", CELLS)
+def test_bigger_shapes_match_cpu_backend(K, cell):
+    # Real block sizes: H not a multiple of the warp, H > THREADS (threads loop over
+    # units), hundreds of sequences, and token counts that split the weight products.
+    from pipeline.kernels import cpu
+
+    for H_big in (40, 160):
+        rng = np.random.default_rng(13)
+        lengths = rng.integers(0, 90, 300)
+        p = _layer(cell, 24, H_big, seed=14)
+        offsets, ids, emb = _batch(lengths, 24, 500, seed=15)
+        dfeat = rng.normal(size=(lengths.size, H_big)).astype(np.float32)
+        got = _train_step(K, cell, p, emb[ids], offsets, False, "mean", dfeat)
+        want = _train_step(cpu, cell, p, emb[ids], offsets, False, "mean", dfeat)
+        for name, a, b in zip(NAMES, got, want, strict=True):
+            scale = max(1.0, float(np.abs(b).max()))
+            np.testing.assert_allclose(a, b, atol=5e-4 * scale, rtol=1e-3, err_msg=name)
+        table = K.fold_table(cell, emb, p["W_ih"], p["b_ih"], p["b_hh"])
+        modes = ("last", "max", "mean")
+        out = K.layer_infer(cell, table, ids, offsets, p["W_hh"], p["b_hh"], True, modes)
+        want = cpu.layer_infer(cell, table, ids, offsets, p["W_hh"], p["b_hh"], True, modes)
+        np.testing.assert_allclose(out, want, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(ON_DEVICE, reason="on a GPU (or simulator) the other tests cover this")
+@pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed (extra 'cuda')")
+def test_kernels_compile_for_hopper_without_a_gpu(monkeypatch):
+    # The simulator runs kernels as Python, so it cannot catch what Numba fails to type or
+    # lower for a GPU. Compiling every kernel to PTX for sm_90 can, with no GPU at all (NVVM
+    # comes with numba-cuda's cu12 wheels).
+    import numba.cuda.dispatcher as dispatcher
+    from numba import cuda
+    from numba import float32 as f32
+    from numba import int64 as i64
+
+    from pipeline.kernels import cuda as K
+
+    # a call to a device function asks the current GPU for its compute capability
+    hopper = SimpleNamespace(compute_capability=(9, 0))
+    monkeypatch.setattr(dispatcher, "get_current_device", lambda: hopper)
+    A1, A2, A3, I1, I2 = f32[::1], f32[:, ::1], f32[:, :, ::1], i64[::1], i64[:, ::1]
+    signatures = {
+        "_mm_kernel": (A2, A2, A1, i64, i64, i64, A3),
+        "_sum_parts_kernel": (A3, A2),
+        "_forward_kernel": (i64, i64, A2, I1, A2, A1, I2, A3, A2, A2, A2, I1, A2),
+        "_backward_kernel": (i64, i64, A2, I2, A2, A2, A2, A2, A3, A2, A2),
+        "_prev_states_kernel": (A2, I2, i64, A2),
+        "_pool_fwd_kernel": (A2, I1, i64, i64, A2),
+        "_pool_bwd_kernel": (A2, A2, I1, i64, i64, A2),
+        "_fill_zero_kernel": (A1,),
+        "_transpose_kernel": (A2, A2),
+    }
+    kernels = {k for k, v in vars(K).items() if k.endswith("_kernel") and hasattr(v, "py_func")}
+    assert kernels == set(signatures)  # a new kernel needs its signature here
+    try:
+        cuda.compile_ptx(K._fill_zero_kernel.py_func, (A1,), cc=(9, 0))
+    except Exception as e:  # no NVVM in this environment: nothing to compile with
+        pytest.skip(f"cannot compile PTX here: {type(e).__name__}: {e}")
+    for name, sig in signatures.items():
+        ptx, _ = cuda.compile_ptx(getattr(K, name).py_func, sig, cc=(9, 0))
+        assert ".entry" in ptx, name
+
+
+@pytest.mark.skipif(ON_DEVICE, reason="the CUDA tests run directly in this process")
+@pytest.mark.skipif(bool(os.environ.get(CHILD_ENV)), reason="already the simulator child")
+@pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed (extra 'cuda')")
+def test_cuda_backend_under_simulator():
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", CHILD_ENV: "1", **SIM_BLOCKS}
+    # -o addopts= : the project adds -q, and -qq would hide the "N passed" summary
+    cmd = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider"]
+    cmd.append(__file__)
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    tail = (proc.stdout + proc.stderr)[-4000:]
+    assert proc.returncode == 0, tail
+    passed = re.search(r"(\d+) passed", tail)
+    skipped = re.search(r"(\d+) skipped", tail)
+    # everything but the GPU-only tests (3), the PTX check and this launcher ran in the child
+    assert passed and int(passed.group(1)) >= 36, tail
+    assert skipped is None or int(skipped.group(1)) <= 5, tail
