@@ -93,3 +93,21 @@ def imdb_train_path() -> Path:
     if folder is None or not (folder / "imdb_train.parquet").is_file():
         pytest.skip("shared data (../shared/data or $RNNPIPE_DATA_DIR) is not available")
     return folder / "imdb_train.parquet"
+
+
+@pytest.fixture(scope="session")
+def sample_reviews(tmp_path_factory) -> Path:
+    """``sample_data/reviews.parquet`` as README's quick start builds it (from the IMDB
+    data in ../shared/data); git never holds it, so the tests build their own copy."""
+    import importlib.util
+
+    src = data_dir()
+    if src is None or not (src / "imdb_train.parquet").exists():
+        pytest.skip("../shared/data is absent: the sample data is built from it")
+    script = Path(__file__).resolve().parents[1] / "sample_data" / "make_sample.py"
+    spec = importlib.util.spec_from_file_location("make_sample", script)
+    make_sample = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_sample)
+    out = tmp_path_factory.mktemp("sample_data")
+    make_sample.main(["--from", str(src / "imdb_train.parquet"), "--out", str(out)])
+    return out / "reviews.parquet"

@@ -1,7 +1,7 @@
 """The training loop end to end on tiny Parquet files (``pipeline/train.py``).
 
-Tiny models (E=H=8) on the reference backend keep this fast; the sample-data test skips when
-``sample_data/reviews.parquet`` is absent.
+Tiny models (E=H=8) on the reference backend keep this fast; the sample-data tests build the
+sample from ../shared/data (the quick start's recipe) and skip where it is absent.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ def _available_backends() -> list[str]:
 
 
 BACKENDS = _available_backends()
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "reviews.parquet"
 TINY = {"embed_dim": 8, "hidden_dim": 8, "max_len": 12}
 FILLER = ["the", "a", "movie", "film", "plot", "actor", "scene", "story"]
 POSITIVE, NEGATIVE, NEUTRAL = ["good", "great", "fine"], ["bad", "awful", "poor"], ["ok", "so"]
@@ -167,9 +166,12 @@ def test_multiclass_string_labels_and_balanced_weights(tmp_path):
     texts = _texts(rng, labels, [NEGATIVE, NEUTRAL, POSITIVE])
     path = _write(tmp_path / "three.parquet", {"text": texts, "sentiment": names[labels]})
     result = train(
-        path, tmp_path / "m", {**TINY, "pooling": "last+max"},
-        _config(epochs=4, class_weights="balanced"), label_col="sentiment",
-    )  # fmt: skip
+        path,
+        tmp_path / "m",
+        {**TINY, "pooling": "last+max"},
+        _config(epochs=4, class_weights="balanced"),
+        label_col="sentiment",
+    )
     assert result.model.config.classes == ("negative", "neutral", "positive")
     assert result.model.config.num_outputs == 3
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -191,15 +193,31 @@ def test_validation_files_and_declared_classes(binary_file, tmp_path):
         train(binary_file, tmp_path / "m2", TINY, _config(), classes=["0", "2"])
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="sample_data/reviews.parquet not created yet")
-def test_loss_decreases_on_sample_data(tmp_path):
-    labels = pq.read_table(SAMPLE, columns=["label"]).column("label").to_pylist()
+def test_loss_decreases_on_sample_data(sample_reviews, tmp_path):
+    labels = pq.read_table(sample_reviews, columns=["label"]).column("label").to_pylist()
     result = train(
-        SAMPLE, tmp_path / "m", {"embed_dim": 8, "hidden_dim": 8, "max_len": 40},
+        sample_reviews,
+        tmp_path / "m",
+        {"embed_dim": 8, "hidden_dim": 8, "max_len": 40},
         _config(epochs=2, batch_size=32, lr=0.01, num_words=2000, backend=BACKENDS[-1]),
-    )  # fmt: skip
+    )
     assert result.model.config.classes == tuple(sorted(set(map(str, labels))))
     assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_multiclass_on_sample_data_ratings(sample_reviews, tmp_path):
+    # the 1-4 and 7-10 star ratings as eight classes
+    result = train(
+        sample_reviews,
+        tmp_path / "m",
+        {"embed_dim": 8, "hidden_dim": 8, "max_len": 60},
+        _config(epochs=2, batch_size=32, lr=0.01, num_words=2000, backend=BACKENDS[-1]),
+        label_col="rating",
+    )
+    assert result.model.config.classes == ("1", "2", "3", "4", "7", "8", "9", "10")
+    assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
+    probs = result.model.predict_proba(result.model.encode(pa.array(["a wonderful film"])))
+    assert probs.shape == (1, 8) and abs(float(probs.sum()) - 1.0) < 1e-5
 
 
 def test_early_stopping_restores_the_best_weights(tmp_path):
@@ -251,8 +269,9 @@ def test_init_embeddings_from_a_text_file(binary_file, tmp_path):
     lines = ["3 8", "good " + " ".join(["0.5"] * 8), "zebra " + " ".join(["0.1"] * 8)]
     lines.append("GOOD " + " ".join(["9"] * 8))  # same id after lowercasing: first wins
     vectors.write_text("\n".join(lines) + "\n")
-    result = train(binary_file, tmp_path / "m", TINY, _config(epochs=1, lr=1e-9),
-                   init_embeddings=vectors)  # fmt: skip
+    result = train(
+        binary_file, tmp_path / "m", TINY, _config(epochs=1, lr=1e-9), init_embeddings=vectors
+    )
     tok = result.model.tokenizer
     assert result.embedding_coverage == pytest.approx(1 / (tok.vocab_size - 2))
     row = result.model.params["embedding"][tok.word_index["good"]]
@@ -266,8 +285,9 @@ def test_init_embeddings_from_a_text_file(binary_file, tmp_path):
 
 def test_init_from_warm_starts(binary_file, tmp_path):
     first = train(binary_file, tmp_path / "m1", TINY, _config(epochs=1))
-    second = train(binary_file, tmp_path / "m2", {"dropout": 0.1}, _config(epochs=1),
-                   init_from=tmp_path / "m1")  # fmt: skip
+    second = train(
+        binary_file, tmp_path / "m2", {"dropout": 0.1}, _config(epochs=1), init_from=tmp_path / "m1"
+    )
     assert second.model.config.hidden_dim == 8 and second.model.config.dropout == 0.1
     assert second.model.tokenizer.words == first.model.tokenizer.words
     assert second.metrics["log_loss"] <= first.metrics["log_loss"] * 1.5
