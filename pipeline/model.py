@@ -542,6 +542,12 @@ class Model:
                 )
                 for d in cfg.directions
             }
+            if self.backend == "cuda":
+                # keep the tables on the GPU: copying a [V, G*H] table for every scoring
+                # batch (41 MB for an LSTM with V=20002, H=128) would dominate the batch
+                from numba import cuda
+
+                self._tables = {d: cuda.to_device(t) for d, t in self._tables.items()}
         return self._tables
 
     def logits(self, tokens: TokenIds) -> np.ndarray:
