@@ -54,6 +54,7 @@ from numba import cuda, float32
 
 from pipeline.kernels import gates
 from pipeline.kernels.reference import (
+    _check_infer_args,
     _check_input_weights,
     _check_mode,
     _check_offsets,
@@ -867,19 +868,7 @@ def layer_infer(
     G, H = _check_recurrent(cell, W_hh, b_hh)
     _recurrent_block(cell, H, 1)  # before any copy: H must fit the kernels' shared memory
     table = _float_arg(table, "table")
-    if table.ndim != 2 or table.shape[1] != G * H:
-        raise ValueError(f"table must be [V, G*H]=[V, {G * H}] for {cell}, got {table.shape}")
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"ids must be a 1-D integer array, got shape {ids.shape} {ids.dtype}")
-    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
-        bad = int(np.flatnonzero((ids < 0) | (ids >= table.shape[0]))[0])
-        raise ValueError(f"ids[{bad}]={ids[bad]} is outside the table of {table.shape[0]} rows")
-    offsets = _check_offsets(offsets, ids.size)
-    if isinstance(modes, str) or len(modes) == 0:
-        raise ValueError(f"modes must be a non-empty tuple like ('last',), got {modes!r}")
-    for mode in modes:
-        _check_mode(mode)
+    ids, offsets = _check_infer_args(cell, table, ids, offsets, modes, G, H)
     n = offsets.size - 1
     if n == 0:
         return np.zeros((0, len(modes) * H), F32)

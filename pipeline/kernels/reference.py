@@ -463,6 +463,24 @@ def fold_table(
     return emb @ W_ih.T + b_ih + _foldable_bias(cell, b_hh)
 
 
+def _check_infer_args(cell, table, ids, offsets, modes, G, H):
+    """Validated ``(ids, offsets)`` for ``layer_infer`` (shared with the CUDA backend)."""
+    if table.ndim != 2 or table.shape[1] != G * H:
+        raise ValueError(f"table must be [V, G*H]=[V, {G * H}] for {cell}, got {table.shape}")
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"ids must be a 1-D integer array, got shape {ids.shape} {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        bad = int(np.flatnonzero((ids < 0) | (ids >= table.shape[0]))[0])
+        raise ValueError(f"ids[{bad}]={ids[bad]} is outside the table of {table.shape[0]} rows")
+    offsets = _check_offsets(offsets, ids.size)
+    if isinstance(modes, str) or len(modes) == 0:
+        raise ValueError(f"modes must be a non-empty tuple like ('last',), got {modes!r}")
+    for mode in modes:
+        _check_mode(mode)
+    return ids, offsets
+
+
 def layer_infer(
     cell: str,
     table: np.ndarray,
@@ -493,19 +511,7 @@ def layer_infer(
     table, W_hh, b_hh = (np.asarray(a) for a in (table, W_hh, b_hh))
     dtype = _float_dtype(table, W_hh, b_hh)
     G, H = _check_recurrent(cell, W_hh, b_hh)
-    if table.ndim != 2 or table.shape[1] != G * H:
-        raise ValueError(f"table must be [V, G*H]=[V, {G * H}] for {cell}, got {table.shape}")
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"ids must be a 1-D integer array, got shape {ids.shape} {ids.dtype}")
-    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
-        bad = int(np.flatnonzero((ids < 0) | (ids >= table.shape[0]))[0])
-        raise ValueError(f"ids[{bad}]={ids[bad]} is outside the table of {table.shape[0]} rows")
-    offsets = _check_offsets(offsets, ids.size)
-    if isinstance(modes, str) or len(modes) == 0:
-        raise ValueError(f"modes must be a non-empty tuple like ('last',), got {modes!r}")
-    for mode in modes:
-        _check_mode(mode)
+    ids, offsets = _check_infer_args(cell, table, ids, offsets, modes, G, H)
     table, W_hh, b_hh = (a.astype(dtype, copy=False) for a in (table, W_hh, b_hh))
 
     # The table already holds the folded bias; the step adds back only the rest (gru's b_hn).
