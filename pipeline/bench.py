@@ -9,6 +9,7 @@ rnnpipe kernels are used here; the comparison with PyTorch lives in
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,22 @@ class Shape:
     hidden_dim: int = 128
     batch: int = 256
     vocab: int = 20002
+
+
+def peer_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment for a peer's benchmark process (PyTorch), without rnnpipe's settings.
+
+    ``import pipeline`` sets OPENBLAS_THREAD_TIMEOUT and OMP_WAIT_POLICY (see
+    ``pipeline/__init__.py``); they would change how a peer's own thread pools wait, so the
+    peer gets the environment as the user had it.
+    """
+    import pipeline
+
+    env = dict(os.environ if env is None else env)
+    for key in pipeline.THREAD_ENV_SET:
+        env.pop(key, None)
+    env["RNNPIPE_THREAD_ENV"] = "0"
+    return env
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:

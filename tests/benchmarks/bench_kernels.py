@@ -122,7 +122,7 @@ def torch_peer(args, lengths) -> dict[str, float]:
         "--cells",
         args.cells,
     ]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=bench.peer_env())
     if res.returncode != 0:
         print(f"PyTorch peer failed: {res.stderr.strip().splitlines()[-1:]}")
         return {}

@@ -313,6 +313,10 @@ CHILDREN = {"prepare": child_prepare, "rnnpipe": child_rnnpipe, "torch": child_t
 def run_child(role: str, spec: dict[str, Any], threads: int) -> dict[str, Any]:
     """Run this script as a fresh subprocess in ``role``; its last stdout line is JSON."""
     env = dict(os.environ)
+    if role == "torch":  # PyTorch's OpenMP pool must wait as it would without rnnpipe
+        from pipeline.bench import peer_env
+
+        env = peer_env(env)
     env["POLARS_MAX_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     cmd = [

@@ -363,6 +363,10 @@ CHILDREN = {"prepare": child_prepare, "rnnpipe": child_rnnpipe, "torch": child_t
 def run_child(role: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Run this script as a fresh subprocess in ``role``; its last stdout line is JSON."""
     env = dict(os.environ)
+    if role.startswith("torch"):  # PyTorch's OpenMP pool must wait as it would without rnnpipe
+        from pipeline.bench import peer_env
+
+        env = peer_env(env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     cmd = [
         sys.executable,
