@@ -220,7 +220,7 @@ def score(
     model: ModelDir,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder, or FILE.parquet.")],
     keep: Annotated[str | None, typer.Option(help="Input columns to keep (default: id).")] = None,
-    batch_rows: Annotated[int, typer.Option(help="Rows per streamed batch.", min=1)] = 32768,
+    batch_rows: Annotated[int, typer.Option(help="Rows per streamed batch.", min=1)] = 8192,
     threshold: Annotated[float, typer.Option(help="Binary decision threshold.")] = 0.5,
     resume: Annotated[bool, typer.Option(help="Skip outputs already complete.")] = False,
     engine: Annotated[str, typer.Option(help="local or ray.")] = "local",

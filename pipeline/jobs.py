@@ -123,7 +123,7 @@ class JobSpec:
     output: Path
     keep: tuple[str, ...] | None = None
     text_col: str | None = None
-    batch_rows: int = 32768
+    batch_rows: int = 8192
     threads: int = 0
     device: str = "cpu"
     min_age_seconds: float = 0.0

@@ -88,7 +88,7 @@ class ScoreOptions:
 
     text_col: str | None = None
     keep: tuple[str, ...] | None = None
-    batch_rows: int = 32768
+    batch_rows: int = 8192
     threshold: float = 0.5
     resume: bool = False
     backend: str = "cpu"

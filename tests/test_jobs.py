@@ -170,7 +170,7 @@ def test_spec_defaults_and_paths_relative_to_the_spec(tmp_path, model_dir):
     assert spec.inputs == (str(tmp_path / "in" / "*.parquet"),)
     assert spec.output == tmp_path / "out"
     assert spec.state_dir == tmp_path / "out" / ".rnnpipe-job"
-    assert (spec.batch_rows, spec.threads, spec.device, spec.engine) == (32768, 1, "cpu", "local")
+    assert (spec.batch_rows, spec.threads, spec.device, spec.engine) == (8192, 1, "cpu", "local")
     assert (spec.min_age_seconds, spec.retries, spec.keep, spec.text_col) == (0.0, 0, None, None)
     spec = load_spec(make_spec(tmp_path, model_dir, state_dir="/var/tmp/x", keep=["id"]))
     assert spec.state_dir == Path("/var/tmp/x") and spec.keep == ("id",)

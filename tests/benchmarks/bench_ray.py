@@ -329,7 +329,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="Ray actors")
     ap.add_argument("--threads-per-worker", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="Numba threads of the local engine")
-    ap.add_argument("--batch-rows", type=int, default=32768)
+    ap.add_argument("--batch-rows", type=int, default=8192)
     ap.add_argument("--cell", default="lstm", choices=("lstm", "gru", "rnn"))
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--child", help=argparse.SUPPRESS)
