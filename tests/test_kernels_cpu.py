@@ -4,35 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from kernel_cases import layer_params, ragged_batch
 
-from pipeline.kernels import cpu, gates, reference
+from pipeline.kernels import cpu, reference
 from pipeline.kernels.threads import set_threads
 
 CELLS = ["lstm", "gru", "rnn"]
 MODES = ["last", "max", "mean"]
 # ragged on purpose: empty, one token, long, and sizes that leave blocks uneven
 LENGTHS = [0, 1, 37, 5, 0, 12, 3, 1, 20, 7, 9]
-
-
-def _layer(cell, E, H, seed):
-    G = gates(cell)
-    rng = np.random.default_rng(seed)
-    p = {
-        "W_ih": rng.normal(0, 0.4, (G * H, E)),
-        "W_hh": rng.normal(0, 0.4, (G * H, H)),
-        "b_ih": rng.normal(0, 0.3, G * H),
-        "b_hh": rng.normal(0, 0.3, G * H),
-    }
-    return {k: v.astype(np.float32) for k, v in p.items()}
-
-
-def _batch(lengths, E, V, seed):
-    rng = np.random.default_rng(seed)
-    offsets = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    ids = rng.integers(0, V, offsets[-1]).astype(np.int32)
-    emb = rng.normal(0, 1.0, (V, E)).astype(np.float32)
-    return offsets, ids, emb
 
 
 def _grads(backend, cell, p, x, offsets, reverse, mode, R):
@@ -47,8 +27,8 @@ def _grads(backend, cell, p, x, offsets, reverse, mode, R):
 @pytest.mark.parametrize("mode", MODES)
 def test_forward_and_gradients_match_reference(cell, reverse, mode):
     E, H, V = 6, 5, 30
-    p = _layer(cell, E, H, seed=1)
-    offsets, ids, emb = _batch(LENGTHS, E, V, seed=2)
+    p = layer_params(cell, E, H, seed=1)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=2)
     x = emb[ids]
     R = np.random.default_rng(3).normal(size=(len(LENGTHS), H)).astype(np.float32)
     hs_c, f_c, g_c = _grads(cpu, cell, p, x, offsets, reverse, mode, R)
@@ -63,8 +43,8 @@ def test_forward_and_gradients_match_reference(cell, reverse, mode):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_infer_matches_reference(cell, reverse):
     E, H, V = 6, 5, 30
-    p = _layer(cell, E, H, seed=4)
-    offsets, ids, emb = _batch(LENGTHS, E, V, seed=5)
+    p = layer_params(cell, E, H, seed=4)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=5)
     modes = ("last", "max", "mean")
     t_c = cpu.fold_table(cell, emb, p["W_ih"], p["b_ih"], p["b_hh"])
     t_r = reference.fold_table(cell, emb, p["W_ih"], p["b_ih"], p["b_hh"])
@@ -81,7 +61,7 @@ def test_infer_matches_reference(cell, reverse):
 @pytest.mark.parametrize("cell", CELLS)
 def test_empty_batches(cell):
     H = 4
-    p = _layer(cell, 3, H, seed=6)
+    p = layer_params(cell, 3, H, seed=6)
     for lengths in ([], [0, 0]):
         offsets = np.zeros(len(lengths) + 1, np.int64)
         x = np.zeros((0, 3), np.float32)
@@ -98,9 +78,9 @@ def test_empty_batches(cell):
 @pytest.mark.parametrize("cell", CELLS)
 def test_bit_identical_run_to_run(cell):
     E, H, V = 8, 16, 50
-    p = _layer(cell, E, H, seed=7)
+    p = layer_params(cell, E, H, seed=7)
     lengths = np.random.default_rng(8).integers(0, 60, 40)
-    offsets, ids, emb = _batch(lengths, E, V, seed=9)
+    offsets, ids, emb = ragged_batch(lengths, E, V, seed=9)
     R = np.random.default_rng(10).normal(size=(lengths.size, H)).astype(np.float32)
     runs = [_grads(cpu, cell, p, emb[ids], offsets, True, "max", R) for _ in range(2)]
     (hs1, f1, g1), (hs2, f2, g2) = runs
@@ -114,9 +94,9 @@ def test_thread_count_does_not_change_results(cell):
     import numba
 
     E, H, V = 8, 16, 50
-    p = _layer(cell, E, H, seed=11)
+    p = layer_params(cell, E, H, seed=11)
     lengths = np.random.default_rng(12).integers(0, 40, 33)
-    offsets, ids, emb = _batch(lengths, E, V, seed=13)
+    offsets, ids, emb = ragged_batch(lengths, E, V, seed=13)
     R = np.random.default_rng(14).normal(size=(lengths.size, H)).astype(np.float32)
     before = numba.get_num_threads()
     try:

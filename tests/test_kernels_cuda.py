@@ -23,9 +23,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from kernel_cases import layer_params, ragged_batch
 
 from pipeline.errors import ConfigError
-from pipeline.kernels import cuda_available, gates, reference
+from pipeline.kernels import cuda_available, reference
 
 CELLS = ["lstm", "gru", "rnn"]
 MODES = ["last", "max", "mean"]
@@ -67,27 +68,6 @@ def _fast_simulator_threads():
     sys.setswitchinterval(old)
 
 
-def _layer(cell, E, H, seed):
-    G = gates(cell)
-    rng = np.random.default_rng(seed)
-    p = {
-        "W_ih": rng.normal(0, 0.5, (G * H, E)),
-        "W_hh": rng.normal(0, 0.5, (G * H, H)),
-        "b_ih": rng.normal(0, 0.3, G * H),
-        "b_hh": rng.normal(0, 0.3, G * H),
-    }
-    return {k: v.astype(np.float32) for k, v in p.items()}
-
-
-def _batch(lengths, E, V, seed):
-    rng = np.random.default_rng(seed)
-    offsets = np.zeros(len(lengths) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    ids = rng.integers(0, V, offsets[-1]).astype(np.int32)
-    emb = rng.normal(0, 1.0, (V, E)).astype(np.float32)
-    return offsets, ids, emb
-
-
 def _train_step(backend, cell, p, x, offsets, reverse, mode, dfeat):
     hs, cache = backend.layer_forward(cell, x, offsets, **p, reverse=reverse, training=True)
     feat = backend.pool_forward(hs, offsets, mode, reverse)
@@ -103,8 +83,8 @@ NAMES = ["hs", "feat", "dhs", "dx", "dW_ih", "dW_hh", "db_ih", "db_hh"]
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("mode", MODES)
 def test_forward_and_gradients_match_reference(K, cell, reverse, mode):
-    p = _layer(cell, E, H, seed=1)
-    offsets, ids, emb = _batch(LENGTHS, E, V, seed=2)
+    p = layer_params(cell, E, H, seed=1, scale=0.5)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=2)
     x = emb[ids]
     dfeat = np.random.default_rng(3).normal(size=(len(LENGTHS), H)).astype(np.float32)
     got = _train_step(K, cell, p, x, offsets, reverse, mode, dfeat)
@@ -119,8 +99,8 @@ def test_forward_and_gradients_match_reference(K, cell, reverse, mode):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_infer_matches_reference(K, cell, reverse):
-    p = _layer(cell, E, H, seed=4)
-    offsets, ids, emb = _batch(LENGTHS, E, V, seed=5)
+    p = layer_params(cell, E, H, seed=4, scale=0.5)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=5)
     t_c = K.fold_table(cell, emb, p["W_ih"], p["b_ih"], p["b_hh"])
     t_r = reference.fold_table(cell, emb, p["W_ih"], p["b_ih"], p["b_hh"])
     np.testing.assert_allclose(t_c, t_r, atol=1e-5, rtol=1e-5)
@@ -156,8 +136,8 @@ def test_max_pool_gradient_goes_to_first_maximum(K, reverse):
 @needs_cuda
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_runs_are_bit_identical(K, cell):
-    p = _layer(cell, E, H, seed=6)
-    offsets, ids, emb = _batch(LENGTHS, E, V, seed=7)
+    p = layer_params(cell, E, H, seed=6, scale=0.5)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=7)
     dfeat = np.ones((len(LENGTHS), H), np.float32)
     first = _train_step(K, cell, p, emb[ids], offsets, True, "max", dfeat)
     second = _train_step(K, cell, p, emb[ids], offsets, True, "max", dfeat)
@@ -168,7 +148,7 @@ def test_runs_are_bit_identical(K, cell):
 @needs_cuda
 @pytest.mark.parametrize("lengths", [[], [0, 0]])
 def test_empty_batches(K, lengths):
-    p = _layer("lstm", E, H, seed=8)
+    p = layer_params("lstm", E, H, seed=8, scale=0.5)
     offsets = np.zeros(len(lengths) + 1, np.int64)
     x = np.zeros((0, E), np.float32)
     hs, cache = K.layer_forward("lstm", x, offsets, **p)
@@ -204,8 +184,8 @@ def test_matmul_split_over_k_matches_numpy(K, trans_a, trans_b):
 
 @needs_cuda
 def test_bad_inputs_raise_clear_errors(K):
-    p = _layer("gru", E, H, seed=10)
-    offsets, ids, emb = _batch(LENGTHS, E, V, seed=11)
+    p = layer_params("gru", E, H, seed=10, scale=0.5)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=11)
     x = emb[ids]
     table = np.zeros((V, 3 * H), np.float32)
     with pytest.raises(ConfigError, match="unknown cell"):
@@ -218,7 +198,9 @@ def test_bad_inputs_raise_clear_errors(K):
         K.layer_infer("gru", table, ids + V, offsets, p["W_hh"], p["b_hh"], False, ("last",))
     with pytest.raises(ValueError, match="W_ih must be"):
         K.layer_forward("gru", x[:, :2], offsets, **p)
-    big = _layer("lstm", 2, 2048, seed=12)  # 2*4*2048 floats of shared state per sequence
+    big = layer_params(
+        "lstm", 2, 2048, seed=12, scale=0.5
+    )  # 2*4*2048 floats of shared state per sequence
     with pytest.raises(ValueError, match="too large for the CUDA backend"):
         K.layer_forward("lstm", np.zeros((0, 2), np.float32), np.zeros(1, np.int64), **big)
 
@@ -239,8 +221,8 @@ def test_bigger_shapes_match_cpu_backend(K, cell):
     for H_big in (40, 160):
         rng = np.random.default_rng(13)
         lengths = rng.integers(0, 90, 300)
-        p = _layer(cell, 24, H_big, seed=14)
-        offsets, ids, emb = _batch(lengths, 24, 500, seed=15)
+        p = layer_params(cell, 24, H_big, seed=14, scale=0.5)
+        offsets, ids, emb = ragged_batch(lengths, 24, 500, seed=15)
         dfeat = rng.normal(size=(lengths.size, H_big)).astype(np.float32)
         got = _train_step(K, cell, p, emb[ids], offsets, False, "mean", dfeat)
         want = _train_step(cpu, cell, p, emb[ids], offsets, False, "mean", dfeat)
