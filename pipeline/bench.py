@@ -46,6 +46,20 @@ def peer_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def machine_line() -> str:
+    """The CPU's name and the OpenBLAS variables that pick its kernels, for benchmark headers."""
+    name = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    env = {k: os.environ.get(k, "<unset>") for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    return f"{name}; " + " ".join(f"{k}={v}" for k, v in env.items())
+
+
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs."""
     for _ in range(warmup):

@@ -59,6 +59,8 @@ GEN = HERE / "_gen"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
+from make_reviews import data_dir  # noqa: E402
+
 EMBED_DIM = HIDDEN_DIM = 128
 MAX_LEN = 256
 NUM_WORDS = 20000
@@ -69,11 +71,6 @@ TARGET = 0.80
 # ---------------------------------------------------------------------------------------------
 # Input and model
 # ---------------------------------------------------------------------------------------------
-
-
-def data_dir() -> Path:
-    env = os.environ.get("RNNPIPE_DATA_DIR")
-    return Path(env) if env else REPO.parent / "shared" / "data"
 
 
 def make_input(rows: int, files: int, seed: int) -> Path:

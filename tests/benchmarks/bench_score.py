@@ -74,6 +74,8 @@ sys.path.insert(0, str(HERE))
 
 import make_reviews  # noqa: E402
 
+from pipeline.bench import machine_line  # noqa: E402
+
 EMBED_DIM = HIDDEN_DIM = 128
 MAX_LEN = 256
 NUM_WORDS = 20000
@@ -374,16 +376,6 @@ def compare(inputs: Path, model_dir: Path, rnnpipe_out: Path, torch_out: Path) -
 # ---------------------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def write_warm_file(inputs: Path, path: Path) -> None:
     """The first ``WARM_ROWS`` rows of the first input file, for the untimed warm-up."""
     pf = pq.ParquetFile(input_files(inputs)[0])
@@ -450,10 +442,7 @@ def main() -> None:
         f"{prep['vocab_size']:,}, E={EMBED_DIM} H={HIDDEN_DIM}, last {MAX_LEN} tokens; "
         f"threads={args.threads}; median of {args.repeats}"
     )
-    print(
-        f"{cpu_name()}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '<unset>')} "
-        f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '<unset>')}"
-    )
+    print(machine_line())
     for info in dict.fromkeys(r["info"] for _, _, r in results):
         print(f"  {info}")
     header = (

@@ -76,6 +76,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+from make_reviews import data_dir  # noqa: E402
+
+from pipeline.bench import machine_line  # noqa: E402
 
 WARMUP_BATCHES = 3
 LR = 3e-3
@@ -144,11 +149,6 @@ def bce(z: np.ndarray, y: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------
 # Children: each prints one JSON line
 # ---------------------------------------------------------------------------------------------
-
-
-def data_dir() -> Path:
-    default = REPO.parent / "shared" / "data"
-    return Path(os.environ.get("RNNPIPE_DATA_DIR", default))
 
 
 def child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
@@ -385,16 +385,6 @@ def run_child(role: str, spec: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def summarize(r: dict[str, Any]) -> dict[str, float]:
     s, real = np.array(r["seconds"]), np.array(r["real"], np.float64)
     out = {
@@ -471,10 +461,7 @@ def main() -> None:
         f"{args.batch_size}, {WARMUP_BATCHES} warm-up + {args.batches} timed batches "
         f"(seed {args.seed}); threads={args.threads}"
     )
-    print(
-        f"{cpu_name()}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '<unset>')} "
-        f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '<unset>')}"
-    )
+    print(machine_line())
     for info in dict.fromkeys(r["info"] for _, r in results):
         print(f"  {info}")
 
