@@ -249,12 +249,7 @@ def iter_batches(
         raise ConfigError(f"text column {text_col!r} must be one of the columns read")
     for p in paths:
         path = Path(p)
-        pf = _open(path)
-        with contextlib.closing(pf):
-            schema = pf.schema_arrow
-            _check_columns(schema, columns, path)
-            if text_col is not None:
-                detect_text_column(schema, text_col, path)
+        with _checked(path, columns, text_col) as pf:
             row = 0
             try:
                 stream = pf.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
@@ -263,9 +258,27 @@ def iter_batches(
                     for part in _split_by_bytes(batch, batch_bytes):
                         yield FileBatch(path, part, row)
                         row += part.num_rows
-            except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise InputError(f"{path} could not be read at row {row}: {reason}") from None
+            except _READ_ERRORS as exc:
+                raise InputError(f"{path} could not be read at row {row}: {_reason(exc)}") from None
+
+
+_READ_ERRORS = (pa.ArrowInvalid, pa.ArrowIOError, OSError)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _checked(path: Path, columns: list[str], text_col: str | None) -> Iterator[pq.ParquetFile]:
+    """``path`` opened, with ``columns`` present and ``text_col`` a string column."""
+    pf = _open(path)
+    with contextlib.closing(pf):
+        schema = pf.schema_arrow
+        _check_columns(schema, columns, path)
+        if text_col is not None:
+            detect_text_column(schema, text_col, path)
+        yield pf
 
 
 def count_rows(paths: Sequence[str | Path]) -> int:
@@ -293,17 +306,11 @@ def read_columns(
     tables = []
     for p in paths:
         path = Path(p)
-        pf = _open(path)
-        with contextlib.closing(pf):
-            schema = pf.schema_arrow
-            _check_columns(schema, columns, path)
-            if text_col is not None:
-                detect_text_column(schema, text_col, path)
+        with _checked(path, columns, text_col) as pf:
             try:
                 table = pf.read(columns=columns).select(columns)
-            except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise InputError(f"{path} could not be read: {reason}") from None
+            except _READ_ERRORS as exc:
+                raise InputError(f"{path} could not be read: {_reason(exc)}") from None
         if text_col is not None:
             i = table.schema.get_field_index(text_col)
             table = table.set_column(i, text_col, table.column(i).cast(pa.large_string()))
