@@ -16,6 +16,38 @@ if os.environ.get("RNNPIPE_THREAD_ENV", "1") != "0":
     for _k in THREAD_ENV_SET:
         os.environ[_k] = THREAD_ENV[_k]
 
+
+def _wide_vectors() -> str | None:
+    """Numba's CPU features with 512-bit vectors preferred, or None to leave Numba's default.
+
+    LLVM tunes Intel CPUs with AVX-512 to prefer 256-bit vectors ("prefer-256-bit"), a guard
+    against the clock drop of older Xeons. The gate math of every recurrence step (rational
+    tanh and sigmoid over G*H values) then runs at half width: on an AVX-512 Xeon (Emerald
+    Rapids) 512-bit vectors made it 1.2-1.5x faster (``python tests/benchmarks/bench_gates.py``:
+    LSTM H=128, 423 against 524 ns per sequence and step). The features are the host's own,
+    so the code and Numba's cache still belong to this machine.
+    """
+    if "NUMBA_CPU_FEATURES" in os.environ or "NUMBA_CPU_NAME" in os.environ:
+        return None  # the user chose
+    try:
+        import llvmlite.binding as ll
+
+        features = ll.get_host_cpu_features().flatten()
+    except Exception:  # no LLVM host info: leave Numba to its defaults
+        return None
+    if "+avx512f" not in features.split(","):
+        return None
+    return features + ",-prefer-256-bit"
+
+
+# Read when Numba makes its code generator (its first compile or cache load), so this too
+# runs before anything imports Numba. RNNPIPE_CPU_TUNING=0 opts out.
+if os.environ.get("RNNPIPE_CPU_TUNING", "1") != "0":
+    _features = _wide_vectors()
+    if _features is not None:
+        os.environ["NUMBA_CPU_FEATURES"] = _features
+        THREAD_ENV_SET.append("NUMBA_CPU_FEATURES")
+
 from pipeline.errors import (  # noqa: E402
     ConfigError,
     DeviceError,
