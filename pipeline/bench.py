@@ -99,8 +99,9 @@ def make_layer(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def matmul_rate(m: int, k: int, n: int, repeats: int = 20) -> float:
-    """GFLOP/s of a float32 (m,k)x(k,n) product with NumPy's BLAS at its current threads."""
+def matmul_fn(m: int, k: int, n: int) -> tuple[Callable[[], object], float]:
+    """``(fn, flops)``: ``fn()`` runs float32 (m,k)x(k,n) products worth about 0.2 GFLOP
+    with NumPy's BLAS at its current threads; ``flops`` is what one call does."""
     rng = np.random.default_rng(0)
     a = rng.random((m, k), dtype=np.float32)
     b = rng.random((k, n), dtype=np.float32)
@@ -111,23 +112,26 @@ def matmul_rate(m: int, k: int, n: int, repeats: int = 20) -> float:
         for _ in range(inner):
             np.matmul(a, b, out=out)
 
-    return 2.0 * m * k * n * inner / median_time(run, repeats=repeats) / 1e9
+    return run, 2.0 * m * k * n * inner
 
 
-def time_infer(shape: Shape, offsets, ids, params, backend: str = "cpu", repeats: int = 5):
-    """Median seconds of folded-table inference (last-state features) on one batch."""
+def matmul_rate(m: int, k: int, n: int, repeats: int = 20) -> float:
+    """GFLOP/s of a float32 (m,k)x(k,n) product with NumPy's BLAS at its current threads."""
+    run, flops = matmul_fn(m, k, n)
+    return flops / median_time(run, repeats=repeats) / 1e9
+
+
+def infer_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callable[[], object]:
+    """One batch of folded-table inference (last-state features), as a callable."""
     be = get_backend(backend)
     table = be.fold_table(shape.cell, params["emb"], params["W_ih"], params["b_ih"], params["b_hh"])
-    return median_time(
-        lambda: be.layer_infer(
-            shape.cell, table, ids, offsets, params["W_hh"], params["b_hh"], False, ("last",)
-        ),
-        repeats=repeats,
-    )
+    W_hh, b_hh = params["W_hh"], params["b_hh"]
+    return lambda: be.layer_infer(shape.cell, table, ids, offsets, W_hh, b_hh, False, ("last",))
 
 
-def time_train(shape: Shape, offsets, ids, params, backend: str = "cpu", repeats: int = 5):
-    """Median seconds of forward + backward (embedding lookup, layer, last-state pooling)."""
+def train_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callable[[], object]:
+    """One batch of forward + backward (embedding lookup, layer, last-state pooling, the
+    embedding's gradient as the trainer forms it), as a callable."""
     from pipeline.model import _scatter_rows as scatter_rows
 
     be = get_backend(backend)
@@ -142,9 +146,19 @@ def time_train(shape: Shape, offsets, ids, params, backend: str = "cpu", repeats
         be.pool_forward(hs, offsets, "last")
         dhs = be.pool_backward(dfeat, hs, offsets, "last")
         dx = be.layer_backward(cache, dhs)[0]
-        scatter_rows(ids, dx, shape.vocab)  # the embedding's gradient, as the trainer does
+        scatter_rows(ids, dx, shape.vocab)
 
-    return median_time(step, repeats=repeats)
+    return step
+
+
+def time_infer(shape: Shape, offsets, ids, params, backend: str = "cpu", repeats: int = 5):
+    """Median seconds of folded-table inference (last-state features) on one batch."""
+    return median_time(infer_fn(shape, offsets, ids, params, backend), repeats=repeats)
+
+
+def time_train(shape: Shape, offsets, ids, params, backend: str = "cpu", repeats: int = 5):
+    """Median seconds of forward + backward (embedding lookup, layer, last-state pooling)."""
+    return median_time(train_fn(shape, offsets, ids, params, backend), repeats=repeats)
 
 
 def recurrent_flops(shape: Shape, tokens: int) -> float:

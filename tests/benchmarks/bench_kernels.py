@@ -2,7 +2,7 @@
 
 Run (PyTorch from the optional ``bench`` extra: ``pip install torch==2.13.0``):
 
-    python tests/benchmarks/bench_kernels.py [--threads 2] [--repeats 5] [--cap 256]
+    python tests/benchmarks/bench_kernels.py [--threads 2] [--repeats 7] [--cap 256]
 
 Everything is measured in this one run, on the same shapes and thread count:
 * rnnpipe inference: folded embedding table, each real token one table row plus the
@@ -14,8 +14,12 @@ Everything is measured in this one run, on the same shapes and thread count:
 * the machine's matrix-product rate, (B,H)x(H,G*H) with NumPy's BLAS, for the GFLOP/s column.
 PyTorch runs in a child process of its own: Numba's and PyTorch's OpenMP thread pools in one
 process would slow each other down on 2 cores, and that would flatter rnnpipe.
+The measurements are interleaved: each repeat times PyTorch (in the child, which waits
+between requests), then rnnpipe, then the matrix product, one call each, so a machine that
+speeds up or slows down during the run (these shared VMs do, by up to 30 %) moves all three
+together. Ratios and %peak are the medians of the per-repeat ratios; times are medians.
 Lengths are the real token counts of ../shared/data/imdb_train.parquet (rnnpipe tokenizer),
-or an IMDB-shaped synthetic draw when that file is absent. Figures are medians.
+or an IMDB-shaped synthetic draw when that file is absent.
 """
 
 from __future__ import annotations
@@ -23,11 +27,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+# pipeline before NumPy: its import sets OPENBLAS_THREAD_TIMEOUT, which OpenBLAS reads when
+# NumPy loads it. Without it OpenBLAS's idle threads spin for about 0.1 s after every
+# multi-threaded product and take a core from whatever runs next (here: the PyTorch peer).
+import pipeline  # noqa: E402, F401
+
+# isort: split
+import numpy as np  # noqa: E402
 
 from pipeline import bench  # noqa: E402
 from pipeline.kernels import gates  # noqa: E402
@@ -75,7 +86,7 @@ def padded(torch, offsets, ids):
     return torch.from_numpy(x)
 
 
-def time_torch(torch, shape, params, offsets, ids, train: bool, repeats: int) -> float:
+def torch_fn(torch, shape, params, offsets, ids, train: bool):
     emb, rnn, lin = torch_model(torch, shape, params)
     x = padded(torch, offsets, ids)
 
@@ -90,7 +101,7 @@ def time_torch(torch, shape, params, offsets, ids, train: bool, repeats: int) ->
         loss = lin(out[:, -1]).mean()
         loss.backward()
 
-    return bench.median_time(step if train else infer, repeats=repeats)
+    return step if train else infer
 
 
 def _cases(args, lengths):
@@ -104,119 +115,158 @@ def _cases(args, lengths):
             yield shape, what, batch, offsets, ids
 
 
-def torch_peer(args, lengths) -> dict[str, float]:
-    """Seconds per batch for PyTorch, measured in a child process (see the module docstring)."""
+def serve_peer(args) -> None:
+    """Child process: PyTorch only (no Numba kernel runs here). Reads a case number per line
+    on stdin, runs that case once (warming it up the first time) and prints its seconds."""
     import json
-    import subprocess
+    import time
 
-    cmd = [
-        sys.executable,
-        __file__,
-        "--peer",
-        "--threads",
-        str(args.threads),
-        "--repeats",
-        str(args.repeats),
-        "--cap",
-        str(args.cap),
-        "--cells",
-        args.cells,
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=bench.peer_env())
-    if res.returncode != 0:
-        print(f"PyTorch peer failed: {res.stderr.strip().splitlines()[-1:]}")
-        return {}
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    import torch
+
+    torch.set_num_threads(args.threads)
+    lengths, _ = imdb_lengths(args.cap, 4096)
+    cases = list(_cases(args, lengths))
+    fns: dict[int, object] = {}
+    print(json.dumps({"cases": len(cases)}), flush=True)
+    for line in sys.stdin:
+        i = int(line)
+        if i not in fns:
+            shape, what, _batch, offsets, ids = cases[i]
+            fns[i] = torch_fn(torch, shape, bench.make_layer(shape), offsets, ids, what == "train")
+            fns[i]()
+        t0 = time.perf_counter()
+        fns[i]()
+        print(json.dumps(time.perf_counter() - t0), flush=True)
+
+
+class Peer:
+    """The PyTorch child process (see ``serve_peer``); ``time(i)`` runs case ``i`` once."""
+
+    def __init__(self, args) -> None:
+        import json
+        import subprocess
+
+        cmd = [sys.executable, __file__, "--peer", "--threads", str(args.threads)]
+        cmd += ["--cap", str(args.cap), "--cells", args.cells]
+        self._json = json
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=bench.peer_env()
+        )
+        first = self.proc.stdout.readline()
+        if not first:
+            raise RuntimeError("the PyTorch peer did not start (see its error above)")
+
+    def time(self, i: int) -> float:
+        self.proc.stdin.write(f"{i}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the PyTorch peer died on case {i}")
+        return float(self._json.loads(line))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--cap", type=int, default=256, help="tokens kept per review")
     ap.add_argument("--cells", default="lstm,gru,rnn")
     ap.add_argument("--no-torch", action="store_true")
     args = ap.parse_args()
 
-    if args.peer:  # child process: PyTorch only, no Numba kernel ever runs here
-        import json
-
-        import torch
-
-        torch.set_num_threads(args.threads)
-        lengths, _ = imdb_lengths(args.cap, 4096)
-        out = {}
-        for shape, what, _batch, offsets, ids in _cases(args, lengths):
-            params = bench.make_layer(shape)
-            t = time_torch(torch, shape, params, offsets, ids, what == "train", args.repeats)
-            out[f"{shape}-{what}"] = t
-        print(json.dumps(out))
+    if args.peer:
+        serve_peer(args)
         return
 
     set_threads(args.threads)
     lengths, src = imdb_lengths(args.cap, 4096)
-    peer = {}
+    peer = None
     if not args.no_torch:
-        try:
-            import importlib.util
+        import importlib.util
 
-            if importlib.util.find_spec("torch") is None:
-                raise ImportError
-            peer = torch_peer(args, lengths)
-        except ImportError:
+        if importlib.util.find_spec("torch") is None:
             print("PyTorch not installed (pip install torch==2.13.0): its rows are skipped")
+        else:
+            peer = Peer(args)
+    print(bench.machine_line())
     print(
         f"threads={args.threads}  lengths: {src}, capped at {args.cap}, mean {lengths.mean():.0f}"
+        f"  repeats={args.repeats} (interleaved)"
     )
-    peak = {H: bench.matmul_rate(256, H, 4 * H) for H in (32, 128)}
     big = bench.matmul_rate(1024, 1024, 1024, repeats=5)
-    print(
-        f"matrix-product rate (NumPy BLAS): (256,H)x(H,4H) H=32 {peak[32]:.0f}, "
-        f"H=128 {peak[128]:.0f} GFLOP/s; 1024^3 {big:.0f} GFLOP/s"
-    )
+    print(f"matrix product 1024^3 (NumPy BLAS): {big:.0f} GFLOP/s at the start")
     hdr = (
-        f"{'model':<22}{'what':<10}{'batch':>6}{'rnnpipe tok/s':>15}{'rev/s':>9}"
-        f"{'GFLOP/s':>9}{'%peak':>7}{'torch tok/s':>13}{'rev/s':>8}{'ratio':>7}"
+        f"{'model':<22}{'what':<7}{'batch':>6}{'rnnpipe tok/s':>15}{'rev/s':>9}"
+        f"{'GFLOP/s':>9}{'peak':>6}{'%peak':>7}{'torch tok/s':>13}{'rev/s':>8}{'ratio':>7}"
         f"{'numpy-ref tok/s':>17}{'ratio':>8}"
     )
     print(hdr)
     print("-" * len(hdr))
     shapes = []
-    for shape, what, batch, offsets, ids in _cases(args, lengths):
+    for i, (shape, what, batch, offsets, ids) in enumerate(_cases(args, lengths)):
         if shape not in shapes:
             shapes.append(shape)
         params = bench.make_layer(shape)
         lens = np.diff(offsets)
         tokens = int(offsets[-1])
-        timer = bench.time_train if what == "train" else bench.time_infer
-        t = timer(shape, offsets, ids, params, repeats=args.repeats)
+        make = bench.train_fn if what == "train" else bench.infer_fn
+        ours = make(shape, offsets, ids, params)
+        H = shape.hidden_dim
+        peak_run, peak_flops = bench.matmul_fn(256, H, gates(shape.cell) * H)
         flops = bench.recurrent_flops(shape, tokens) * (3 if what == "train" else 1)
-        gf = flops / t / 1e9
+        ours(), peak_run()  # warm-up
+        t_ours, t_torch, rates, pct, ratios = [], [], [], [], []
+        for _ in range(args.repeats):
+            if peer is not None:
+                t_torch.append(peer.time(i))
+                time.sleep(0.05)  # let the peer's OpenMP threads go to sleep
+            t0 = time.perf_counter()
+            ours()
+            t_ours.append(time.perf_counter() - t0)
+            best = np.inf
+            for _ in range(2):  # the first call also wakes BLAS's sleeping threads
+                t0 = time.perf_counter()
+                peak_run()
+                best = min(best, time.perf_counter() - t0)
+            rates.append(peak_flops / best / 1e9)
+            pct.append(100 * flops / t_ours[-1] / 1e9 / rates[-1])
+            if peer is not None:
+                ratios.append(t_torch[-1] / t_ours[-1])
+        t = float(np.median(t_ours))
         row = (
-            f"{shape.cell} E={shape.embed_dim} H={shape.hidden_dim:<7}{what:<10}{batch:>6}"
-            f"{tokens / t:>15,.0f}{batch / t:>9,.0f}{gf:>9.1f}"
-            f"{100 * gf / peak.get(shape.hidden_dim, peak[128]):>6.0f}%"
+            f"{shape.cell} E={shape.embed_dim} H={H:<7}{what:<7}{batch:>6}"
+            f"{tokens / t:>15,.0f}{batch / t:>9,.0f}{flops / t / 1e9:>9.1f}"
+            f"{np.median(rates):>6.0f}{np.median(pct):>6.0f}%"
         )
-        tt = peer.get(f"{shape}-{what}")
-        if tt:
-            row += f"{tokens / tt:>13,.0f}{batch / tt:>8,.0f}{tt / t:>6.2f}x"
+        if peer is not None:
+            tt = float(np.median(t_torch))
+            row += f"{tokens / tt:>13,.0f}{batch / tt:>8,.0f}{np.median(ratios):>6.2f}x"
         else:
             row += f"{'-':>13}{'-':>8}{'-':>7}"
         sub = 8  # the reference is slow: time a slice and compare per real token
         o_s, i_s = bench.make_batch(lens[:sub], shape.vocab)
+        timer = bench.time_train if what == "train" else bench.time_infer
         tr = timer(shape, o_s, i_s, params, backend="reference", repeats=1)
         ref_tps = o_s[-1] / tr
         row += f"{ref_tps:>17,.0f}{tokens / t / ref_tps:>7.0f}x"
-        print(row)
+        print(row, flush=True)
+    if peer is not None:
+        peer.close()
     G = {s.cell: gates(s.cell) for s in shapes}
     print(
         f"GFLOP/s counts the recurrent product only (2*G*H*H per real token, G={G}; "
-        "training counts 3x forward); %peak is against the (256,H)x(H,4H) rate above."
+        "training counts 3x forward); peak: the (256,H)x(H,G*H) product's GFLOP/s with "
+        "NumPy's BLAS, the faster of two calls right after each rnnpipe call; "
+        "%peak: median of GFLOP/s / peak."
     )
     print(
         "torch tok/s counts real tokens too (its padded batch does more work); "
-        "ratio = rnnpipe / PyTorch throughput."
+        "ratio = median of PyTorch time / rnnpipe time, per interleaved repeat."
     )
 
 
