@@ -310,3 +310,43 @@ def test_each_actor_claims_its_own_numba_cache_folder(tmp_path):
     finally:
         while len(engine._HELD_LOCKS) > held:
             os.close(engine._HELD_LOCKS.pop())
+
+
+def test_actor_scores_a_batch_in_chunks_with_the_same_result(tmp_path):
+    # The actor scores a Ray batch chunk_rows rows at a time, so its memory follows the
+    # chunk and not Ray's (large) batch; chunking must not change a single value.
+    import numba
+
+    from pipeline.kernels.threads import set_threads
+
+    model = make_model(classes=("a", "b", "c"))
+    model_dir = model.save(tmp_path / "model")
+    table = reviews(23, 3)
+    threads = numba.get_num_threads()
+    try:
+        outs = [
+            engine._Scorer(
+                str(model_dir),
+                "cpu",
+                model.fingerprint(),
+                "text",
+                ["id"],
+                0.5,
+                1,
+                None,
+                chunk_rows=k,
+            )(table)
+            for k in (4, 23, 8192)
+        ]
+    finally:
+        set_threads(threads)
+    assert outs[0].column_names == ["id", "prob_a", "prob_b", "prob_c", "label", engine._NULL_FLAG]
+    assert outs[0].num_rows == 23
+    assert outs[0].column("id").to_pylist() == table.column("id").to_pylist()
+    for other in outs[1:]:
+        assert other.equals(outs[0])
+    flags = outs[0].column(engine._NULL_FLAG).to_pylist()
+    texts = table.column("text").to_pylist()
+    assert flags == [not t for t in texts] and any(flags)
+    probs = np.stack([outs[0].column(c).to_numpy() for c in ("prob_a", "prob_b", "prob_c")], 1)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)

@@ -63,6 +63,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -282,6 +283,7 @@ def _run_group(
                     "threshold": options.threshold,
                     "threads": threads,
                     "cache_dir": None if cache_dir is None else str(cache_dir),
+                    "chunk_rows": options.batch_rows,
                 },
                 batch_size=_batch_rows(options.batch_rows, sum(p.rows for p, _ in group), workers),
                 batch_format="pyarrow",
@@ -516,6 +518,7 @@ class _Scorer:
         threshold: float,
         threads: int,
         cache_dir: str | None,
+        chunk_rows: int = 8192,
     ) -> None:
         cache_dir = cache_dir or os.environ.get(NUMBA_CACHE_ENV)
         if cache_dir:
@@ -533,6 +536,7 @@ class _Scorer:
                 "(it changed during the run?): score again"
             )
         self.text_col = text_col
+        self.chunk_rows = max(1, int(chunk_rows))
         self.keep = list(keep)
         self.threshold = threshold
         self.names = _score._prediction_names(self.model)
@@ -540,16 +544,27 @@ class _Scorer:
         _score._predict(self.model, pa.array(_WARM_TEXT, pa.large_string()), "warm-up", 0)
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        # large_string, as the local engine reads text: the same kernel specialisations, so
-        # the cache the driver filled is the one used here
-        texts = table.column(self.text_col).combine_chunks().cast(pa.large_string())
-        probs = self._score._predict(self.model, texts, "a Ray batch", 0)
+        # Scored ``chunk_rows`` rows at a time (the local engine's batch_rows): tokenizing
+        # needs a few times the text's bytes while it runs, so an actor's memory follows the
+        # chunk, not the Ray batch (which is large to keep Ray's per-batch costs small).
+        # Text is cast to large_string per chunk, as the local engine reads it: the same
+        # kernel specialisations, so the cache the driver filled is the one used here.
+        column = table.column(self.text_col)
+        n = table.num_rows
+        probs = np.empty((n, len(self.model.config.classes)), np.float32)
+        empty = np.empty(n, np.bool_)
+        for a in range(0, n, self.chunk_rows):
+            b = min(n, a + self.chunk_rows)
+            texts = column.slice(a, b - a).combine_chunks().cast(pa.large_string())
+            probs[a:b] = self._score._predict(self.model, texts, "a Ray batch", a)
+            flags = pc.fill_null(pc.equal(pc.binary_length(texts), 0), True)
+            empty[a:b] = flags.to_numpy(zero_copy_only=False)
         cols: list[Any] = [table.column(c) for c in self.keep]
         if len(self.names) == 1:
-            cols.append(pa.array(probs[:, 1].astype("float32")))
+            cols.append(pa.array(np.ascontiguousarray(probs[:, 1])))
         else:
-            cols += [pa.array(probs[:, k].astype("float32")) for k in range(probs.shape[1])]
+            cols += [pa.array(np.ascontiguousarray(probs[:, k])) for k in range(probs.shape[1])]
         idx = self._score._label_index(probs, self.model, self.threshold)
         cols.append(self.classes.take(pa.array(idx)))
-        cols.append(pc.fill_null(pc.equal(pc.binary_length(texts), 0), True))
+        cols.append(pa.array(empty))
         return pa.table(cols, names=[*self.keep, *self.names, "label", _NULL_FLAG])
