@@ -299,16 +299,18 @@ def _run_group(
 
 
 # Each Ray batch pays for scheduling and object-store transfers: at 8,192 rows the engine
-# reached 0.70 of the local engine's rate on 200,000 reviews, at 32,768 rows 0.92
-# (tests/benchmarks/bench_ray.py). Actors then peak near 840 MB instead of 470 MB.
+# reached 0.70 of the local engine's rate on 200,000 reviews, at 32,768 rows 0.75-0.92
+# (tests/benchmarks/bench_ray.py; these VMs are noisy). An actor holds about two batches
+# at once (Ray sends the next while one is scored).
 RAY_MIN_BATCH_ROWS = 32768
 
 
 def _batch_rows(batch_rows: int, rows: int, workers: int) -> int:
-    """The Ray batch size: at least ``RAY_MIN_BATCH_ROWS``, made smaller where the input would
-    otherwise not give every actor a few batches (scores do not depend on the batching;
-    idle actors do cost time)."""
-    return max(1, min(max(batch_rows, RAY_MIN_BATCH_ROWS), -(-rows // (4 * workers))))
+    """The Ray batch size: ``max(batch_rows, RAY_MIN_BATCH_ROWS)``, made smaller only where
+    the input would not give every actor a batch (idle actors cost time). It depends on the
+    input's size only below that, so an actor's memory stays flat as inputs grow beyond
+    ``workers * RAY_MIN_BATCH_ROWS`` rows. Scores do not depend on the batching."""
+    return max(1, min(max(batch_rows, RAY_MIN_BATCH_ROWS), -(-rows // workers)))
 
 
 def _tables(blocks: Iterable[Any]) -> Iterator[pa.Table]:
