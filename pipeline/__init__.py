@@ -1,6 +1,7 @@
 """rnnpipe: train recurrent sentiment classifiers on Parquet and score huge datasets with them."""
 
 import os
+from collections.abc import MutableMapping
 
 # Two thread pools take turns in every training step: OpenBLAS's (the large products) and
 # Numba's OpenMP pool (the recurrences, pooling, Adam). By default each keeps its threads
@@ -18,7 +19,8 @@ if os.environ.get("RNNPIPE_THREAD_ENV", "1") != "0":
 
 
 def _wide_vectors() -> str | None:
-    """Numba's CPU features with 512-bit vectors preferred, or None to leave Numba's default.
+    """This host's CPU features for Numba with 512-bit vectors preferred, or None to leave
+    Numba's default (no AVX-512, or no host information).
 
     LLVM tunes Intel CPUs with AVX-512 to prefer 256-bit vectors ("prefer-256-bit"), a guard
     against the clock drop of older Xeons. The gate math of every recurrence step (rational
@@ -27,8 +29,6 @@ def _wide_vectors() -> str | None:
     LSTM H=128, 423 against 524 ns per sequence and step). The features are the host's own,
     so the code and Numba's cache still belong to this machine.
     """
-    if "NUMBA_CPU_FEATURES" in os.environ or "NUMBA_CPU_NAME" in os.environ:
-        return None  # the user chose
     try:
         import llvmlite.binding as ll
 
@@ -40,13 +40,34 @@ def _wide_vectors() -> str | None:
     return features + ",-prefer-256-bit"
 
 
+# NUMBA_CPU_FEATURES as rnnpipe set it, so that a child process (which inherits both) can tell
+# rnnpipe's setting, made for its parent's CPU, from a user's own.
+CPU_MARK = "RNNPIPE_NUMBA_CPU_FEATURES"
+
+
+def _tune_cpu(env: MutableMapping[str, str]) -> list[str]:
+    """Set ``NUMBA_CPU_FEATURES`` in ``env`` for this host (see ``_wide_vectors``); returns the
+    keys set. A user's NUMBA_CPU_FEATURES or NUMBA_CPU_NAME is left alone; one inherited from
+    an rnnpipe process is made again for this host (the parent may have run on another CPU:
+    an environment passed on to another machine would otherwise compile for the wrong one).
+    """
+    inherited = env.get("NUMBA_CPU_FEATURES")
+    ours = inherited is not None and inherited == env.get(CPU_MARK)
+    if (inherited is not None and not ours) or "NUMBA_CPU_NAME" in env:
+        return []  # the user chose
+    features = _wide_vectors()
+    if features is None:
+        if ours:
+            del env["NUMBA_CPU_FEATURES"], env[CPU_MARK]
+        return []
+    env["NUMBA_CPU_FEATURES"] = env[CPU_MARK] = features
+    return ["NUMBA_CPU_FEATURES", CPU_MARK]
+
+
 # Read when Numba makes its code generator (its first compile or cache load), so this too
 # runs before anything imports Numba. RNNPIPE_CPU_TUNING=0 opts out.
 if os.environ.get("RNNPIPE_CPU_TUNING", "1") != "0":
-    _features = _wide_vectors()
-    if _features is not None:
-        os.environ["NUMBA_CPU_FEATURES"] = _features
-        THREAD_ENV_SET.append("NUMBA_CPU_FEATURES")
+    THREAD_ENV_SET += _tune_cpu(os.environ)
 
 from pipeline.errors import (  # noqa: E402
     ConfigError,

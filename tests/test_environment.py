@@ -29,23 +29,47 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
+def _host(monkeypatch, flat: str) -> None:
+    monkeypatch.setattr(ll, "get_host_cpu_features", lambda: _Features(flat))
+
+
 def test_avx512_hosts_get_their_own_features_with_wide_vectors(clean_env):
-    clean_env.setattr(ll, "get_host_cpu_features", lambda: _Features("+avx2,+avx512f,+fma"))
-    assert pipeline._wide_vectors() == "+avx2,+avx512f,+fma,-prefer-256-bit"
+    _host(clean_env, "+avx2,+avx512f,+fma")
+    wide = "+avx2,+avx512f,+fma,-prefer-256-bit"
+    assert pipeline._wide_vectors() == wide
+    env: dict[str, str] = {}
+    assert pipeline._tune_cpu(env) == ["NUMBA_CPU_FEATURES", pipeline.CPU_MARK]
+    assert env == {"NUMBA_CPU_FEATURES": wide, pipeline.CPU_MARK: wide}
 
 
 def test_hosts_without_avx512_keep_numbas_default(clean_env):
-    clean_env.setattr(ll, "get_host_cpu_features", lambda: _Features("+avx2,-avx512f,+fma"))
+    _host(clean_env, "+avx2,-avx512f,+fma")
     assert pipeline._wide_vectors() is None
+    env: dict[str, str] = {}
+    assert pipeline._tune_cpu(env) == [] and env == {}
 
 
 def test_a_users_own_cpu_setting_wins(clean_env):
-    clean_env.setattr(ll, "get_host_cpu_features", lambda: _Features("+avx512f"))
-    clean_env.setenv("NUMBA_CPU_NAME", "generic")
-    assert pipeline._wide_vectors() is None
-    clean_env.delenv("NUMBA_CPU_NAME")
-    clean_env.setenv("NUMBA_CPU_FEATURES", "+avx2")
-    assert pipeline._wide_vectors() is None
+    _host(clean_env, "+avx512f")
+    for env in (
+        {"NUMBA_CPU_NAME": "generic"},
+        {"NUMBA_CPU_FEATURES": "+avx2"},
+        {"NUMBA_CPU_FEATURES": "+avx2", pipeline.CPU_MARK: "+avx512f,-prefer-256-bit"},
+    ):
+        before = dict(env)
+        assert pipeline._tune_cpu(env) == [] and env == before
+
+
+def test_a_setting_inherited_from_rnnpipe_is_made_again_for_this_host(clean_env):
+    # an environment passed on from a process on another CPU: its features are not this one's
+    other = "+avx512f,+amx-tile,-prefer-256-bit"
+    _host(clean_env, "+avx2,+avx512f")
+    env = {"NUMBA_CPU_FEATURES": other, pipeline.CPU_MARK: other}
+    pipeline._tune_cpu(env)
+    assert env["NUMBA_CPU_FEATURES"] == env[pipeline.CPU_MARK] == "+avx2,+avx512f,-prefer-256-bit"
+    _host(clean_env, "+avx2,-avx512f")
+    env = {"NUMBA_CPU_FEATURES": other, pipeline.CPU_MARK: other, "PATH": "/bin"}
+    assert pipeline._tune_cpu(env) == [] and env == {"PATH": "/bin"}
 
 
 def test_no_host_information_keeps_numbas_default(clean_env):
@@ -75,8 +99,8 @@ def _environment_after_import(env: dict[str, str]) -> dict[str, str | None]:
     return json.loads(out.stdout)
 
 
-def test_import_sets_the_environment_and_each_part_opts_out(clean_env):
-    wide = pipeline._wide_vectors()  # this host's answer, with no CPU setting of the user's
+def test_import_sets_the_environment_and_each_part_opts_out():
+    wide = pipeline._wide_vectors()  # this host's answer
     got = _environment_after_import(_child_env())
     assert got["OPENBLAS_THREAD_TIMEOUT"] == "4" and got["OMP_WAIT_POLICY"] == "PASSIVE"
     assert got["NUMBA_CPU_FEATURES"] == wide  # None on hosts without AVX-512

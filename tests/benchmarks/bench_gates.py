@@ -101,6 +101,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as cache:
                 env = dict(os.environ, RNNPIPE_CPU_TUNING=tuning, NUMBA_CACHE_DIR=cache)
                 env.pop("NUMBA_CPU_FEATURES", None)
+                env.pop("RNNPIPE_NUMBA_CPU_FEATURES", None)
                 cmd = [sys.executable, __file__, "--child", "--hidden", str(args.hidden)]
                 res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 results[tuning].append(json.loads(res.stdout.strip().splitlines()[-1]))
