@@ -534,7 +534,8 @@ def _as_text(col: pa.Array) -> pa.Array:
     return col.cast(pa.large_string())
 
 
-def _count_null_or_empty(texts: pa.Array) -> int:
+def _null_or_empty(texts: pa.Array) -> np.ndarray:
+    """bool[n]: True where a text is null or empty (texts: string or large_string)."""
     # on the offsets buffer: a compute call with a Python scalar makes pyarrow import pandas
     width = np.int64 if pa.types.is_large_string(texts.type) else np.int32
     offsets = np.frombuffer(texts.buffers()[1], dtype=width)[
@@ -542,8 +543,12 @@ def _count_null_or_empty(texts: pa.Array) -> int:
     ]
     empty = np.diff(offsets) == 0
     if texts.null_count:
-        empty &= np.asarray(texts.is_valid())
-    return texts.null_count + int(np.count_nonzero(empty))
+        empty |= ~np.asarray(texts.is_valid())
+    return empty
+
+
+def _count_null_or_empty(texts: pa.Array) -> int:
+    return int(np.count_nonzero(_null_or_empty(texts)))
 
 
 def _predict(model: Model, texts: pa.Array, where: Any, row_offset: int) -> np.ndarray:

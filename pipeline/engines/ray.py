@@ -559,8 +559,7 @@ class _Scorer:
             b = min(n, a + self.chunk_rows)
             texts = column.slice(a, b - a).combine_chunks().cast(pa.large_string())
             probs[a:b] = self._score._predict(self.model, texts, "a Ray batch", a)
-            flags = pc.fill_null(pc.equal(pc.binary_length(texts), 0), True)
-            empty[a:b] = flags.to_numpy(zero_copy_only=False)
+            empty[a:b] = self._score._null_or_empty(texts)
         cols: list[Any] = [table.column(c) for c in self.keep]
         if len(self.names) == 1:
             cols.append(pa.array(np.ascontiguousarray(probs[:, 1])))

@@ -334,30 +334,26 @@ def compare(inputs: Path, local: Path, ray_out: Path) -> tuple[float, int]:
     return worst, mismatched
 
 
-def _actor_memory(ray_res: dict[str, Any]) -> str:
+def _memory_line(ray_res: dict[str, Any]) -> str:
     def mbs(key: str) -> str:
         return ", ".join(f"{mb:.0f}" for mb in ray_res.get(key, [])) or "none seen"
 
     return (
-        f"actor private memory at its highest (RssAnon, MB, each actor of every run): "
+        f"memory: actor private memory at its highest (RssAnon, MB, each actor of every run): "
         f"{mbs('actor_peak_anon_mb')}; actor peak RSS with the object-store pages it touched "
-        f"(VmHWM): {mbs('actor_peak_rss_mb')}"
+        f"(VmHWM): {mbs('actor_peak_rss_mb')}; driver peak {ray_res['driver_peak_rss_mb']:.0f} "
+        f"MB; all Ray processes together at most {ray_res['ray_total_peak_rss_mb']:.0f} MB"
     )
 
 
 def report_ray_only(args, inputs: Path, ray_res: dict[str, Any]) -> None:
     ray_s = statistics.median(ray_res["seconds"])
-    actors = _actor_memory(ray_res)
     print(
         f"input: {ray_res['rows']:,} reviews in {len(input_files(inputs))} files ({inputs}); "
         f"ray engine ({args.workers} actors x {args.threads_per_worker} thread): {ray_s:.2f} s "
         f"{ray_res['rows'] / ray_s:,.0f} reviews/s (local engine not run)"
     )
-    print(
-        f"memory: {actors}; driver peak "
-        f"{ray_res['driver_peak_rss_mb']:.0f} MB; all Ray processes together at most "
-        f"{ray_res['ray_total_peak_rss_mb']:.0f} MB"
-    )
+    print(_memory_line(ray_res))
     print(json.dumps({"ray": ray_res}))
 
 
@@ -445,12 +441,7 @@ def main() -> None:
         f"target >= {TARGET:.2f}: "
         f"{'met' if ratio >= TARGET else 'NOT met'})"
     )
-    actors = _actor_memory(ray_res)
-    print(
-        f"memory: {actors}; driver peak "
-        f"{ray_res['driver_peak_rss_mb']:.0f} MB; all Ray processes together at most "
-        f"{ray_res['ray_total_peak_rss_mb']:.0f} MB"
-    )
+    print(_memory_line(ray_res))
     print(f"check: max |score difference| {worst:.2e}, rows with another id or label: {mismatched}")
     print(
         json.dumps(
