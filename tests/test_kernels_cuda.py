@@ -221,7 +221,10 @@ def test_bigger_shapes_match_cpu_backend(K, cell):
     for H_big in (40, 160):
         rng = np.random.default_rng(13)
         lengths = rng.integers(0, 90, 300)
-        p = layer_params(cell, 24, H_big, seed=14, scale=0.5)
+        # W_hh at the usual 1/sqrt(H) scale. At a fixed 0.5 the recurrence is chaotic for
+        # these H (gain 0.5*sqrt(H) > 1): over 90 steps float32 rounding alone grows to
+        # O(1), and even the float32 reference and the float64 one disagree by up to 2.
+        p = layer_params(cell, 24, H_big, seed=14, scale=float(H_big) ** -0.5)
         offsets, ids, emb = ragged_batch(lengths, 24, 500, seed=15)
         dfeat = rng.normal(size=(lengths.size, H_big)).astype(np.float32)
         got = _train_step(K, cell, p, emb[ids], offsets, False, "mean", dfeat)
@@ -275,6 +278,37 @@ def test_kernels_compile_for_hopper_without_a_gpu(monkeypatch):
         assert ".entry" in ptx, name
 
 
+@pytest.mark.skipif(ON_DEVICE, reason="on a GPU (or simulator) the other tests cover this")
+@pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed (extra 'cuda')")
+def test_kernels_compile_without_numpy_row_stack():
+    # NumPy 2.5 removed np.row_stack, and numba-cuda 0.30 registers an overload of it when
+    # its CUDA target first loads: every kernel failed to compile (seen on a GPU machine with
+    # NumPy 2.5.2). Without row_stack here (as on NumPy 2.5), the backend must still compile.
+    code = """
+import numpy
+if hasattr(numpy, "row_stack"):
+    del numpy.row_stack
+from numba import cuda, float32
+from pipeline.kernels import cuda as K
+try:
+    cuda.compile_ptx(K._fill_zero_kernel.py_func, (float32[::1],), cc=(9, 0))
+except Exception as e:
+    if "row_stack" in str(e):
+        raise
+    print("no NVVM:", type(e).__name__)
+else:
+    print("compiled")
+"""
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if "no NVVM" in proc.stdout:
+        pytest.skip(f"cannot compile PTX here: {proc.stdout.strip()}")
+    assert "compiled" in proc.stdout
+
+
 @pytest.mark.skipif(ON_DEVICE, reason="the CUDA tests run directly in this process")
 @pytest.mark.skipif(bool(os.environ.get(CHILD_ENV)), reason="already the simulator child")
 @pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed (extra 'cuda')")
@@ -289,6 +323,6 @@ def test_cuda_backend_under_simulator():
     assert proc.returncode == 0, tail
     passed = re.search(r"(\d+) passed", tail)
     skipped = re.search(r"(\d+) skipped", tail)
-    # everything but the GPU-only tests (3), the PTX check and this launcher ran in the child
+    # everything but the GPU-only tests (3), the two PTX checks and this launcher ran in the child
     assert passed and int(passed.group(1)) >= 36, tail
-    assert skipped is None or int(skipped.group(1)) <= 5, tail
+    assert skipped is None or int(skipped.group(1)) <= 6, tail

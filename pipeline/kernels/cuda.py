@@ -50,6 +50,14 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+
+# numba-cuda (0.30.4 and before) registers a typing overload for np.row_stack when its CUDA
+# target is first used, and NumPy 2.5 removed that alias of np.vstack: every kernel launch
+# then fails with AttributeError (NVIDIA/numba-cuda#907, which upstream does not plan to
+# fix). Restoring the alias, only where it is missing, lets the same install run.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack  # noqa: NPY201
+
 from numba import cuda, float32
 
 from pipeline.kernels import gates

@@ -21,8 +21,10 @@ synthetic lengths, capped at ``--cap`` tokens as the trainer's ``max_len`` would
 
 Every rnnpipe call goes host to host (inputs copied in, results copied back): that is the
 backend's contract today. Figures are medians after one warm-up call; the first call's time
-(kernel compilation or cache load) is shown separately. A correctness line compares
-rnnpipe's and PyTorch's last states on the scoring batch with the same weights.
+(kernel compilation or cache load) is shown separately. PyTorch runs in float32 throughout
+(TF32 off in cuDNN and cuBLAS), as rnnpipe does. Correctness lines compare the last states on
+the scoring batch, same weights, of rnnpipe's CUDA backend with its CPU backend and with
+PyTorch.
 """
 
 from __future__ import annotations
@@ -150,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     if have_torch:
         card = torch.cuda.get_device_name(0)
         torch.backends.cudnn.benchmark = True
+        # float32 against float32: no TF32 tensor-core shortcuts in cuDNN or cuBLAS
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     else:
         name = cuda.get_current_device().name
         card = name.decode() if isinstance(name, bytes) else str(name)
@@ -183,9 +188,17 @@ def main(argv: list[str] | None = None) -> int:
 
     f, m = first_and_median(score_dev, args.repeats)
     row("score", lens.size, "rnnpipe cuda, model on GPU", f, m, tokens)
+    cpu_feat = get_backend("cpu").layer_infer(
+        args.cell, table, ids, offsets, p["W_hh"], p["b_hh"], False, ("last",)
+    )
+    diff_cpu = np.abs(score_dev() - cpu_feat).max()
+    checks = [
+        f"max |rnnpipe cuda - rnnpipe cpu| on the scoring batch's last states: {diff_cpu:.2e}"
+    ]
+    if not diff_cpu < 1e-4:
+        checks[-1] += "  <-- MISMATCH: the CUDA and CPU backends disagree"
     f, m = first_and_median(score_host, args.repeats)
     row("score", lens.size, "rnnpipe cuda, model from host", f, m, tokens)
-    check = ""
     if have_torch:
         emb, rnn = torch_setup(torch, args, p)
         ids_pad = padded(ids, offsets)
@@ -197,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             impl = "torch cuDNN, packed" if packed else "torch cuDNN, padded"
             row("score", lens.size, impl, f, m, tokens, None if packed else ids_pad.size)
         diff = np.abs(score_dev() - torch_score(torch, emb, rnn, ids_pad, lens, True)).max()
-        check = f"max |rnnpipe - torch| on the scoring batch's last states: {diff:.2e}"
+        checks.append(f"max |rnnpipe cuda - torch fp32| on the same last states: {diff:.2e}")
         if not diff < 1e-3:
-            check += "  <-- MISMATCH: rnnpipe's CUDA kernels and PyTorch disagree"
+            checks[-1] += "  <-- MISMATCH: rnnpipe's CUDA kernels and PyTorch disagree"
 
     # ---- training
     for batch in train_batches:
@@ -237,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * len(head))
     for task, batch, impl, ms, ktok, first_ms, pad in rows:
         print(f"| {task} | {batch} | {impl} | {ms:.2f} | {ktok:.0f} | {first_ms:.0f} | {pad} |")
-    if check:
-        print(check)
+    for line in checks:
+        print(line)
     return 0
 
 
