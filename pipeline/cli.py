@@ -250,13 +250,17 @@ def score(
         backend=_backend(device),
     )
     m = _load_model(model, device)
+    from pipeline.progress import ScoreProgress
+
     if engine == "ray":
         from pipeline.engines.ray import score_on_ray
 
-        summary = score_on_ray(data, m, model, out, options, address=address, workers=workers)
+        with ScoreProgress(data, enabled=not quiet and not json_out) as progress:
+            summary = score_on_ray(
+                data, m, model, out, options, address=address, workers=workers,
+                progress=progress,
+            )  # fmt: skip
     elif engine == "local":
-        from pipeline.progress import ScoreProgress
-
         with ScoreProgress(data, enabled=not quiet and not json_out) as progress:
             summary = run_score(data, m, out, options, progress=progress)
     else:

@@ -550,7 +550,7 @@ def _scorer(spec: JobSpec):
 
     def score_file_on_ray(path, model, out_path, options, progress=None):
         # one input file with an output named *.parquet: the output is that file itself
-        summary = score_on_ray([str(path)], model, spec.model, out_path, options)
+        summary = score_on_ray([str(path)], model, spec.model, out_path, options, progress=progress)
         return FileResult(Path(path), Path(out_path), summary.rows, summary.null_texts,
                           summary.seconds)  # fmt: skip
 

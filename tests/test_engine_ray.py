@@ -123,9 +123,14 @@ def test_multi_file_matches_the_local_engine_row_for_row(ray_cluster, tmp_path, 
     # batches of 16 rows over files of 50, 47 and 53: Ray's batches span files
     options = ScoreOptions(keep=("id", "rating"), batch_rows=16)
     local = score(inputs, model, tmp_path / "local", options)
+    import ray.data
+
+    bars = ray.data.DataContext.get_current().enable_progress_bars
+    events = []
     got = engine.score_on_ray(
-        [str(inputs)], model, binary_dir, tmp_path / "ray", options, workers=2
-    )
+        [str(inputs)], model, binary_dir, tmp_path / "ray", options, workers=2,
+        progress=events.append,
+    )  # fmt: skip
 
     assert (
         parquet_files(tmp_path / "ray")
@@ -155,13 +160,28 @@ def test_multi_file_matches_the_local_engine_row_for_row(ray_cluster, tmp_path, 
         (i, o.relative_to(tmp_path / "local"), n) for i, o, n in local.outputs
     ]
     assert json.loads(json.dumps(got.to_dict()))["rows"] == 150
+    # Ray's own bars were off for the run (rnnpipe draws its own) and are back as they were
+    assert ray.data.DataContext.get_current().enable_progress_bars == bars
+    # progress as the local engine reports it: each file starts, its rows arrive, it is done
+    kinds = [e.kind for e in events]
+    assert kinds.count("file_start") == kinds.count("file_done") == 3
+    assert sum(e.rows for e in events if e.kind == "batch") == 150
+    per_file = {}
+    for e in events:
+        per_file.setdefault(e.path, []).append(e)
+    for path, evs in per_file.items():
+        assert evs[0].kind == "file_start" and evs[-1].kind == "file_done", path
+        assert sum(e.rows for e in evs) == pq.read_metadata(path).num_rows
 
     # resume: complete, current outputs are kept without starting any actor
+    events.clear()
     again = engine.score_on_ray(
         [str(inputs)], model, binary_dir, tmp_path / "ray",
-        dataclasses.replace(options, resume=True), workers=2,
+        dataclasses.replace(options, resume=True), workers=2, progress=events.append,
     )  # fmt: skip
     assert (again.files, again.skipped_files, again.rows) == (0, 3, 0)
+    assert [e.kind for e in events] == ["file_skipped"] * 3
+    assert sum(e.rows for e in events) == 150
 
 
 @pytest.mark.ray
@@ -295,7 +315,12 @@ def test_row_count_mismatch_fails_and_leaves_no_output(tmp_path):
     with pytest.raises(RunError, match="1 rows more"):
         engine._write_outputs(iter([scored(3), scored(4)]), [(plan, schema)])
     assert parquet_files(tmp_path) == ["in.parquet"]  # neither left an output behind
-    assert engine._write_outputs(iter([scored(2), scored(4)]), [(plan, schema)]) == [(6, 0)]
+    events = []
+    got = engine._write_outputs(iter([scored(2), scored(4)]), [(plan, schema)], events.append)
+    assert got == [(6, 0)]
+    assert [(e.kind, e.rows) for e in events] == [
+        ("file_start", 0), ("batch", 2), ("batch", 4), ("file_done", 0)
+    ]  # fmt: skip
     assert pq.read_table(tmp_path / "out.parquet")["id"].to_pylist() == [0, 1, 0, 1, 2, 3]
 
 
@@ -350,3 +375,29 @@ def test_actor_scores_a_batch_in_chunks_with_the_same_result(tmp_path):
     assert flags == [not t for t in texts] and any(flags)
     probs = np.stack([outs[0].column(c).to_numpy() for c in ("prob_a", "prob_b", "prob_c")], 1)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_ray_data_info_logs_are_hidden_during_a_run_unless_asked(monkeypatch):
+    import logging
+
+    log = logging.getLogger("ray.data")
+    saved = log.level
+    try:
+        log.setLevel(logging.INFO)
+        monkeypatch.delenv(engine.RAY_VERBOSE_ENV, raising=False)
+        with engine._quiet_ray_logs():
+            assert log.getEffectiveLevel() == logging.WARNING
+            # the notice that Ray's bars are off is hidden too, other warnings are not
+            notice = logging.getLogger("ray.data._internal.progress")
+            assert notice.getEffectiveLevel() == logging.ERROR
+        assert log.level == logging.INFO  # restored after the run
+        assert notice.getEffectiveLevel() == logging.INFO
+        monkeypatch.setenv(engine.RAY_VERBOSE_ENV, "1")
+        with engine._quiet_ray_logs():
+            assert log.getEffectiveLevel() == logging.INFO
+        log.setLevel(logging.ERROR)  # a user's stricter setting is kept
+        monkeypatch.delenv(engine.RAY_VERBOSE_ENV)
+        with engine._quiet_ray_logs():
+            assert log.getEffectiveLevel() == logging.ERROR
+    finally:
+        log.setLevel(saved)

@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -72,12 +73,13 @@ from pipeline.errors import ConfigError, RnnpipeError, RunError
 
 if TYPE_CHECKING:  # the modules that load Numba are imported where used (see the docstring)
     from pipeline.model import Model
-    from pipeline.score import ScoreOptions, ScoreSummary
+    from pipeline.score import Progress, ScoreOptions, ScoreSummary
 
-__all__ = ["MISSING_RAY", "NUMBA_CACHE_ENV", "score_on_ray"]
+__all__ = ["MISSING_RAY", "NUMBA_CACHE_ENV", "RAY_VERBOSE_ENV", "score_on_ray"]
 
 MISSING_RAY = "the ray engine needs the ray extra: pip install 'rnnpipe[ray]'"
 NUMBA_CACHE_ENV = "RNNPIPE_RAY_NUMBA_CACHE_DIR"
+RAY_VERBOSE_ENV = "RNNPIPE_RAY_VERBOSE"  # 1: leave Ray's INFO logging on
 # the per-row "null or empty text" flag travels beside the output columns and is dropped
 # by the driver; a kept column of that name is refused
 _NULL_FLAG = "__rnnpipe_null_text__"
@@ -95,6 +97,7 @@ def score_on_ray(
     *,
     threads_per_worker: int = 1,
     numba_cache_dir: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> ScoreSummary:
     """Score every Parquet file of ``sources`` on Ray, into one output file each.
 
@@ -107,7 +110,9 @@ def score_on_ray(
     ``workers`` actors (0: the cluster's CPUs divided by ``threads_per_worker``);
     ``threads_per_worker`` Numba threads per actor, which is also its ``num_cpus``;
     ``numba_cache_dir`` a folder under which each actor gets its own Numba cache (default
-    ``$RNNPIPE_RAY_NUMBA_CACHE_DIR``; unset: the shared cache next to the sources).
+    ``$RNNPIPE_RAY_NUMBA_CACHE_DIR``; unset: the shared cache next to the sources);
+    ``progress`` called with the local engine's ``ProgressEvent``s, ``batch`` events as the
+    scored rows reach the driver and are written.
 
     Returns a ``ScoreSummary`` (``seconds`` counts from the call: a cluster started here and
     the actors' start are included). Raises ConfigError when ray is not installed, for bad
@@ -163,6 +168,7 @@ def score_on_ray(
         schema = _score._with_metadata(plan.schema, fingerprint, plan.text_col, options.threshold)
         if options.resume and _score._is_complete(plan, schema, weights):
             summary.skipped_files += 1
+            _score._notify(progress, "file_skipped", plan.input, plan.rows)
         else:
             todo.append((plan, schema))
 
@@ -170,19 +176,20 @@ def score_on_ray(
         # 2. compile or load every kernel once here, before any actor starts
         _score._predict(model, pa.array(_WARM_TEXT, pa.large_string()), "warm-up", 0)
         _avoid_fsspec_http_race()
-        if not ray.is_initialized():
-            _init_ray(ray, address)
-        n_workers = workers or _default_workers(ray, threads_per_worker)
-        # 3. and 4. one dataset per run of files that read the same columns
-        for group in _groups(todo):
-            results = _run_group(
-                ray, group, model_dir, fingerprint, options, n_workers, threads_per_worker,
-                cache_dir,
-            )  # fmt: skip
-            for rows, nulls in results:
-                summary.files += 1
-                summary.rows += rows
-                summary.null_texts += nulls
+        with _quiet_ray_logs():
+            if not ray.is_initialized():
+                _init_ray(ray, address)
+            n_workers = workers or _default_workers(ray, threads_per_worker)
+            # 3. and 4. one dataset per run of files that read the same columns
+            for group in _groups(todo):
+                results = _run_group(
+                    ray, group, model_dir, fingerprint, options, n_workers, threads_per_worker,
+                    cache_dir, progress,
+                )  # fmt: skip
+                for rows, nulls in results:
+                    summary.files += 1
+                    summary.rows += rows
+                    summary.null_texts += nulls
     summary.outputs = [(plan.input, plan.output, plan.rows) for plan in plans]
     summary.seconds = time.perf_counter() - started
     summary.rows_per_s = summary.rows / summary.seconds if summary.seconds > 0 else 0.0
@@ -214,8 +221,37 @@ def _avoid_fsspec_http_race() -> None:
         sys.modules[name] = None  # type: ignore[assignment]
 
 
+@contextlib.contextmanager
+def _quiet_ray_logs() -> Iterator[None]:
+    """Hide Ray Data's INFO lines (execution plans, progress lines, encoding estimates) on
+    the driver for the run: the summary and progress bar say what a user needs. Warnings and
+    errors still show, except the notice that Ray's own progress bars are off (rnnpipe turns
+    them off: it shows its own). ``RNNPIPE_RAY_VERBOSE=1`` keeps Ray's logging and bars."""
+    if _ray_verbose():
+        yield
+        return
+    levels = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}
+    saved = {}
+    for name, level in levels.items():
+        log = logging.getLogger(name)
+        saved[name] = log.level
+        if log.getEffectiveLevel() < level:
+            log.setLevel(level)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _ray_verbose() -> bool:
+    return os.environ.get(RAY_VERBOSE_ENV, "") not in ("", "0")
+
+
 def _init_ray(ray: Any, address: str | None) -> None:
     kwargs: dict[str, Any] = {"address": address}
+    if not _ray_verbose():
+        kwargs["logging_level"] = logging.WARNING  # no "Started a local Ray instance" etc.
     if address is None and not os.environ.get("RAY_ADDRESS"):
         # a cluster started here: no dashboard (a few hundred MB for nothing on a batch run)
         kwargs["include_dashboard"] = False
@@ -252,13 +288,21 @@ def _run_group(
     workers: int,
     threads: int,
     cache_dir: str | Path | None,
+    progress: Progress | None = None,
 ) -> list[tuple[int, int]]:
     """Score the files of ``group`` with one dataset; (rows, null texts) per file."""
     first = group[0][0]
     ctx = ray.data.DataContext.get_current()
-    saved = ctx.execution_options.preserve_order, getattr(ctx, "use_datasource_v2", None)
-    # a dataset seals a copy of the context when it is created, so both are undone below
+    saved = (
+        ctx.execution_options.preserve_order,
+        getattr(ctx, "use_datasource_v2", None),
+        ctx.enable_progress_bars,
+    )
+    # a dataset seals a copy of the context when it is created, so all are undone below
     ctx.execution_options.preserve_order = True
+    if not _ray_verbose():
+        # rnnpipe's own bar counts rows as they are written; Ray's would draw over it
+        ctx.enable_progress_bars = False
     if saved[1] is not None:
         # V2 lists files in a task that needs a whole CPU, which the actors may all hold:
         # the run then waits forever. V1 plans its read tasks on the driver.
@@ -291,11 +335,12 @@ def _run_group(
                 num_cpus=threads,
             )
             blocks = ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
-            return _write_outputs(_tables(blocks), group)
+            return _write_outputs(_tables(blocks), group, progress)
     finally:
         ctx.execution_options.preserve_order = saved[0]
         if saved[1] is not None:
             ctx.use_datasource_v2 = saved[1]
+        ctx.enable_progress_bars = saved[2]
 
 
 # Each Ray batch pays for scheduling and object-store transfers: at 8,192 rows the engine
@@ -353,7 +398,9 @@ class _RowStream:
 
 
 def _write_outputs(
-    tables: Iterator[pa.Table], group: list[tuple[Any, pa.Schema]]
+    tables: Iterator[pa.Table],
+    group: list[tuple[Any, pa.Schema]],
+    progress: Progress | None = None,
 ) -> list[tuple[int, int]]:
     from pipeline import io
     from pipeline import score as _score
@@ -365,6 +412,7 @@ def _write_outputs(
         nulls = 0
         pending: list[pa.Table] = []
         pending_rows = pending_bytes = 0
+        _score._notify(progress, "file_start", plan.input, 0)
         with io.ParquetSink(plan.output, schema) as sink:
             for piece in stream.take(plan.rows, plan.input):
                 nulls += int(pc.sum(piece.column(_NULL_FLAG)).as_py() or 0)
@@ -373,6 +421,7 @@ def _write_outputs(
                 pending.append(table)
                 pending_rows += table.num_rows
                 pending_bytes += table.nbytes
+                _score._notify(progress, "batch", plan.input, table.num_rows)
                 # row groups gathered as the local engine gathers them
                 if (
                     pending_rows >= _score._ROW_GROUP_ROWS
@@ -390,6 +439,7 @@ def _write_outputs(
                     f"{plan.input}: Ray returned {extra} rows more than the inputs' footers say"
                 )
         done.append((plan.rows, nulls))
+        _score._notify(progress, "file_done", plan.input, 0)
     return done
 
 
