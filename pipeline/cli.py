@@ -11,9 +11,12 @@ traceback.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -471,6 +474,43 @@ def job_validate(spec: JobSpecArg) -> None:
     )
 
 
+FAST_EXIT_ENV = "RNNPIPE_FAST_EXIT"  # 0: leave through the interpreter's full teardown
+
+
 def main() -> None:
-    """Console entry point."""
-    app()
+    """Console entry point.
+
+    When the command is done, the process leaves without the interpreter's teardown: atexit
+    handlers run (Ray's shutdown, logging's flush) and stdout/stderr are flushed, then
+    ``os._exit`` skips freeing every module, the model and Numba's compiled code one object
+    at a time, which took about 0.3 s of a 1.5 s ``rnnpipe score`` on one row. Outputs are
+    complete and renamed before the command returns, so nothing is lost.
+    ``RNNPIPE_FAST_EXIT=0`` exits the usual way.
+    """
+    try:
+        app()
+    except SystemExit as exc:
+        _leave(exc.code)
+        raise
+    _leave(0)
+
+
+def _leave(code: object) -> None:
+    """Exit at once with ``code`` after atexit handlers and a flush; return (and let Python
+    exit as usual) when disabled, for a message code, or while other threads still run."""
+    if os.environ.get(FAST_EXIT_ENV, "1") == "0":
+        return
+    if code is None:
+        code = 0
+    if isinstance(code, bool) or not isinstance(code, int):
+        return  # sys.exit("message"): Python prints it
+    main_thread = threading.main_thread()
+    if any(t is not main_thread and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        return  # Python waits for them; so do we
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more to say
+            pass
+    os._exit(code)

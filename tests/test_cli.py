@@ -231,3 +231,42 @@ def test_python_dash_m_pipeline_works():
         [sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, cwd=ROOT
     )
     assert res.returncode == 0 and "train" in res.stdout
+
+
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_console_exit_runs_atexit_and_keeps_output_and_codes(trained, tmp_path, fast):
+    # main() leaves with os._exit after the command (RNNPIPE_FAST_EXIT=0: the usual way):
+    # atexit handlers still run once, output is flushed whole and exit codes are kept
+    import os
+    import subprocess
+    import sys
+
+    model, data = trained
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('atexit ran', file=sys.stderr))\n"
+        "from pipeline.cli import main\n"
+        "sys.argv = ['rnnpipe', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    env = {**os.environ, "RNNPIPE_FAST_EXIT": fast}
+
+    def cli(*args):
+        cmd = [sys.executable, "-c", code, *map(str, args)]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+
+    out = tmp_path / "scores.parquet"
+    texts = [f"review number {i} was great" for i in range(3000)]
+    ok = cli("predict", "--model", model, "--json", *texts[:2])
+    assert ok.returncode == 0, ok.stderr
+    assert len(ok.stdout.splitlines()) == 2 and ok.stderr.count("atexit ran") == 1
+    big = cli("predict", "--model", model, "--json", *texts)  # more than a pipe buffer
+    assert big.returncode == 0 and len(big.stdout.splitlines()) == 3000
+    scored = cli("score", data, "--model", model, "--out", out, "--json", "-q")
+    assert scored.returncode == 0 and json.loads(scored.stdout)["rows"] == 400
+    assert pq.read_table(out).num_rows == 400
+    bad = cli("score", tmp_path / "missing.parquet", "--model", model, "--out", out)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+    assert bad.stderr.count("atexit ran") == 1
+    usage = cli("score", "--no-such-option")
+    assert usage.returncode == 2 and usage.stderr.count("atexit ran") == 1
