@@ -401,3 +401,8 @@ def test_ray_data_info_logs_are_hidden_during_a_run_unless_asked(monkeypatch):
             assert log.getEffectiveLevel() == logging.ERROR
     finally:
         log.setLevel(saved)
+
+
+def test_read_tasks_are_bounded_by_the_actor_count():
+    # reads run at 0 CPUs, so only this bounds how many worker processes Ray starts for them
+    assert [engine._read_tasks(w) for w in (1, 2, 8, 9, 16, 64)] == [1, 1, 1, 2, 2, 8]

@@ -315,6 +315,10 @@ def _run_group(
                 # reads are light beside scoring; at 0 CPUs they still run when the actors
                 # hold every CPU of the cluster, instead of waiting for one forever
                 num_cpus=0,
+                # but then nothing bounds how many run at once: Ray started a worker
+                # process per file (17 processes for 10 files on 2 CPUs), whose start-up
+                # delayed the actors' by 8 s and slowed them while it lasted
+                concurrency=_read_tasks(workers),
             ).select_columns(list(first.columns))
             ds = ds.map_batches(
                 _Scorer,
@@ -341,6 +345,16 @@ def _run_group(
         if saved[1] is not None:
             ctx.use_datasource_v2 = saved[1]
         ctx.enable_progress_bars = saved[2]
+
+
+# One read task decodes Parquet text far faster than an actor scores it (about 2,000 reviews
+# per second and core): one reader at a time per this many actors keeps them all fed.
+ACTORS_PER_READER = 8
+
+
+def _read_tasks(workers: int) -> int:
+    """How many read tasks may run at once for ``workers`` scoring actors."""
+    return max(1, -(-workers // ACTORS_PER_READER))
 
 
 # Each Ray batch pays for scheduling and object-store transfers: at 8,192 rows the engine
