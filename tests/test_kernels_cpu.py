@@ -127,3 +127,20 @@ def _apply_tanh(x, out):
             out[i] = cpu._tanh(x[i])
 
     run(x, out)
+
+
+def test_benchmark_product_loop_multiplies_every_running_row():
+    # bench.product_fn times the kernel's step loop with the gate math left out: it must do
+    # the same products, so each row that runs at least one step ends as S[r] @ W_hh.T
+    from pipeline import bench
+
+    shape = bench.Shape("gru", embed_dim=4, hidden_dim=6, batch=7, vocab=11)
+    params = {"W_hh": np.random.default_rng(0).normal(size=(18, 6)).astype(np.float32)}
+    lengths = np.array([3, 0, 1, 5, 2, 0, 4])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    run = bench.product_fn(shape, offsets, params)
+    run()
+    S, out, lens_s = run.state
+    ran = lens_s > 0
+    np.testing.assert_allclose(out[ran], S[ran] @ params["W_hh"].T, rtol=1e-5, atol=1e-5)
+    assert ran.sum() == 5

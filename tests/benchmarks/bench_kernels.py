@@ -12,10 +12,13 @@ Everything is measured in this one run, on the same shapes and thread count:
   the same on padded batches (autograd), both without the optimizer step.
 * the NumPy reference on a slice of the batch (it is slow), scaled per token.
 * the machine's matrix-product rate, (B,H)x(H,G*H) with NumPy's BLAS, for the GFLOP/s column.
+* at inference, the kernel's recurrent products alone (``bench.product_fn``: its plan and step
+  loop, the same shrinking blocks and single-threaded BLAS, no gate math): the "prod%" column
+  says how close to the peak the product itself runs inside the kernel.
 PyTorch runs in a child process of its own: Numba's and PyTorch's OpenMP thread pools in one
 process would slow each other down on 2 cores, and that would flatter rnnpipe.
 The measurements are interleaved: each repeat times PyTorch (in the child, which waits
-between requests), then rnnpipe, then the matrix product, one call each, so a machine that
+between requests), then rnnpipe (and its products alone), then the matrix product, so a machine that
 speeds up or slows down during the run (these shared VMs do, by up to 30 %) moves all three
 together. Ratios and %peak are the medians of the per-repeat ratios; times are medians.
 Lengths are the real token counts of ../shared/data/imdb_train.parquet (rnnpipe tokenizer),
@@ -202,7 +205,8 @@ def main() -> None:
     print(f"matrix product 1024^3 (NumPy BLAS): {big:.0f} GFLOP/s at the start")
     hdr = (
         f"{'model':<22}{'what':<7}{'batch':>6}{'rnnpipe tok/s':>15}{'rev/s':>9}"
-        f"{'GFLOP/s':>9}{'peak':>6}{'%peak':>7}{'torch tok/s':>13}{'rev/s':>8}{'ratio':>7}"
+        f"{'GFLOP/s':>9}{'peak':>6}{'%peak':>7}{'prod%':>7}{'torch tok/s':>13}{'rev/s':>8}"
+        f"{'ratio':>7}"
         f"{'numpy-ref tok/s':>17}{'ratio':>8}"
     )
     print(hdr)
@@ -219,8 +223,12 @@ def main() -> None:
         H = shape.hidden_dim
         peak_run, peak_flops = bench.matmul_fn(256, H, gates(shape.cell) * H)
         flops = bench.recurrent_flops(shape, tokens) * (3 if what == "train" else 1)
+        # inference: the same kernel's recurrent products alone (its step loop, no gate math)
+        prod = bench.product_fn(shape, offsets, params) if what != "train" else None
         ours(), peak_run()  # warm-up
-        t_ours, t_torch, rates, pct, ratios = [], [], [], [], []
+        if prod is not None:
+            prod()
+        t_ours, t_torch, rates, pct, ratios, prod_pct = [], [], [], [], [], []
         for _ in range(args.repeats):
             if peer is not None:
                 t_torch.append(peer.time(i))
@@ -228,6 +236,11 @@ def main() -> None:
             t0 = time.perf_counter()
             ours()
             t_ours.append(time.perf_counter() - t0)
+            t_prod = np.nan
+            if prod is not None:
+                t0 = time.perf_counter()
+                prod()
+                t_prod = time.perf_counter() - t0
             best = np.inf
             for _ in range(2):  # the first call also wakes BLAS's sleeping threads
                 t0 = time.perf_counter()
@@ -235,6 +248,7 @@ def main() -> None:
                 best = min(best, time.perf_counter() - t0)
             rates.append(peak_flops / best / 1e9)
             pct.append(100 * flops / t_ours[-1] / 1e9 / rates[-1])
+            prod_pct.append(100 * flops / t_prod / 1e9 / rates[-1])
             if peer is not None:
                 ratios.append(t_torch[-1] / t_ours[-1])
         t = float(np.median(t_ours))
@@ -242,6 +256,7 @@ def main() -> None:
             f"{shape.cell} E={shape.embed_dim} H={H:<7}{what:<7}{batch:>6}"
             f"{tokens / t:>15,.0f}{batch / t:>9,.0f}{flops / t / 1e9:>9.1f}"
             f"{np.median(rates):>6.0f}{np.median(pct):>6.0f}%"
+            + (f"{np.median(prod_pct):>6.0f}%" if prod is not None else f"{'-':>7}")
         )
         if peer is not None:
             tt = float(np.median(t_torch))
@@ -262,7 +277,8 @@ def main() -> None:
         f"GFLOP/s counts the recurrent product only (2*G*H*H per real token, G={G}; "
         "training counts 3x forward); peak: the (256,H)x(H,G*H) product's GFLOP/s with "
         "NumPy's BLAS, the faster of two calls right after each rnnpipe call; "
-        "%peak: median of GFLOP/s / peak."
+        "%peak: median of GFLOP/s / peak; prod%: the same for the kernel's recurrent "
+        "products alone (its step loop and shapes, gate math skipped), inference only."
     )
     print(
         "torch tok/s counts real tokens too (its padded batch does more work); "
