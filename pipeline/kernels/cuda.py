@@ -15,9 +15,12 @@ How it is fast:
   are sorted by length (longest first) and each thread block owns ``ROWS`` of them: it loops
   over the time steps itself, keeping its rows' states in shared memory and synchronising
   only its own threads between steps, so no sequence waits for another block and there is no
-  per-step launch from Python. Each thread computes one (sequence, hidden unit) pair at a
-  time, with all ``G`` gates of that unit fused with their activation; ``W_hh`` is read
-  transposed so that the threads of adjacent units read adjacent words. Padding never exists:
+  per-step launch from Python. In the forward pass each thread owns a hidden unit for all
+  ``ROWS`` rows of its block: every ``W_hh`` word it loads feeds ``ROWS`` rows from
+  registers (1.43x faster lstm scoring on an H200 than one thread per row and unit), with
+  all ``G`` gates of the unit fused with their activation; ``W_hh`` is read transposed so
+  that the threads of adjacent units read adjacent words. Backward keeps one thread per
+  (row, unit). Padding never exists:
   a block runs as many steps as its longest row, and sorted rows end at about the same time.
 * Backward is the same loop in reverse, one launch: the per-token gate gradients are stored,
   and the weight gradients are large products at the end (split over the token axis, the
@@ -182,7 +185,9 @@ def _sum_parts_kernel(parts, out):
 
 @cuda.jit(cache=True)
 def _forward_kernel(cell, reverse, xsrc, rowmap, W_T, b_hn, seq, state, hs, acts, aux, modes, out):
-    # One block runs blockDim.y sequences (slots) through all their steps.
+    # One block runs ROWS sequences (slots) through all their steps; each thread owns hidden
+    # units (j = threadIdx.x, + blockDim.x, ...) for all ROWS rows, so every W_hh word it
+    # loads serves ROWS rows from registers.
     # xsrc (rows, G*H): input projections with the folded bias (training) or the folded table
     # rowmap (nnz,): the xsrc row of each token (its id), or empty: the row is the token
     # W_T (H, G*H): W_hh transposed; b_hn (H,): gru's b_hn (zeros for other cells)
@@ -195,96 +200,101 @@ def _forward_kernel(cell, reverse, xsrc, rowmap, W_T, b_hn, seq, state, hs, acts
     G = W_T.shape[1] // H
     n = seq.shape[1]
     TJ = cuda.blockDim.x
-    R = cuda.blockDim.y
     tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    r0 = cuda.blockIdx.x * R
-    r = r0 + ty
-    L = seq[1, r] if r < n else 0
-    start = seq[0, r] if r < n else 0
+    r0 = cuda.blockIdx.x * ROWS
     T = seq[1, r0]  # slots are sorted, so the first row of the block is its longest
     store = hs.shape[0] > 0
     keep = acts.shape[0] > 0
     infer = out.shape[0] > 0
-    sh = cuda.shared.array(0, float32)  # (2, R, H): each row's state before/after a step
-    for j in range(tx, H, TJ):
-        sh[ty * H + j] = _ZERO
+    sh = cuda.shared.array(0, float32)  # (2, ROWS, H): each row's state before/after a step
+    acc = cuda.local.array((4, ROWS), float32)  # unrolled: lives in registers
+    for m in range(tx, ROWS * H, TJ):
+        sh[m] = _ZERO
     cuda.syncthreads()
     for t in range(T):
-        cur = (t % 2) * R * H
-        nxt = R * H - cur
-        if t < L:
-            tok = start + L - 1 - t if reverse else start + t
-            row = rowmap[tok] if rowmap.shape[0] > 0 else tok
-            for j in range(tx, H, TJ):
-                # G scalar accumulators, not a local array indexed at run time (which would
-                # live in local memory); the branches on G are uniform across the block
-                a0 = _ZERO
-                a1 = _ZERO
-                a2 = _ZERO
-                a3 = _ZERO
-                for k in range(H):
-                    hk = sh[cur + ty * H + k]  # one address per warp: a broadcast
-                    a0 += hk * W_T[k, j]
-                    if G > 1:
-                        a1 += hk * W_T[k, H + j]
-                        a2 += hk * W_T[k, 2 * H + j]
-                    if G > 3:
-                        a3 += hk * W_T[k, 3 * H + j]
-                if cell == 0:
-                    ig = _sigmoid(xsrc[row, j] + a0)
-                    fg = _sigmoid(xsrc[row, H + j] + a1)
-                    gg = math.tanh(xsrc[row, 2 * H + j] + a2)
-                    og = _sigmoid(xsrc[row, 3 * H + j] + a3)
-                    c = fg * state[0, r, j] + ig * gg
-                    state[0, r, j] = c
-                    h = og * math.tanh(c)
-                    if keep:
-                        acts[tok, j] = ig
-                        acts[tok, H + j] = fg
-                        acts[tok, 2 * H + j] = gg
-                        acts[tok, 3 * H + j] = og
-                        aux[tok, j] = c
-                elif cell == 1:
-                    rg = _sigmoid(xsrc[row, j] + a0)
-                    zg = _sigmoid(xsrc[row, H + j] + a1)
-                    hn = a2 + b_hn[j]
-                    ng = math.tanh(xsrc[row, 2 * H + j] + rg * hn)
-                    h = (_ONE - zg) * ng + zg * sh[cur + ty * H + j]
-                    if keep:
-                        acts[tok, j] = rg
-                        acts[tok, H + j] = zg
-                        acts[tok, 2 * H + j] = ng
-                        aux[tok, j] = hn
-                else:
-                    h = math.tanh(xsrc[row, j] + a0)
-                sh[nxt + ty * H + j] = h
-                if store:
-                    hs[tok, j] = h
-                if infer:
-                    if t == 0:
-                        state[1, r, j] = h
-                        state[2, r, j] = h
+        cur = (t % 2) * ROWS * H
+        nxt = ROWS * H - cur
+        for j in range(tx, H, TJ):
+            for q in range(ROWS):
+                acc[0, q] = _ZERO
+                acc[1, q] = _ZERO
+                acc[2, q] = _ZERO
+                acc[3, q] = _ZERO
+            for k in range(H):
+                w0 = W_T[k, j]
+                w1 = W_T[k, H + j] if G > 1 else _ZERO
+                w2 = W_T[k, 2 * H + j] if G > 1 else _ZERO
+                w3 = W_T[k, 3 * H + j] if G > 3 else _ZERO
+                for q in range(ROWS):
+                    hk = sh[cur + q * H + k]  # one address per warp: a broadcast
+                    acc[0, q] += hk * w0
+                    acc[1, q] += hk * w1
+                    acc[2, q] += hk * w2
+                    acc[3, q] += hk * w3
+            for q in range(ROWS):
+                r = r0 + q
+                L = seq[1, r] if r < n else 0
+                if t < L:  # no continue: the loop over ROWS unrolls, acc stays in registers
+                    start = seq[0, r]
+                    tok = start + L - 1 - t if reverse else start + t
+                    row = rowmap[tok] if rowmap.shape[0] > 0 else tok
+                    if cell == 0:
+                        ig = _sigmoid(xsrc[row, j] + acc[0, q])
+                        fg = _sigmoid(xsrc[row, H + j] + acc[1, q])
+                        gg = math.tanh(xsrc[row, 2 * H + j] + acc[2, q])
+                        og = _sigmoid(xsrc[row, 3 * H + j] + acc[3, q])
+                        c = fg * state[0, r, j] + ig * gg
+                        state[0, r, j] = c
+                        h = og * math.tanh(c)
+                        if keep:
+                            acts[tok, j] = ig
+                            acts[tok, H + j] = fg
+                            acts[tok, 2 * H + j] = gg
+                            acts[tok, 3 * H + j] = og
+                            aux[tok, j] = c
+                    elif cell == 1:
+                        rg = _sigmoid(xsrc[row, j] + acc[0, q])
+                        zg = _sigmoid(xsrc[row, H + j] + acc[1, q])
+                        hn = acc[2, q] + b_hn[j]
+                        ng = math.tanh(xsrc[row, 2 * H + j] + rg * hn)
+                        h = (_ONE - zg) * ng + zg * sh[cur + q * H + j]
+                        if keep:
+                            acts[tok, j] = rg
+                            acts[tok, H + j] = zg
+                            acts[tok, 2 * H + j] = ng
+                            aux[tok, j] = hn
                     else:
-                        state[1, r, j] = max(state[1, r, j], h)
-                        state[2, r, j] += h
-                    if t == L - 1:
-                        i = seq[2, r]
-                        for mi in range(modes.shape[0]):
-                            mode = modes[mi]
-                            if mode == 0:
-                                v = h
-                            elif mode == 1:
-                                v = state[1, r, j]
-                            else:
-                                v = state[2, r, j] / np.float32(L)
-                            out[i, mi * H + j] = v
+                        h = math.tanh(xsrc[row, j] + acc[0, q])
+                    sh[nxt + q * H + j] = h
+                    if store:
+                        hs[tok, j] = h
+                    if infer:
+                        if t == 0:
+                            state[1, r, j] = h
+                            state[2, r, j] = h
+                        else:
+                            state[1, r, j] = max(state[1, r, j], h)
+                            state[2, r, j] += h
+                        if t == L - 1:
+                            i = seq[2, r]
+                            for mi in range(modes.shape[0]):
+                                mode = modes[mi]
+                                if mode == 0:
+                                    v = h
+                                elif mode == 1:
+                                    v = state[1, r, j]
+                                else:
+                                    v = state[2, r, j] / np.float32(L)
+                                out[i, mi * H + j] = v
         cuda.syncthreads()
-    if infer and r < n and L == 0:
-        i = seq[2, r]
-        for mi in range(modes.shape[0]):
-            for j in range(tx, H, TJ):
-                out[i, mi * H + j] = _ZERO
+    if infer:
+        for q in range(ROWS):
+            r = r0 + q
+            if r < n and seq[1, r] == 0:
+                i = seq[2, r]
+                for mi in range(modes.shape[0]):
+                    for j in range(tx, H, TJ):
+                        out[i, mi * H + j] = _ZERO
 
 
 @cuda.jit(cache=True)
@@ -583,8 +593,8 @@ def _recur(cell, reverse, xsrc, rowmap, W_hh_d, b_hh, seq_d, nnz, keep, modes):
     if n:
         W_T = cuda.device_array((H, G * H), F32)
         _transpose_kernel[_blocks(G * H * H, THREADS), THREADS](W_hh_d, W_T)
-        tj, rows = _recurrent_block(cell, H, n)
-        _forward_kernel[_blocks(n, rows), (tj, rows), 0, 2 * rows * H * 4](
+        tj, _ = _recurrent_block(cell, H, n)
+        _forward_kernel[_blocks(n, ROWS), tj, 0, 2 * ROWS * H * 4](
             _CELL_ID[cell],
             int(reverse),
             xsrc,
