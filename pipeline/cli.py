@@ -253,21 +253,20 @@ def score(
         backend=_backend(device),
     )
     m = _load_model(model, device)
+    if engine not in ("local", "ray"):
+        raise typer.BadParameter(f"unknown engine {engine!r}: expected local or ray")
     from pipeline.progress import ScoreProgress
 
-    if engine == "ray":
-        from pipeline.engines.ray import score_on_ray
+    with ScoreProgress(data, enabled=not quiet and not json_out) as progress:
+        if engine == "ray":
+            from pipeline.engines.ray import score_on_ray
 
-        with ScoreProgress(data, enabled=not quiet and not json_out) as progress:
             summary = score_on_ray(
                 data, m, model, out, options, address=address, workers=workers,
                 progress=progress,
             )  # fmt: skip
-    elif engine == "local":
-        with ScoreProgress(data, enabled=not quiet and not json_out) as progress:
+        else:
             summary = run_score(data, m, out, options, progress=progress)
-    else:
-        raise typer.BadParameter(f"unknown engine {engine!r}: expected local or ray")
     if json_out:
         typer.echo(json.dumps(summary.to_dict()))
     else:

@@ -270,3 +270,10 @@ def test_console_exit_runs_atexit_and_keeps_output_and_codes(trained, tmp_path, 
     assert bad.stderr.count("atexit ran") == 1
     usage = cli("score", "--no-such-option")
     assert usage.returncode == 2 and usage.stderr.count("atexit ran") == 1
+
+
+def test_unknown_engine_is_a_usage_error_before_any_work(trained, tmp_path):
+    model, data = trained
+    res = run("score", data, "--model", model, "--out", tmp_path / "o.parquet", "--engine", "spark")
+    assert res.exit_code == 2 and "unknown engine 'spark'" in res.output
+    assert not (tmp_path / "o.parquet").exists()
