@@ -112,7 +112,8 @@ def score_on_ray(
     ``numba_cache_dir`` a folder under which each actor gets its own Numba cache (default
     ``$RNNPIPE_RAY_NUMBA_CACHE_DIR``; unset: the shared cache next to the sources);
     ``progress`` called with the local engine's ``ProgressEvent``s, ``batch`` events as the
-    scored rows reach the driver and are written.
+    scored rows reach the driver (they are written in row groups, and the output is in place
+    by ``file_done``).
 
     Returns a ``ScoreSummary`` (``seconds`` counts from the call: a cluster started here and
     the actors' start are included). Raises ConfigError when ray is not installed, for bad
@@ -359,8 +360,8 @@ def _read_tasks(workers: int) -> int:
 
 # Each Ray batch pays for scheduling and object-store transfers: at 8,192 rows the engine
 # reached 0.70 of the local engine's rate on 200,000 reviews, at 32,768 rows 0.75-0.92
-# (tests/benchmarks/bench_ray.py; these VMs are noisy). An actor holds about two batches
-# at once (Ray sends the next while one is scored).
+# (tests/benchmarks/bench_ray.py, measured before reads were bounded; these VMs are noisy).
+# An actor holds about two batches at once (Ray sends the next while one is scored).
 RAY_MIN_BATCH_ROWS = 32768
 
 
