@@ -18,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from pipeline.kernels import gates, get_backend
+from pipeline.kernels.gemm import gemm as _gemm
 
 
 @dataclass(frozen=True)
@@ -133,30 +134,32 @@ def infer_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callab
 def product_fn(shape: Shape, offsets, params) -> Callable[[], object]:
     """The recurrent products of one inference batch alone, as a callable: the CPU kernel's
     plan (length-sorted blocks, one per thread) and its step loop with the same shrinking
-    active set, each step's ``S[r0:r1] @ W_hh.T`` with single-threaded BLAS, and no gate
-    math. Timed beside ``infer_fn`` it shows how fast the kernel's products run by
-    themselves; the states are fixed random values (speed does not depend on them)."""
-    from pipeline.kernels import cpu
-    from pipeline.kernels.threads import blas_single_thread
+    active set, each step's ``S[r0:r1] @ W_hh.T`` with the kernel's own small-product
+    routine (``pipeline.kernels.gemm``), and no gate math. Timed beside ``infer_fn`` it shows
+    how fast the kernel's products run by themselves; the states are fixed random values
+    (speed does not depend on them)."""
+    from pipeline.kernels import cpu, gemm
 
     _, lens_s, _, blocks = cpu._plan(np.ascontiguousarray(offsets, dtype=np.int64))
     H = shape.hidden_dim
-    WhhT = np.ascontiguousarray(params["W_hh"].T, dtype=np.float32)
+    GH = gates(shape.cell) * H
+    WhhP = gemm.pack(params["W_hh"].T)
     rng = np.random.default_rng(0)
     S = rng.uniform(-1, 1, (lens_s.size, H)).astype(np.float32)
-    out = np.empty((lens_s.size, WhhT.shape[1]), np.float32)
+    wide = np.empty((lens_s.size, gemm.padded_width(GH)), np.float32)
 
     def run():
-        with blas_single_thread():
-            _products_only(lens_s, blocks, S, WhhT, out)
+        _products_only(lens_s, blocks, S, WhhP, wide)
 
-    run.state = (S, out, lens_s)  # for tests: the fixed states, the products, slot lengths
+    run.state = (S, wide[:, :GH], lens_s)  # for tests: fixed states, products, slot lengths
     return run
 
 
 @njit(parallel=True, cache=True)
-def _products_only(lens, blocks, S, WhhT, out):
+def _products_only(lens, blocks, S, WhhP, out):
     # the step loop of cpu._forward without its gate math
+    H = S.shape[1]
+    Np = out.shape[1]
     for bi in prange(blocks.shape[0] - 1):
         r0 = blocks[bi]
         r1 = blocks[bi + 1]
@@ -165,7 +168,7 @@ def _products_only(lens, blocks, S, WhhT, out):
         for t in range(lens[r0]):
             while lens[r1 - 1] <= t:
                 r1 -= 1
-            np.dot(S[r0:r1], WhhT, out[r0:r1])
+            _gemm(S, r0, r1, WhhP, H, Np, out)
 
 
 def train_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callable[[], object]:

@@ -27,6 +27,9 @@ import numpy as np
 from numba import njit, prange
 
 from pipeline.kernels import POOL_MODES, gates
+from pipeline.kernels.gemm import gemm as _gemm
+from pipeline.kernels.gemm import pack as _pack
+from pipeline.kernels.gemm import padded_width as _padded_width
 from pipeline.kernels.threads import blas_single_thread as _blas_single_thread
 
 F32 = np.float32
@@ -137,15 +140,18 @@ def _tok_at(starts, lens, r, t, reverse):
 
 @njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
 def _forward(
-    cell, xsrc, rowmap, WhhT, b_hn, starts, lens, blocks, reverse, S_h, S_c, Gb, hs, acts, aux, pool
+    cell, xsrc, rowmap, WhhP, b_hn, starts, lens, blocks, reverse, S_h, S_c, Gb, hs, acts, aux, pool
 ):
     # Slots are grouped in blocks, each sorted by length (descending), one thread a block:
     # at step t the block's running rows are a prefix, so their recurrent product is one
     # small matrix product on W_hh, which stays in cache across the block's steps.
-    # S_h, S_c (n, H): states per slot; Gb (n, G*H): scratch
+    # WhhP: W_hh.T packed for gemm; S_h, S_c (n, H): states per slot
+    # Gb (n, Np): scratch, Np = G*H rounded up to gemm's panels
     # hs (nnz, H), acts (nnz, G*H), aux (nnz, H): stores for backward (size 0 at inference)
     # pool (2, n, H): running max and sum (size 0 when not needed)
     H = S_h.shape[1]
+    GH = xsrc.shape[1]
+    Np = Gb.shape[1]
     store = hs.shape[0] > 0
     dopool = pool.shape[0] > 0
     hn_tmp = np.empty((blocks.shape[0], H), np.float32)
@@ -158,11 +164,11 @@ def _forward(
         for t in range(T):
             while lens[r1 - 1] <= t:  # rows that ended drop off the end of the block
                 r1 -= 1
-            np.dot(S_h[r0:r1], WhhT, Gb[r0:r1])
+            _gemm(S_h, r0, r1, WhhP, H, Np, Gb)
             for r in range(r0, r1):
                 tok = _tok_at(starts, lens, r, t, reverse)
                 row = tok if rowmap.shape[0] == 0 else rowmap[tok]
-                g = Gb[r]
+                g = Gb[r, :GH]
                 x = xsrc[row]
                 h = S_h[r]
                 if cell == 0:
@@ -261,10 +267,10 @@ def _run(cell, xsrc, rowmap, offsets, W_hh, b_hh, reverse, need_pool, store_nnz)
     n = offsets.size - 1
     plan = _plan(offsets)
     _, lens_s, starts_s, blocks = plan
-    WhhT = np.ascontiguousarray(W_hh.T)  # (H, G*H)
+    WhhP = _pack(W_hh.T)  # W_hh.T (H, G*H) in gemm's panels
     S_h = np.zeros((n, H), F32)
     S_c = np.zeros((n, H), F32) if cell == "lstm" else np.zeros((0, H), F32)
-    Gb = np.empty((n, G * H), F32)
+    Gb = np.empty((n, _padded_width(G * H)), F32)
     pool = np.empty((2, n, H), F32) if need_pool else np.empty((0, 0, 0), F32)
     hs = np.empty((store_nnz, H), F32)
     acts = np.empty((store_nnz if cell != "rnn" else 0, G * H), F32)
@@ -274,7 +280,7 @@ def _run(cell, xsrc, rowmap, offsets, W_hh, b_hh, reverse, need_pool, store_nnz)
             _CELL_ID[cell],
             xsrc,
             rowmap,
-            WhhT,
+            WhhP,
             _b_hn(cell, b_hh, H),
             starts_s,
             lens_s,
@@ -355,12 +361,16 @@ def _gru_row_bwd(dh, a, hn, hp, gx, gh, dd, H):
 
 @njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
 def _backward(
-    cell, W_hh, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dGh, dS, dC, Dd, Db, zeros
+    cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dGh, dS, dC, Dd, Db, zeros
 ):
-    # dS (n, H): dL/dh of every slot from the later steps; dC (n, H): same for lstm's c
-    # Dd (n, H): gru's direct z*dh term; Db (n, G*H): gate gradients on the recurrent side
+    # W_hhP: W_hh (G*H, H) packed for gemm
+    # dS (n, Np): dL/dh of every slot from the later steps (columns H: are gemm's padding)
+    # dC (n, H): same for lstm's c; Dd (n, H): gru's direct z*dh term
+    # Db (n, G*H): gate gradients on the recurrent side
     # dGx, dGh (nnz, G*H): gate gradients per token, for the weight products at the end
-    H = dS.shape[1]
+    H = zeros.shape[0]
+    GH = Db.shape[1]
+    Np = dS.shape[1]
     for bi in prange(blocks.shape[0] - 1):
         r0 = blocks[bi]
         r1 = blocks[bi + 1]
@@ -394,7 +404,7 @@ def _backward(
                         gx[j] = dh[j] * (_ONE - hv * hv)
                     Db[r, :] = gx
             if t > 0:
-                np.dot(Db[r0:ra], W_hh, dS[r0:ra])
+                _gemm(Db, r0, ra, W_hhP, GH, Np, dS)
 
 
 @njit(parallel=True, cache=True)
@@ -425,14 +435,14 @@ def layer_backward(cache, dhs):
     _, lens_s, starts_s, blocks = cache.plan
     dGx = np.zeros((nnz, G * H), F32)
     dGh = np.zeros((nnz, G * H), F32) if cell == "gru" else np.empty((0, G * H), F32)
-    dS = np.zeros((n, H), F32)
+    dS = np.zeros((n, _padded_width(H)), F32)  # columns past H: gemm's padding
     dC = np.zeros((n if cell == "lstm" else 0, H), F32)
     Dd = np.zeros((n if cell == "gru" else 0, H), F32)
     Db = np.empty((n, G * H), F32)
     with _blas_single_thread():
         _backward(
             _CELL_ID[cell],
-            W_hh,
+            _pack(W_hh),
             starts_s,
             lens_s,
             blocks,
