@@ -4,9 +4,10 @@ How it is fast:
 
 * Sequences are sorted by length and dealt to one block per thread (``_plan``). Within a
   block the sequences still running at step ``t`` are a prefix, so their recurrent product
-  is one small matrix product ``S[r0:r1] @ W_hh.T`` (single-threaded BLAS inside
-  ``prange``, with ``W_hh`` hot in cache), and nothing is ever computed for padding,
-  because there is none. The whole time loop runs inside one parallel kernel call.
+  is one small matrix product ``S[r0:r1] @ W_hh.T`` (``pipeline.kernels.gemm``: ``W_hh``
+  packed once per call and hot in cache, no BLAS inside ``prange``), and nothing is ever
+  computed for padding, because there is none. The whole time loop runs inside one
+  parallel kernel call.
 * The input projection of every token is one large product before the loop (training) or
   a row of a folded ``[V, G*H]`` table (inference: the embedding is folded into ``W_ih``).
 * The gate math of a step is one parallel Numba kernel over the running sequences, with a
@@ -16,8 +17,9 @@ How it is fast:
   with one large product at the end: no per-thread scatter, so results are bit-identical
   from run to run.
 
-BLAS inside the kernels is held to one thread (``pipeline.kernels.threads``), so Numba's
-threads and BLAS threads never multiply; ``set_threads`` sets both.
+The kernels call no BLAS, and the large products around them run on NumPy's BLAS with the
+same thread count as Numba (``pipeline.kernels.threads.set_threads`` sets both), so the two
+thread pools never multiply.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from pipeline.kernels import POOL_MODES, gates
 from pipeline.kernels.gemm import gemm as _gemm
 from pipeline.kernels.gemm import pack as _pack
 from pipeline.kernels.gemm import padded_width as _padded_width
-from pipeline.kernels.threads import blas_single_thread as _blas_single_thread
 
 F32 = np.float32
 _CLAMP = np.float32(7.90531110763549805)
@@ -275,25 +276,24 @@ def _run(cell, xsrc, rowmap, offsets, W_hh, b_hh, reverse, need_pool, store_nnz)
     hs = np.empty((store_nnz, H), F32)
     acts = np.empty((store_nnz if cell != "rnn" else 0, G * H), F32)
     aux = np.empty((store_nnz if cell != "rnn" else 0, H), F32)
-    with _blas_single_thread():
-        _forward(
-            _CELL_ID[cell],
-            xsrc,
-            rowmap,
-            WhhP,
-            _b_hn(cell, b_hh, H),
-            starts_s,
-            lens_s,
-            blocks,
-            reverse,
-            S_h,
-            S_c,
-            Gb,
-            hs,
-            acts,
-            aux,
-            pool,
-        )
+    _forward(
+        _CELL_ID[cell],
+        xsrc,
+        rowmap,
+        WhhP,
+        _b_hn(cell, b_hh, H),
+        starts_s,
+        lens_s,
+        blocks,
+        reverse,
+        S_h,
+        S_c,
+        Gb,
+        hs,
+        acts,
+        aux,
+        pool,
+    )
     return S_h, pool, hs, acts, aux, plan
 
 
@@ -439,26 +439,25 @@ def layer_backward(cache, dhs):
     dC = np.zeros((n if cell == "lstm" else 0, H), F32)
     Dd = np.zeros((n if cell == "gru" else 0, H), F32)
     Db = np.empty((n, G * H), F32)
-    with _blas_single_thread():
-        _backward(
-            _CELL_ID[cell],
-            _pack(W_hh),
-            starts_s,
-            lens_s,
-            blocks,
-            cache.reverse,
-            dhs,
-            cache.hs,
-            cache.acts,
-            cache.aux,
-            dGx,
-            dGh,
-            dS,
-            dC,
-            Dd,
-            Db,
-            np.zeros(H, F32),
-        )
+    _backward(
+        _CELL_ID[cell],
+        _pack(W_hh),
+        starts_s,
+        lens_s,
+        blocks,
+        cache.reverse,
+        dhs,
+        cache.hs,
+        cache.acts,
+        cache.aux,
+        dGx,
+        dGh,
+        dS,
+        dC,
+        Dd,
+        Db,
+        np.zeros(H, F32),
+    )
     if cell != "gru":
         dGh = dGx
     hprev = np.empty((nnz, H), F32)

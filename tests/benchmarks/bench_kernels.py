@@ -12,8 +12,8 @@ Everything is measured in this one run, on the same shapes and thread count:
   the same on padded batches (autograd), both without the optimizer step.
 * the NumPy reference on a slice of the batch (it is slow), scaled per token.
 * the machine's matrix-product rate, (B,H)x(H,G*H) with NumPy's BLAS, for the GFLOP/s column.
-* at inference, the kernel's recurrent products alone (``bench.product_fn``: its plan and step
-  loop, the same shrinking blocks and single-threaded BLAS, no gate math): the "prod%" column
+* at inference, the kernel's recurrent products alone (``bench.product_fn``: its plan, step
+  loop, shrinking blocks and small-product routine, no gate math): the "prod%" column
   says how close to the peak the product itself runs inside the kernel.
 PyTorch runs in a child process of its own: Numba's and PyTorch's OpenMP thread pools in one
 process would slow each other down on 2 cores, and that would flatter rnnpipe.
