@@ -73,10 +73,21 @@ def torch_model(torch, shape: bench.Shape, params):
     emb = torch.nn.Embedding(shape.vocab, shape.embed_dim, padding_idx=0)
     rnn = cls(shape.embed_dim, shape.hidden_dim, batch_first=True)
     lin = torch.nn.Linear(shape.hidden_dim, 1)
+    # Every parameter the same as rnnpipe's, so both sides compute the same function and
+    # the same gradients: biases copied; the readout sums the last state (weights 1, bias
+    # 0), so the loss's mean over the batch sends dL/dh_last = 1/n, as train_fn does. With
+    # PyTorch's random biases and readout instead, its training speed varied from one model
+    # object to the next by up to 4x (LSTM: 66-323 reviews/s in one process): the random
+    # parts decide how many gradients reach float32's subnormal range, where this CPU is
+    # slow, and PyTorch's kernels more so than rnnpipe's.
     with torch.no_grad():
         emb.weight.copy_(torch.from_numpy(params["emb"]))
         rnn.weight_ih_l0.copy_(torch.from_numpy(params["W_ih"]))
         rnn.weight_hh_l0.copy_(torch.from_numpy(params["W_hh"]))
+        rnn.bias_ih_l0.copy_(torch.from_numpy(params["b_ih"]))
+        rnn.bias_hh_l0.copy_(torch.from_numpy(params["b_hh"]))
+        lin.weight.fill_(1.0)
+        lin.bias.zero_()
     return emb, rnn, lin
 
 
