@@ -32,8 +32,10 @@ and the modules) happens before the clock starts, after one untimed warm-up run 
 Fairness: each engine runs in its own fresh subprocess (this script re-invoking itself),
 one after the other, never together. Numba's and PyTorch's thread pools in one process
 slow each other down badly on 2 cores. Both get ``--threads`` threads (``set_threads`` for
-Numba and BLAS, ``torch.set_num_threads``, ``POLARS_MAX_THREADS``). Figures are medians of
-``--repeats`` timed runs; tokens/s counts each engine's own real tokens (PyTorch also
+Numba and BLAS, ``torch.set_num_threads``, ``POLARS_MAX_THREADS``). ``--repeats`` rounds
+alternate the engines, one timed run (in a fresh child) per engine a round; reviews/s and
+seconds are medians over the rounds, and the ratio is the median of the rounds' ratios
+(range in brackets); tokens/s counts each engine's own real tokens (PyTorch also
 computes on the padding it adds). Times on these shared VMs vary by 20-40 % between runs:
 compare only the ratio measured in one run.
 
@@ -427,11 +429,21 @@ def main() -> None:
         prep = run_child("prepare", {**base, "cells": cells, "models": str(tmp / "models")}, 1)
         results: list[tuple[str, str, dict[str, Any]]] = []
         checks: dict[str, dict[str, float]] = {}
+        engines = ("rnnpipe", "torch") if torch_ok else ("rnnpipe",)
         for cell in cells:
             model = tmp / "models" / cell
-            for engine in ("rnnpipe", "torch") if torch_ok else ("rnnpipe",):
-                spec = {**base, "model": str(model), "out": str(tmp / f"out-{engine}-{cell}")}
-                results.append((engine, cell, run_child(engine, spec, args.threads)))
+            # Interleaved rounds, one timed run per engine each: a machine that speeds up
+            # or slows down for a minute moves both engines of a round together.
+            rounds: dict[str, list[dict[str, Any]]] = {e: [] for e in engines}
+            for _ in range(args.repeats):
+                for engine in engines:
+                    out = str(tmp / f"out-{engine}-{cell}")
+                    spec = {**base, "repeats": 1, "model": str(model), "out": out}
+                    rounds[engine].append(run_child(engine, spec, args.threads))
+            for engine in engines:
+                merged = dict(rounds[engine][0])
+                merged["seconds"] = [r["seconds"][0] for r in rounds[engine]]
+                results.append((engine, cell, merged))
             if torch_ok:
                 checks[cell] = compare(
                     inputs, model, tmp / f"out-rnnpipe-{cell}", tmp / f"out-torch-{cell}"
@@ -447,20 +459,25 @@ def main() -> None:
         print(f"  {info}")
     header = (
         f"| {'engine':<8} | {'cell':<4} | {'reviews/s':>9} | {'tokens/s':>10} | "
-        f"{'seconds':>7} | {'rnnpipe/PyTorch':>15} |"
+        f"{'seconds':>7} | {'rnnpipe/PyTorch':>22} |"
     )
     print(header)
-    print("|----------|------|----------:|-----------:|--------:|----------------:|")
+    print("|----------|------|----------:|-----------:|--------:|-----------------------:|")
     median_s = {(e, c): statistics.median(r["seconds"]) for e, c, r in results}
+    secs = {(e, c): r["seconds"] for e, c, r in results}
     for engine, cell, r in results:
         s = median_s[engine, cell]
         ratio = "-"
-        if ("torch", cell) in median_s:
-            ratio = f"{median_s['torch', cell] / median_s['rnnpipe', cell]:.2f}x"
+        if ("torch", cell) in secs:
+            pairs = zip(secs["torch", cell], secs["rnnpipe", cell], strict=True)
+            per_round = [t / o for t, o in pairs]
+            ratio = f"{statistics.median(per_round):.2f}x"
+            if len(per_round) > 1:
+                ratio += f" ({min(per_round):.2f}-{max(per_round):.2f})"
         name = "PyTorch" if engine == "torch" else engine
         print(
             f"| {name:<8} | {cell:<4} | {r['rows'] / s:>9,.0f} | {r['tokens'] / s:>10,.0f} | "
-            f"{s:>7.2f} | {ratio if engine == 'rnnpipe' else '':>15} |"
+            f"{s:>7.2f} | {ratio if engine == 'rnnpipe' else '':>22} |"
         )
     for cell, c in checks.items():
         print(
