@@ -4,11 +4,12 @@ right-hand side packed once per call.
 Each step of a recurrence multiplies the running states of one block (up to a few hundred
 rows) by the same ``W_hh``: for LSTM H=128 a (128, 128) x (128, 512) product, 256 times a
 batch. BLAS repacks ``W_hh`` at every such call and its kernels are tuned for big
-matrices; on one core of this project's machine OpenBLAS does 80-120 GFLOP/s here. This
-file packs ``B`` once into column panels of ``NB`` floats and runs a register-tiled
-microkernel that keeps an ``R x NB`` tile of ``C`` in vector registers for the whole ``K``
-loop, with each panel (``K x NB`` floats, 32 KB for K=128) read from L1 by every row tile:
-155-165 GFLOP/s on the same core (``python tests/benchmarks/bench_gemm.py``).
+matrices, and slower still on the few rows left at the end of a block. This file packs
+``B`` once into column panels of ``NB`` floats and runs a register-tiled microkernel that
+keeps an ``R x NB`` tile of ``C`` in vector registers for the whole ``K`` loop, with each
+panel (``K x NB`` floats, 32 KB for K=128) read from L1 by every row tile: 1.3-2.1x
+NumPy's OpenBLAS on one core for the kernels' step shapes (``python
+tests/benchmarks/bench_gemm.py``, medians of three runs; the README has the table).
 
 The microkernel is written in LLVM IR through a Numba intrinsic, because Numba's own loops
 do not keep 24 accumulators in registers (plain and tiled loops reached 20-41 GFLOP/s).
