@@ -172,23 +172,33 @@ def _products_only(lens, blocks, S, WhhP, out):
 
 
 def train_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callable[[], object]:
-    """One batch of forward + backward (embedding lookup, layer, last-state pooling, the
-    embedding's gradient as the trainer forms it), as a callable."""
-    from pipeline.model import _scatter_rows as scatter_rows
+    """One batch of forward + backward as the trainer runs it (``Model.forward/backward``:
+    the batch's distinct embedding rows, the layer reading them through ``rows``,
+    last-state pooling, the embedding's gradient), as a callable."""
+    from pipeline.model import _distinct_ids
 
     be = get_backend(backend)
     n, H = offsets.size - 1, shape.hidden_dim
     dfeat = np.ones((n, H), np.float32) / n
 
     def step():
-        x = params["emb"][ids]
+        distinct, rows = _distinct_ids(ids, shape.vocab)
+        x = params["emb"][distinct]
         hs, cache = be.layer_forward(
-            shape.cell, x, offsets, params["W_ih"], params["W_hh"], params["b_ih"], params["b_hh"]
+            shape.cell,
+            x,
+            offsets,
+            params["W_ih"],
+            params["W_hh"],
+            params["b_ih"],
+            params["b_hh"],
+            rows=rows,
         )
         be.pool_forward(hs, offsets, "last")
         dhs = be.pool_backward(dfeat, hs, offsets, "last")
         dx = be.layer_backward(cache, dhs)[0]
-        scatter_rows(ids, dx, shape.vocab)
+        demb = np.zeros_like(params["emb"])
+        demb[distinct] = dx
 
     return step
 

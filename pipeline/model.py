@@ -276,31 +276,22 @@ def _dense(feats: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True)
-def _scatter_kernel(ids, rows, out):  # pragma: no cover
-    for t in range(ids.size):
-        v = ids[t]
-        for j in range(rows.shape[1]):
-            out[v, j] += rows[t, j]
-
-
-def _scatter_rows(ids: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
-    """dEmb[v] = sum of ``rows`` whose id is v, added in token order.
-
-    A fixed summation order keeps it deterministic; one compiled pass is far faster than
-    ``np.add.at`` or a sort + ``reduceat``.
-    """
-    out = np.zeros((n_rows, rows.shape[1]), dtype=rows.dtype)
-    _scatter_kernel(np.ascontiguousarray(ids), np.ascontiguousarray(rows), out)
-    out[PAD_ID] = 0.0  # padding never learns
-    return out
+def _distinct_ids(ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(distinct, rows)``: the distinct ids in ascending order, and for each token the
+    index of its id in ``distinct`` (``distinct[rows] == ids``). O(V + nnz), no sort."""
+    seen = np.zeros(vocab_size, dtype=bool)
+    seen[ids] = True
+    distinct = np.flatnonzero(seen)
+    index = np.empty(vocab_size, dtype=np.int64)
+    index[distinct] = np.arange(distinct.size)
+    return distinct, index[ids]
 
 
 @dataclass
 class _ForwardCache:
     """What ``Model.backward`` needs from one training forward pass."""
 
-    ids: np.ndarray  # (nnz,) int32
+    distinct: np.ndarray  # (U,) the batch's distinct ids, ascending: the first layer's rows
     offsets: np.ndarray  # (n+1,) int64
     layer_caches: list[dict[str, Any]]  # per layer: direction -> kernel cache
     input_masks: list[np.ndarray | None]  # per layer > 0: dropout mask on its input
@@ -397,7 +388,12 @@ class Model:
         if p_drop > 0 and rng is None:
             raise ValueError("forward(training=True) with dropout needs an rng")
         ids, offsets = tokens.ids, tokens.offsets
-        x = p["embedding"][ids]  # (nnz, E)
+        # The first layer reads each distinct id's embedding row once: its input projection
+        # (and, in backward, its two input-side gradient products) then costs one row per
+        # distinct id instead of one per token (a batch of 64 IMDB reviews has about 3.5x
+        # as many tokens as distinct ids).
+        distinct, rows = _distinct_ids(ids, cfg.vocab_size)
+        x = p["embedding"][distinct]  # (U, E)
         layer_caches: list[dict[str, Any]] = []
         input_masks: list[np.ndarray | None] = []
         hs: dict[str, np.ndarray] = {}
@@ -421,6 +417,7 @@ class Model:
                     p[f"{pre}.b_hh"],
                     reverse=d == "bwd",
                     training=training,
+                    rows=rows if layer == 0 else None,
                 )
             layer_caches.append(caches)
             x = np.concatenate([hs[d] for d in cfg.directions], axis=1)  # (nnz, dirs*H)
@@ -439,7 +436,7 @@ class Model:
         logits = feats @ p["out.W"].T + p["out.b"]  # (n, C')
         if not training:
             return logits, None
-        cache = _ForwardCache(ids, offsets, layer_caches, input_masks, hs, feats, feat_mask)
+        cache = _ForwardCache(distinct, offsets, layer_caches, input_masks, hs, feats, feat_mask)
         return logits, cache
 
     def backward(self, cache: _ForwardCache, dlogits: np.ndarray) -> dict[str, np.ndarray]:
@@ -486,8 +483,11 @@ class Model:
                 dhs = {
                     d: np.ascontiguousarray(dx[:, j * H : (j + 1) * H]) for j, d in enumerate(dirs)
                 }
-            else:
-                grads["embedding"] = _scatter_rows(cache.ids, dx, cfg.vocab_size)
+            else:  # dx (U, E): already summed over the tokens of each distinct id
+                demb = np.zeros_like(p["embedding"])
+                demb[cache.distinct] = dx
+                demb[PAD_ID] = 0.0  # padding never learns
+                grads["embedding"] = demb
         return {name: np.ascontiguousarray(grads[name], dtype=self.dtype) for name in p}
 
     def loss_and_grads(

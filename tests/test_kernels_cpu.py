@@ -39,6 +39,63 @@ def test_forward_and_gradients_match_reference(cell, reverse, mode):
         np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3, err_msg=name)
 
 
+def _grads_rows(backend, cell, p, x, rows, offsets, reverse, R):
+    hs, cache = backend.layer_forward(cell, x, offsets, **p, reverse=reverse, rows=rows)
+    dhs = backend.pool_backward(R, hs, offsets, "mean", reverse)
+    return hs, backend.layer_backward(cache, dhs)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_distinct_rows_input_matches_reference(cell, reverse):
+    # x holds the batch's distinct embedding rows; tokens read them through rows (repeats,
+    # and rows no token reads, on purpose)
+    E, H, V = 6, 5, 150
+    p = layer_params(cell, E, H, seed=21)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=22)
+    rows = ids.astype(np.int64)
+    R = np.random.default_rng(23).normal(size=(len(LENGTHS), H)).astype(np.float32)
+    hs_c, g_c = _grads_rows(cpu, cell, p, emb, rows, offsets, reverse, R)
+    hs_r, g_r = _grads_rows(reference, cell, p, emb, rows, offsets, reverse, R)
+    np.testing.assert_allclose(hs_c, hs_r, atol=2e-5, rtol=1e-4)
+    assert g_c[0].shape == emb.shape
+    for name, a, b in zip(["dx", "dW_ih", "dW_hh", "db_ih", "db_hh"], g_c, g_r, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3, err_msg=name)
+    # the same as feeding every token its own row, with dx summed per row
+    hs_t, g_t = _grads_rows(cpu, cell, p, emb[ids], None, offsets, reverse, R)
+    np.testing.assert_allclose(hs_c, hs_t, atol=1e-6)
+    folded = np.zeros_like(emb)
+    np.add.at(folded, rows, g_t[0])
+    np.testing.assert_allclose(g_c[0], folded, atol=1e-5, rtol=1e-5)
+    unread = np.setdiff1d(np.arange(V), rows)
+    assert unread.size and not g_c[0][unread].any()
+    for a, b in zip(g_c[1:], g_t[1:], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_distinct_rows_are_checked():
+    p = layer_params("rnn", 3, 4, seed=24)
+    x = np.ones((5, 3), np.float32)
+    offsets = np.array([0, 2], np.int64)
+    for K in (cpu, reference):
+        with pytest.raises(ValueError, match="rows must lie in"):
+            K.layer_forward("rnn", x, offsets, **p, rows=np.array([0, 5]))
+        with pytest.raises(ValueError, match="1-D integer"):
+            K.layer_forward("rnn", x, offsets, **p, rows=np.array([0.0, 1.0]))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_distinct_rows_gradients_are_bit_identical(cell):
+    E, H, V = 8, 16, 20
+    p = layer_params(cell, E, H, seed=25)
+    lengths = np.random.default_rng(26).integers(0, 60, 40)
+    offsets, ids, emb = ragged_batch(lengths, E, V, seed=27)
+    R = np.random.default_rng(28).normal(size=(lengths.size, H)).astype(np.float32)
+    runs = [_grads_rows(cpu, cell, p, emb, ids, offsets, False, R) for _ in range(2)]
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        assert np.array_equal(a, b)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_infer_matches_reference(cell, reverse):

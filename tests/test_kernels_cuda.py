@@ -97,6 +97,21 @@ def test_forward_and_gradients_match_reference(K, cell, reverse, mode):
 
 @needs_cuda
 @pytest.mark.parametrize("cell", CELLS)
+def test_distinct_rows_input_matches_reference(K, cell):
+    p = layer_params(cell, E, H, seed=31, scale=0.5)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=32)
+    dhs = np.random.default_rng(33).normal(size=(int(offsets[-1]), H)).astype(np.float32)
+    out = {}
+    for name, backend in (("cuda", K), ("reference", reference)):
+        hs, cache = backend.layer_forward(cell, emb, offsets, **p, reverse=True, rows=ids)
+        out[name] = (hs, *backend.layer_backward(cache, dhs))
+    assert out["cuda"][1].shape == emb.shape
+    for name, a, b in zip(["hs", *NAMES[3:]], out["cuda"], out["reference"], strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4, err_msg=name)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_infer_matches_reference(K, cell, reverse):
     p = layer_params(cell, E, H, seed=4, scale=0.5)

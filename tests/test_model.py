@@ -19,7 +19,7 @@ from pipeline.model import (
     FORMAT_VERSION,
     Model,
     ModelConfig,
-    _scatter_rows,
+    _distinct_ids,
     expected_shapes,
     init_params,
 )
@@ -254,17 +254,15 @@ def test_binary_loss_is_stable_for_huge_logits():
     assert all(np.all(np.isfinite(g)) for g in grads.values())
 
 
-def test_embedding_scatter_matches_add_at():
+def test_distinct_ids_map_every_token_to_its_row():
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 20, 500).astype(np.int32)
-    rows = rng.normal(size=(500, 4)).astype(np.float32)
-    expect = np.zeros((20, 4), np.float64)
-    np.add.at(expect, ids, rows.astype(np.float64))
-    expect[0] = 0
-    got = _scatter_rows(ids, rows, 20)
-    np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(got, _scatter_rows(ids, rows, 20))
-    assert _scatter_rows(ids[:0], rows[:0], 20).shape == (20, 4)
+    distinct, rows = _distinct_ids(ids, 25)
+    np.testing.assert_array_equal(distinct, np.unique(ids))
+    np.testing.assert_array_equal(distinct[rows], ids)
+    assert rows.dtype == np.int64
+    empty, no_rows = _distinct_ids(ids[:0], 25)
+    assert empty.size == 0 and no_rows.size == 0
 
 
 def test_dropout_changes_training_forward_only():

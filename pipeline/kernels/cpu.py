@@ -28,7 +28,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from pipeline.kernels import POOL_MODES, gates
+from pipeline.kernels import POOL_MODES, check_rows, gates
 from pipeline.kernels.gemm import gemm as _gemm
 from pipeline.kernels.gemm import pack as _pack
 from pipeline.kernels.gemm import padded_width as _padded_width
@@ -259,6 +259,7 @@ class _Cache:
         "hs",
         "acts",
         "aux",
+        "rows",
     )
 
 
@@ -297,25 +298,33 @@ def _run(cell, xsrc, rowmap, offsets, W_hh, b_hh, reverse, need_pool, store_nnz)
     return S_h, pool, hs, acts, aux, plan
 
 
-def layer_forward(cell, x, offsets, W_ih, W_hh, b_ih, b_hh, reverse=False, training=True):
+def layer_forward(
+    cell, x, offsets, W_ih, W_hh, b_ih, b_hh, reverse=False, training=True, rows=None
+):
     """One recurrent layer over ragged sequences; see ``pipeline.kernels`` for the contract.
 
-    Returns ``(hs, cache)``: ``hs`` float32[nnz, H], the state after every token.
+    Returns ``(hs, cache)``: ``hs`` float32[nnz, H], the state after every token. With
+    ``rows``, the input projection runs once per row of ``x`` (each distinct input), and
+    the kernel reads token k's projection from row ``rows[k]``.
     """
     x, W_ih, W_hh, b_ih, b_hh = map(_as32, (x, W_ih, W_hh, b_ih, b_hh))
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     _check(cell, W_ih, W_hh, b_ih, b_hh, E=x.shape[1])
-    xproj = x @ W_ih.T  # (nnz, G*H): one large product for all steps
+    if rows is None:
+        rowmap, nnz = np.empty(0, np.int64), x.shape[0]
+    else:
+        rowmap = check_rows(rows, x.shape[0])
+        nnz = rowmap.size
+    xproj = x @ W_ih.T  # (rows of x, G*H): one large product for all steps
     xproj += _folded_bias(cell, b_ih, b_hh)
-    _, _, hs, acts, aux, plan = _run(
-        cell, xproj, np.empty(0, np.int64), offsets, W_hh, b_hh, reverse, False, x.shape[0]
-    )
+    _, _, hs, acts, aux, plan = _run(cell, xproj, rowmap, offsets, W_hh, b_hh, reverse, False, nnz)
     cache = None
     if training:
         cache = _Cache()
         cache.cell, cache.x, cache.offsets = cell, x, offsets
         cache.W_ih, cache.W_hh, cache.reverse = W_ih, W_hh, reverse
         cache.plan, cache.hs, cache.acts, cache.aux = plan, hs, acts, aux
+        cache.rows = None if rows is None else rowmap
     return hs, cache
 
 
@@ -430,7 +439,7 @@ def layer_backward(cache, dhs):
     """Backpropagation through time for one layer; returns (dx, dW_ih, dW_hh, db_ih, db_hh)."""
     cell, x, W_ih, W_hh = cache.cell, cache.x, cache.W_ih, cache.W_hh
     G, H = gates(cell), W_hh.shape[1]
-    nnz, n = x.shape[0], cache.offsets.size - 1
+    nnz, n = cache.hs.shape[0], cache.offsets.size - 1
     dhs = _as32(dhs)
     _, lens_s, starts_s, blocks = cache.plan
     dGx = np.zeros((nnz, G * H), F32)
@@ -463,11 +472,37 @@ def layer_backward(cache, dhs):
     hprev = np.empty((nnz, H), F32)
     _shift_prev(cache.hs, starts_s, lens_s, cache.reverse, hprev)
     dW_hh = dGh.T @ hprev
+    if cache.rows is not None:
+        dGx = _sum_by_row(dGx, cache.rows, x.shape[0])  # (rows of x, G*H)
     dW_ih = dGx.T @ x
     dx = dGx @ W_ih
     db_ih = dGx.sum(axis=0, dtype=F32)
-    db_hh = dGh.sum(axis=0, dtype=F32)
+    # lstm and rnn add both biases to the same pre-activation: one sum serves both
+    db_hh = dGh.sum(axis=0, dtype=F32) if cell == "gru" else db_ih.copy()
     return dx, dW_ih, dW_hh, db_ih, db_hh
+
+
+def _sum_by_row(dG, rows, n_x):
+    """Per-token gate gradients [nnz, G*H] summed per row of x they read [n_x, G*H]."""
+    order = np.argsort(rows, kind="stable")  # tokens grouped by row, in token order
+    ptr = np.zeros(n_x + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_x), out=ptr[1:])
+    out = np.empty((n_x, dG.shape[1]), F32)
+    _sum_groups(dG, order, ptr, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _sum_groups(dG, order, ptr, out):
+    # row u = the sum of dG over order[ptr[u]:ptr[u+1]], added in token order: fixed bits
+    for u in prange(out.shape[0]):
+        o = out[u]
+        for j in range(o.shape[0]):
+            o[j] = 0.0
+        for k in range(ptr[u], ptr[u + 1]):
+            g = dG[order[k]]
+            for j in range(o.shape[0]):
+                o[j] += g[j]
 
 
 # ---------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ if not hasattr(np, "row_stack"):
 
 from numba import cuda, float32
 
-from pipeline.kernels import gates
+from pipeline.kernels import check_rows, fold_rows, gates
 from pipeline.kernels.reference import (
     _check_infer_args,
     _check_input_weights,
@@ -640,6 +640,8 @@ class _Cache:
     hs: object  # (nnz, H)
     acts: object  # (nnz, G*H) gate activations (empty for rnn)
     aux: object  # (nnz, H) lstm's c or gru's W_hn h + b_hn (empty for rnn)
+    rows: np.ndarray | None = None  # layer_forward's rows, to fold dx back onto them
+    n_x: int = 0  # rows of the x that layer_forward was given
 
 
 def layer_forward(
@@ -652,10 +654,13 @@ def layer_forward(
     b_hh: np.ndarray,
     reverse: bool = False,
     training: bool = True,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, _Cache | None]:
     """Run one recurrent layer in one direction over ragged sequences, on the GPU.
 
-    Parameters: ``cell`` one of lstm, gru, rnn; ``x`` [nnz, E] in token order; ``offsets``
+    Parameters: ``cell`` one of lstm, gru, rnn; ``x`` [nnz, E] in token order, or with
+    ``rows`` (int[nnz]) the distinct inputs, token k reading ``x[rows[k]]`` (gathered on
+    the host here: the GPU's input projection is cheap beside the copies); ``offsets``
     int64[n+1]; ``W_ih`` [G*H, E], ``W_hh`` [G*H, H], ``b_ih``, ``b_hh`` [G*H] (PyTorch's
     layout); ``reverse`` reads each sequence from its last token; ``training`` keeps on the
     device what ``layer_backward`` needs.
@@ -670,6 +675,14 @@ def layer_forward(
 
         hs, cache = layer_forward("gru", x, np.array([0, 2, 5]), W_ih, W_hh, b_ih, b_hh)
     """
+    n_x = 0
+    if rows is not None:
+        x = _host_float(x, "x")
+        if x.ndim != 2:
+            raise ValueError(f"x must be [rows, E], got shape {x.shape}")
+        n_x = x.shape[0]
+        rows = check_rows(rows, n_x)
+        x = x[rows]
     x, offsets, G, H = _check_layer(cell, x, offsets, W_ih, W_hh, b_ih, b_hh)
     nnz = x.shape[0]
     b_ih, b_hh = np.asarray(b_ih, F32), np.asarray(b_hh, F32)
@@ -684,7 +697,7 @@ def layer_forward(
     hs, acts, aux, _ = _recur(cell, reverse, xproj, no_rows, W_hh_d, b_hh, seq_d, nnz, training, ())
     cache = None
     if training:
-        cache = _Cache(cell, bool(reverse), x_d, W_ih_d, W_hh_d, seq_d, hs, acts, aux)
+        cache = _Cache(cell, bool(reverse), x_d, W_ih_d, W_hh_d, seq_d, hs, acts, aux, rows, n_x)
     return hs.copy_to_host(), cache
 
 
@@ -743,7 +756,10 @@ def layer_backward(
     dW_hh = _matmul(dGh, hprev, trans_a=True)  # (G*H, H)
     db_ih = _colsum(dGx)
     db_hh = _colsum(dGh)
-    return tuple(a.copy_to_host() for a in (dx, dW_ih, dW_hh, db_ih, db_hh))
+    dx, dW_ih, dW_hh, db_ih, db_hh = (a.copy_to_host() for a in (dx, dW_ih, dW_hh, db_ih, db_hh))
+    if cache.rows is not None:
+        dx = fold_rows(dx, cache.rows, cache.n_x)
+    return dx, dW_ih, dW_hh, db_ih, db_hh
 
 
 # --------------------------------------------------------------------------- pooling

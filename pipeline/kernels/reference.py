@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.kernels import POOL_MODES, gates
+from pipeline.kernels import POOL_MODES, check_rows, fold_rows, gates
 
 __all__ = [
     "fold_table",
@@ -211,7 +211,7 @@ class _Cache:
 
     cell: str
     reverse: bool
-    x: np.ndarray  # (nnz, E)
+    x: np.ndarray  # (nnz, E) each token's input
     offsets: np.ndarray  # (n+1,) int64
     W_ih: np.ndarray  # (G*H, E)
     W_hh: np.ndarray  # (G*H, H)
@@ -220,6 +220,8 @@ class _Cache:
     c: np.ndarray  # (nnz, H) lstm cell state after each token (zeros otherwise)
     acts: np.ndarray  # (nnz, G*H) gate activations
     ghn: np.ndarray  # (nnz, H) gru W_hn h + b_hn (zeros otherwise)
+    rows: np.ndarray | None = None  # layer_forward's rows, to fold dx back onto them
+    n_x: int = 0  # rows of the x that layer_forward was given
 
 
 def layer_forward(
@@ -232,10 +234,12 @@ def layer_forward(
     b_hh: np.ndarray,
     reverse: bool = False,
     training: bool = True,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, _Cache | None]:
     """Run one recurrent layer in one direction over ragged sequences.
 
-    Parameters: ``cell`` one of lstm, gru, rnn; ``x`` [nnz, E] inputs in token order;
+    Parameters: ``cell`` one of lstm, gru, rnn; ``x`` [nnz, E] inputs in token order, or
+    with ``rows`` (int[nnz]) the distinct inputs, token k reading ``x[rows[k]]``;
     ``offsets`` int64[n+1] (sequence i owns rows offsets[i]:offsets[i+1]); ``W_ih`` [G*H, E],
     ``W_hh`` [G*H, H], ``b_ih`` and ``b_hh`` [G*H] in PyTorch's layout; ``reverse`` reads each
     sequence from its last token to its first; ``training`` keeps what backward needs.
@@ -254,6 +258,10 @@ def layer_forward(
     G, H = _check_recurrent(cell, W_hh, b_hh)
     if x.ndim != 2:
         raise ValueError(f"x must be [nnz, E], got shape {x.shape}")
+    n_x = x.shape[0]
+    if rows is not None:
+        rows = check_rows(rows, n_x)
+        x = x[rows]  # the specification: every token's own input row
     nnz, E = x.shape
     _check_input_weights(cell, W_ih, b_ih, G, H, E)
     offsets = _check_offsets(offsets, nnz)
@@ -279,7 +287,9 @@ def layer_forward(
                 ghns[tok] = ghn
     if not training:
         return hs, None
-    cache = _Cache(cell, bool(reverse), x, offsets, W_ih, W_hh, h_prev, c_prev, cs, acts, ghns)
+    cache = _Cache(
+        cell, bool(reverse), x, offsets, W_ih, W_hh, h_prev, c_prev, cs, acts, ghns, rows, n_x
+    )
     return hs, cache
 
 
@@ -335,6 +345,8 @@ def layer_backward(
             dh_next = dh_direct + cache.W_hh.T @ dgh[tok]
 
     dx = dxw @ cache.W_ih  # (nnz, E)
+    if cache.rows is not None:
+        dx = fold_rows(dx, cache.rows, cache.n_x)  # (n_x, E), like the x that came in
     dW_ih = dxw.T @ cache.x  # (G*H, E)
     dW_hh = dgh.T @ cache.h_prev  # (G*H, H)
     db_ih = dxw.sum(axis=0)
