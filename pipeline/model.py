@@ -390,8 +390,8 @@ class Model:
         ids, offsets = tokens.ids, tokens.offsets
         # The first layer reads each distinct id's embedding row once: its input projection
         # (and, in backward, its two input-side gradient products) then costs one row per
-        # distinct id instead of one per token (a batch of 64 IMDB reviews has about 3.5x
-        # as many tokens as distinct ids).
+        # distinct id instead of one per token (a batch of 64 IMDB reviews, 30,000 words,
+        # last 400 tokens, has 3.9-4.6x as many tokens as distinct ids).
         distinct, rows = _distinct_ids(ids, cfg.vocab_size)
         x = p["embedding"][distinct]  # (U, E)
         layer_caches: list[dict[str, Any]] = []
