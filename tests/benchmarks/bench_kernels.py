@@ -130,8 +130,9 @@ def _cases(args, lengths):
 
 
 def serve_peer(args) -> None:
-    """Child process: PyTorch only (no Numba kernel runs here). Reads a case number per line
-    on stdin, runs that case once (warming it up the first time) and prints its seconds."""
+    """Child process: PyTorch only (no Numba kernel runs here). Reads ``case ftz`` per line
+    on stdin, runs that case once (warming it up the first time) with subnormal flushing
+    on (ftz 1) or off, and prints its seconds."""
     import json
     import time
 
@@ -143,7 +144,8 @@ def serve_peer(args) -> None:
     fns: dict[int, object] = {}
     print(json.dumps({"cases": len(cases)}), flush=True)
     for line in sys.stdin:
-        i = int(line)
+        i, ftz = (int(v) for v in line.split())
+        torch.set_flush_denormal(bool(ftz))
         if i not in fns:
             shape, what, _batch, offsets, ids = cases[i]
             fns[i] = torch_fn(torch, shape, bench.make_layer(shape), offsets, ids, what == "train")
@@ -170,8 +172,8 @@ class Peer:
         if not first:
             raise RuntimeError("the PyTorch peer did not start (see its error above)")
 
-    def time(self, i: int) -> float:
-        self.proc.stdin.write(f"{i}\n")
+    def time(self, i: int, ftz: bool = False) -> float:
+        self.proc.stdin.write(f"{i} {int(ftz)}\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
@@ -217,7 +219,7 @@ def main() -> None:
     hdr = (
         f"{'model':<22}{'what':<7}{'batch':>6}{'rnnpipe tok/s':>15}{'rev/s':>9}"
         f"{'GFLOP/s':>9}{'peak':>6}{'%peak':>7}{'prod%':>7}{'torch tok/s':>13}{'rev/s':>8}"
-        f"{'ratio':>7}"
+        f"{'ratio':>7}{'FTZ rev/s':>10}{'ratio':>7}"
         f"{'numpy-ref tok/s':>17}{'ratio':>8}"
     )
     print(hdr)
@@ -240,9 +242,11 @@ def main() -> None:
         if prod is not None:
             prod()
         t_ours, t_torch, rates, pct, ratios, prod_pct = [], [], [], [], [], []
+        t_ftz, ratios_ftz = [], []
         for _ in range(args.repeats):
             if peer is not None:
                 t_torch.append(peer.time(i))
+                t_ftz.append(peer.time(i, ftz=True))
                 time.sleep(0.05)  # let the peer's OpenMP threads go to sleep
             t0 = time.perf_counter()
             ours()
@@ -262,6 +266,7 @@ def main() -> None:
             prod_pct.append(100 * flops / t_prod / 1e9 / rates[-1])
             if peer is not None:
                 ratios.append(t_torch[-1] / t_ours[-1])
+                ratios_ftz.append(t_ftz[-1] / t_ours[-1])
         t = float(np.median(t_ours))
         row = (
             f"{shape.cell} E={shape.embed_dim} H={H:<7}{what:<7}{batch:>6}"
@@ -272,8 +277,10 @@ def main() -> None:
         if peer is not None:
             tt = float(np.median(t_torch))
             row += f"{tokens / tt:>13,.0f}{batch / tt:>8,.0f}{np.median(ratios):>6.2f}x"
+            tf = float(np.median(t_ftz))
+            row += f"{batch / tf:>10,.0f}{np.median(ratios_ftz):>6.2f}x"
         else:
-            row += f"{'-':>13}{'-':>8}{'-':>7}"
+            row += f"{'-':>13}{'-':>8}{'-':>7}{'-':>10}{'-':>7}"
         sub = 8  # the reference is slow: time a slice and compare per real token
         o_s, i_s = bench.make_batch(lens[:sub], shape.vocab)
         timer = bench.time_train if what == "train" else bench.time_infer
@@ -293,7 +300,10 @@ def main() -> None:
     )
     print(
         "torch tok/s counts real tokens too (its padded batch does more work); "
-        "ratio = median of PyTorch time / rnnpipe time, per interleaved repeat."
+        "ratio = median of PyTorch time / rnnpipe time, per interleaved repeat. "
+        "FTZ: PyTorch again with torch.set_flush_denormal(True), which flushes float32 "
+        "subnormals to zero (this CPU computes them slowly, and gradients reach them "
+        "in long backward passes); rnnpipe runs in the default floating-point mode."
     )
 
 
