@@ -125,13 +125,15 @@ class TokenIds:
         lens = self.lengths
         if lens.size == 0 or lens.max(initial=0) <= max_len:
             return self
+        if keep not in ("last", "first"):
+            raise ValueError(f"keep must be 'last' or 'first', got {keep!r}")
         new_lens = np.minimum(lens, max_len)
         new_offsets = np.zeros(lens.size + 1, dtype=np.int64)
         np.cumsum(new_lens, out=new_offsets[1:])
         first = self.offsets[:-1] + (lens - new_lens if keep == "last" else 0)
-        seq_of = np.repeat(np.arange(lens.size), new_lens)
-        src = first[seq_of] + (np.arange(new_offsets[-1]) - new_offsets[:-1][seq_of])
-        return TokenIds(new_offsets, self.ids[src])
+        ids = np.empty(int(new_offsets[-1]), dtype=self.ids.dtype)
+        _copy_runs(self.ids, first, new_offsets, ids)
+        return TokenIds(new_offsets, ids)
 
     @staticmethod
     def concat(parts: list[TokenIds]) -> TokenIds:
@@ -271,6 +273,16 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _LOW32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(parallel=True, cache=True)
+def _copy_runs(src, first, offsets, out):  # pragma: no cover
+    # out[offsets[i]:offsets[i+1]] = src[first[i]:first[i] + that length], per sequence
+    for i in prange(offsets.size - 1):
+        o = offsets[i]
+        f = first[i]
+        for k in range(offsets[i + 1] - o):
+            out[o + k] = src[f + k]
 
 
 @njit(cache=True)

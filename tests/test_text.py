@@ -469,3 +469,24 @@ def test_imdb_sample_matches_reference(imdb_train_path):
     assert "br" not in tok.word_index  # every review is full of <br />
     assert tok.tokens(reviews) == [reference_tokens(t) for t in texts]
     assert as_lists(tok.encode(reviews)) == ids_by_reference(tok, texts)
+
+
+@pytest.mark.parametrize("keep", ["last", "first"])
+def test_truncate_keeps_the_chosen_end_of_every_sequence(keep):
+    rng = np.random.default_rng(0)
+    lens = [0, 1, 5, 3, 9, 4, 0, 12]
+    offsets = np.zeros(len(lens) + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    ids = rng.integers(2, 50, offsets[-1]).astype(np.int32)
+    tokens = TokenIds(offsets, ids)
+    cut = tokens.truncate(4, keep=keep)
+    for i, n in enumerate(lens):
+        whole = ids[offsets[i] : offsets[i + 1]].tolist()
+        want = whole[-4:] if keep == "last" else whole[:4]
+        if n == 0:
+            want = []
+        assert cut[i].tolist() == want
+    assert cut.ids.dtype == np.int32 and cut.offsets[-1] == sum(min(n, 4) for n in lens)
+    assert tokens.truncate(12) is tokens  # nothing longer: the same object, no copy
+    with pytest.raises(ValueError, match="keep"):
+        tokens.truncate(4, keep="middle")
