@@ -267,18 +267,25 @@ def score(
         raise ConfigError(f"model directory {model_dir} has no {WEIGHTS_FILE}")
 
     summary = ScoreSummary()
+    entries = []  # (plan, schema, skip), in input order
     for plan in plans:
         schema = _with_metadata(plan.schema, fingerprint, plan.text_col, options.threshold)
-        if options.resume and _is_complete(plan, schema, weights):
-            summary.skipped_files += 1
-            summary.outputs.append((plan.input, plan.output, plan.rows))
-            _notify(progress, "file_skipped", plan.input, plan.rows)
-            continue
-        result = _score_plan(plan, schema, model, options, progress)
-        summary.files += 1
-        summary.rows += result.rows
-        summary.null_texts += result.null_texts
-        summary.outputs.append((result.input, result.output, result.rows))
+        entries.append((plan, schema, options.resume and _is_complete(plan, schema, weights)))
+    # One read-ahead for all the files to score: while a file's last batch is scored, the
+    # next file's first batch is read, instead of each file starting with a wait.
+    todo = [plan for plan, _, skip in entries if not skip]
+    with _Prefetch(_batches_of(todo, options.batch_rows)) as items:
+        for plan, schema, skip in entries:
+            if skip:
+                summary.skipped_files += 1
+                summary.outputs.append((plan.input, plan.output, plan.rows))
+                _notify(progress, "file_skipped", plan.input, plan.rows)
+                continue
+            result = _score_plan(plan, schema, model, options, progress, _one_file(items))
+            summary.files += 1
+            summary.rows += result.rows
+            summary.null_texts += result.null_texts
+            summary.outputs.append((result.input, result.output, result.rows))
     summary.seconds = time.perf_counter() - started
     summary.rows_per_s = summary.rows / summary.seconds if summary.seconds > 0 else 0.0
     return summary
@@ -309,7 +316,8 @@ def score_file(
         raise ConfigError(f"output {dst} is a directory: pass a file path")
     plan = _plan_file(src, dst, model, options)
     schema = _with_metadata(plan.schema, model.fingerprint(), plan.text_col, options.threshold)
-    return _score_plan(plan, schema, model, options, progress)
+    with _Prefetch(_batches_of([plan], options.batch_rows)) as items:
+        return _score_plan(plan, schema, model, options, progress, _one_file(items))
 
 
 def predict_texts(
@@ -490,21 +498,39 @@ def _notify(progress: Progress | None, kind: str, path: Path, rows: int) -> None
         progress(ProgressEvent(kind, path, rows))
 
 
+_FILE_END = object()  # marks the end of one file's batches in _batches_of
+
+
+def _batches_of(plans: Sequence[_FilePlan], batch_rows: int) -> Iterator[Any]:
+    """Every plan's input batches in order, each file's followed by ``_FILE_END``."""
+    for plan in plans:
+        yield from io.iter_batches([plan.input], plan.columns, batch_rows=batch_rows)
+        yield _FILE_END
+
+
+def _one_file(items: Iterator[Any]) -> Iterator[io.FileBatch]:
+    """The next file's batches from a ``_batches_of`` stream, up to its ``_FILE_END``."""
+    for item in items:
+        if item is _FILE_END:
+            return
+        yield item
+
+
 def _score_plan(
     plan: _FilePlan,
     schema: pa.Schema,
     model: Model,
     options: ScoreOptions,
     progress: Progress | None,
+    batches: Iterator[io.FileBatch],
 ) -> FileResult:
     started = time.perf_counter()
     _notify(progress, "file_start", plan.input, 0)
     rows = null_texts = 0
     pending: list[pa.RecordBatch] = []
     pending_rows = pending_bytes = 0
-    batches = io.iter_batches([plan.input], plan.columns, batch_rows=options.batch_rows)
-    with io.ParquetSink(plan.output, schema) as sink, _Prefetch(batches) as prefetched:
-        for fb in prefetched:
+    with io.ParquetSink(plan.output, schema) as sink:
+        for fb in batches:
             batch = fb.batch
             texts = _as_text(batch.column(0))
             probs = _predict(model, texts, plan.input, fb.row_offset)

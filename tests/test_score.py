@@ -418,6 +418,62 @@ def test_failure_mid_file_leaves_no_output(tmp_path, tokenizer, monkeypatch):
     assert threading.active_count() == threads_before  # the read-ahead thread is gone
 
 
+def test_next_file_is_read_while_the_last_batch_of_this_one_is_scored(
+    tmp_path, tokenizer, monkeypatch
+):
+    import pipeline.score as score_mod
+
+    model = make_model(tokenizer)
+    for name in ("a", "b"):
+        write(reviews_table(20), tmp_path / "in" / f"{name}.parquet")
+    b_read = threading.Event()
+    seen_at_call: list[bool] = []
+    real_iter, real_predict = score_mod.io.iter_batches, model.predict_proba
+
+    def reading(paths, *args, **kw):
+        for fb in real_iter(paths, *args, **kw):
+            if Path(fb.path).stem == "b":
+                b_read.set()
+            yield fb
+
+    def predicting(tokens, *args, **kw):
+        if len(seen_at_call) == 1:  # the second call scores a's last batch (2 x 10 rows)
+            b_read.wait(5)
+        seen_at_call.append(b_read.is_set())
+        return real_predict(tokens, *args, **kw)
+
+    monkeypatch.setattr(score_mod.io, "iter_batches", reading)
+    monkeypatch.setattr(model, "predict_proba", predicting)
+    summary = score(tmp_path / "in", model, tmp_path / "out", ScoreOptions(batch_rows=10))
+    assert summary.files == 2 and summary.rows == 40
+    assert seen_at_call == [False, True, True, True]  # b was read during a's last batch
+    for name in ("a", "b"):
+        assert pq.read_table(tmp_path / "out" / f"{name}.parquet").num_rows == 20
+
+
+def test_a_bad_second_file_leaves_the_first_output_whole(tmp_path, tokenizer, monkeypatch):
+    import pipeline.score as score_mod
+
+    model = make_model(tokenizer)
+    for name in ("a", "b"):
+        write(reviews_table(20), tmp_path / "in" / f"{name}.parquet")
+    real_iter = score_mod.io.iter_batches
+
+    def failing_on_b(paths, *args, **kw):
+        for fb in real_iter(paths, *args, **kw):
+            if Path(fb.path).stem == "b":
+                raise OSError("b is unreadable")
+            yield fb
+
+    monkeypatch.setattr(score_mod.io, "iter_batches", failing_on_b)
+    threads_before = threading.active_count()
+    with pytest.raises(OSError, match="b is unreadable"):
+        score(tmp_path / "in", model, tmp_path / "out", ScoreOptions(batch_rows=10))
+    assert all_files(tmp_path / "out") == ["a.parquet"]
+    assert pq.read_table(tmp_path / "out" / "a.parquet").num_rows == 20
+    assert threading.active_count() == threads_before
+
+
 def test_broken_probabilities_raise_run_error(tmp_path, tokenizer, monkeypatch):
     model = make_model(tokenizer)
     src = write(reviews_table(12), tmp_path / "r.parquet")
