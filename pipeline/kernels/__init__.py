@@ -27,7 +27,7 @@ rows=None)``
 ``layer_backward(cache, dhs)``
     -> ``(dx, dW_ih, dW_hh, db_ih, db_hh)``: gradients given ``dhs`` = dL/dhs float32[nnz, H].
     ``dx`` has ``x``'s shape: with ``rows``, row ``u`` sums the gradients of the tokens
-    that read it.
+    that read it (``pipeline.kernels.rows``).
 ``pool_forward(hs, offsets, mode, reverse=False)`` -> float32[n, H]
     ``mode``: ``last`` (forward: state at the sequence's last token; reverse: state at its
     first token, i.e. after the whole sequence), ``max`` or ``mean`` over its valid steps.
@@ -48,8 +48,6 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-
-import numpy as np
 
 from pipeline.errors import ConfigError, DeviceError
 
@@ -76,27 +74,6 @@ def get_backend(name: str) -> ModuleType:
         if not cuda_available():
             raise DeviceError("CUDA was requested but no CUDA GPU is available: use --device cpu")
     return importlib.import_module(f"pipeline.kernels.{name}")
-
-
-def check_rows(rows, n_x: int) -> np.ndarray:
-    """``rows`` for ``layer_forward`` as int64[nnz], each in ``[0, n_x)``.
-
-    Raises ValueError when ``rows`` is not a 1-D integer array or points outside ``x``.
-    """
-    rows = np.asarray(rows)
-    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
-        raise ValueError(f"rows must be a 1-D integer array, got {rows.dtype} {rows.shape}")
-    if rows.size and (rows.min() < 0 or rows.max() >= n_x):
-        raise ValueError(f"rows must lie in [0, {n_x}) (the rows of x)")
-    return np.ascontiguousarray(rows, dtype=np.int64)
-
-
-def fold_rows(dx_tok: np.ndarray, rows: np.ndarray, n_x: int) -> np.ndarray:
-    """Per-token input gradients [nnz, E] summed into the distinct rows they read [n_x, E],
-    in token order (the same bits every run)."""
-    out = np.zeros((n_x, dx_tok.shape[1]), dtype=dx_tok.dtype)
-    np.add.at(out, rows, dx_tok)
-    return out
 
 
 def cuda_available() -> bool:

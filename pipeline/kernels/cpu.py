@@ -28,10 +28,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from pipeline.kernels import POOL_MODES, check_rows, gates
+from pipeline.kernels import POOL_MODES, gates
 from pipeline.kernels.gemm import gemm as _gemm
 from pipeline.kernels.gemm import pack as _pack
 from pipeline.kernels.gemm import padded_width as _padded_width
+from pipeline.kernels.rows import check_rows, sum_by_row
 
 F32 = np.float32
 _CLAMP = np.float32(7.90531110763549805)
@@ -473,36 +474,13 @@ def layer_backward(cache, dhs):
     _shift_prev(cache.hs, starts_s, lens_s, cache.reverse, hprev)
     dW_hh = dGh.T @ hprev
     if cache.rows is not None:
-        dGx = _sum_by_row(dGx, cache.rows, x.shape[0])  # (rows of x, G*H)
+        dGx = sum_by_row(dGx, cache.rows, x.shape[0])  # (rows of x, G*H)
     dW_ih = dGx.T @ x
     dx = dGx @ W_ih
     db_ih = dGx.sum(axis=0, dtype=F32)
     # lstm and rnn add both biases to the same pre-activation: one sum serves both
     db_hh = dGh.sum(axis=0, dtype=F32) if cell == "gru" else db_ih.copy()
     return dx, dW_ih, dW_hh, db_ih, db_hh
-
-
-def _sum_by_row(dG, rows, n_x):
-    """Per-token gate gradients [nnz, G*H] summed per row of x they read [n_x, G*H]."""
-    order = np.argsort(rows, kind="stable")  # tokens grouped by row, in token order
-    ptr = np.zeros(n_x + 1, np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_x), out=ptr[1:])
-    out = np.empty((n_x, dG.shape[1]), F32)
-    _sum_groups(dG, order, ptr, out)
-    return out
-
-
-@njit(parallel=True, cache=True)
-def _sum_groups(dG, order, ptr, out):
-    # row u = the sum of dG over order[ptr[u]:ptr[u+1]], added in token order: fixed bits
-    for u in prange(out.shape[0]):
-        o = out[u]
-        for j in range(o.shape[0]):
-            o[j] = 0.0
-        for k in range(ptr[u], ptr[u + 1]):
-            g = dG[order[k]]
-            for j in range(o.shape[0]):
-                o[j] += g[j]
 
 
 # ---------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ if not hasattr(np, "row_stack"):
 
 from numba import cuda, float32
 
-from pipeline.kernels import check_rows, fold_rows, gates
+from pipeline.kernels import gates
 from pipeline.kernels.reference import (
     _check_infer_args,
     _check_input_weights,
@@ -72,6 +72,7 @@ from pipeline.kernels.reference import (
     _check_recurrent,
     _foldable_bias,
 )
+from pipeline.kernels.rows import check_rows, sum_by_row
 
 __all__ = [
     "fold_table",
@@ -758,7 +759,7 @@ def layer_backward(
     db_hh = _colsum(dGh)
     dx, dW_ih, dW_hh, db_ih, db_hh = (a.copy_to_host() for a in (dx, dW_ih, dW_hh, db_ih, db_hh))
     if cache.rows is not None:
-        dx = fold_rows(dx, cache.rows, cache.n_x)
+        dx = sum_by_row(dx, cache.rows, cache.n_x)
     return dx, dW_ih, dW_hh, db_ih, db_hh
 
 

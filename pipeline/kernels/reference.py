@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.kernels import POOL_MODES, check_rows, fold_rows, gates
+from pipeline.kernels import POOL_MODES, gates
+from pipeline.kernels.rows import check_rows
 
 __all__ = [
     "fold_table",
@@ -346,7 +347,9 @@ def layer_backward(
 
     dx = dxw @ cache.W_ih  # (nnz, E)
     if cache.rows is not None:
-        dx = fold_rows(dx, cache.rows, cache.n_x)  # (n_x, E), like the x that came in
+        folded = np.zeros((cache.n_x, dx.shape[1]), dtype=dx.dtype)  # (n_x, E), like x
+        np.add.at(folded, cache.rows, dx)  # each row: the sum over the tokens that read it
+        dx = folded
     dW_ih = dxw.T @ cache.x  # (G*H, E)
     dW_hh = dgh.T @ cache.h_prev  # (G*H, H)
     db_ih = dxw.sum(axis=0)

@@ -1,0 +1,52 @@
+"""Distinct input rows for ``layer_forward(..., rows=)``: checking them, and summing the
+per-token gradients back onto them.
+
+A batch repeats its token ids (64 IMDB reviews: 3.9-4.6x as many tokens as distinct ids),
+so the first layer can read each distinct embedding row once; the gradients of the tokens
+that share a row are then summed here, in token order, so the result is the same bits run
+after run and whatever the thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+def check_rows(rows, n_x: int) -> np.ndarray:
+    """``rows`` for ``layer_forward`` as int64[nnz], each in ``[0, n_x)``.
+
+    Raises ValueError when ``rows`` is not a 1-D integer array or points outside ``x``.
+    """
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"rows must be a 1-D integer array, got {rows.dtype} {rows.shape}")
+    if rows.size and (rows.min() < 0 or rows.max() >= n_x):
+        raise ValueError(f"rows must lie in [0, {n_x}) (the rows of x)")
+    return np.ascontiguousarray(rows, dtype=np.int64)
+
+
+def sum_by_row(per_token: np.ndarray, rows: np.ndarray, n_x: int) -> np.ndarray:
+    """float32[n_x, D]: row ``u`` is the sum of ``per_token[k]`` (float32[nnz, D]) over the
+    tokens ``k`` with ``rows[k] == u``, added in token order; rows no token reads are zero.
+    1.4-2 ms for 11,075 x 128 on two threads, where ``np.add.at`` takes 26 (scratch timing)."""
+    per_token = np.ascontiguousarray(per_token, dtype=np.float32)
+    order = np.argsort(rows, kind="stable")  # tokens grouped by row, in token order
+    ptr = np.zeros(n_x + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_x), out=ptr[1:])
+    out = np.empty((n_x, per_token.shape[1]), np.float32)
+    _sum_groups(per_token, order, ptr, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _sum_groups(per_token, order, ptr, out):
+    # row u = the sum of per_token over order[ptr[u]:ptr[u+1]], in that order: fixed bits
+    for u in prange(out.shape[0]):
+        o = out[u]
+        for j in range(o.shape[0]):
+            o[j] = 0.0
+        for k in range(ptr[u], ptr[u + 1]):
+            g = per_token[order[k]]
+            for j in range(o.shape[0]):
+                o[j] += g[j]
