@@ -85,18 +85,6 @@ def test_distinct_rows_are_checked():
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_distinct_rows_gradients_are_bit_identical(cell):
-    E, H, V = 8, 16, 20
-    p = layer_params(cell, E, H, seed=25)
-    lengths = np.random.default_rng(26).integers(0, 60, 40)
-    offsets, ids, emb = ragged_batch(lengths, E, V, seed=27)
-    R = np.random.default_rng(28).normal(size=(lengths.size, H)).astype(np.float32)
-    runs = [_grads_rows(cpu, cell, p, emb, ids, offsets, False, R) for _ in range(2)]
-    for a, b in zip(runs[0][1], runs[1][1], strict=True):
-        assert np.array_equal(a, b)
-
-
-@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_infer_matches_reference(cell, reverse):
     E, H, V = 6, 5, 30
@@ -133,15 +121,21 @@ def test_empty_batches(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_bit_identical_run_to_run(cell):
+@pytest.mark.parametrize("distinct_rows", [False, True])
+def test_bit_identical_run_to_run(cell, distinct_rows):
     E, H, V = 8, 16, 50
     p = layer_params(cell, E, H, seed=7)
     lengths = np.random.default_rng(8).integers(0, 60, 40)
     offsets, ids, emb = ragged_batch(lengths, E, V, seed=9)
     R = np.random.default_rng(10).normal(size=(lengths.size, H)).astype(np.float32)
-    runs = [_grads(cpu, cell, p, emb[ids], offsets, True, "max", R) for _ in range(2)]
-    (hs1, f1, g1), (hs2, f2, g2) = runs
-    assert np.array_equal(hs1, hs2) and np.array_equal(f1, f2)
+    if distinct_rows:  # the per-row gradient sums must be as repeatable as the rest
+        runs = [_grads_rows(cpu, cell, p, emb, ids, offsets, True, R) for _ in range(2)]
+        (hs1, g1), (hs2, g2) = runs
+    else:
+        runs = [_grads(cpu, cell, p, emb[ids], offsets, True, "max", R) for _ in range(2)]
+        (hs1, f1, g1), (hs2, f2, g2) = runs
+        assert np.array_equal(f1, f2)
+    assert np.array_equal(hs1, hs2)
     for a, b in zip(g1, g2, strict=True):
         assert np.array_equal(a, b)
 
