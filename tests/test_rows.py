@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.kernels.rows import check_rows, sum_by_row
+from pipeline.kernels.rows import _group_order, check_rows, sum_by_row
 
 
 def test_sum_by_row_matches_add_at_and_leaves_unread_rows_zero():
@@ -21,6 +21,13 @@ def test_sum_by_row_matches_add_at_and_leaves_unread_rows_zero():
     assert not got[7].any()
     assert np.array_equal(got, sum_by_row(per_token, rows, 40))  # same bits again
     assert sum_by_row(per_token[:0], rows[:0], 3).shape == (3, 6)
+
+
+def test_group_order_is_a_stable_argsort():
+    rows = np.random.default_rng(1).integers(0, 30, 2000)
+    ptr = np.zeros(31, np.int64)
+    np.cumsum(np.bincount(rows, minlength=30), out=ptr[1:])
+    assert np.array_equal(_group_order(rows, ptr), np.argsort(rows, kind="stable"))
 
 
 def test_check_rows():

@@ -29,14 +29,29 @@ def check_rows(rows, n_x: int) -> np.ndarray:
 def sum_by_row(per_token: np.ndarray, rows: np.ndarray, n_x: int) -> np.ndarray:
     """float32[n_x, D]: row ``u`` is the sum of ``per_token[k]`` (float32[nnz, D]) over the
     tokens ``k`` with ``rows[k] == u``, added in token order; rows no token reads are zero.
-    1.4-2 ms for 11,075 x 128 on two threads, where ``np.add.at`` takes 26 (scratch timing)."""
+    0.33 ms for 11,075 x 128 onto 2,698 rows on two threads, where ``np.add.at`` takes 26
+    (scratch timing)."""
     per_token = np.ascontiguousarray(per_token, dtype=np.float32)
-    order = np.argsort(rows, kind="stable")  # tokens grouped by row, in token order
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
     ptr = np.zeros(n_x + 1, np.int64)
     np.cumsum(np.bincount(rows, minlength=n_x), out=ptr[1:])
+    order = _group_order(rows, ptr)
     out = np.empty((n_x, per_token.shape[1]), np.float32)
     _sum_groups(per_token, order, ptr, out)
     return out
+
+
+@njit(cache=True)
+def _group_order(rows, ptr):
+    # the tokens grouped by row, in token order within a row: a stable argsort of ``rows``
+    # in one O(nnz) pass (np.argsort took 1 ms of a 2 ms sum for 11,075 tokens)
+    pos = ptr[:-1].copy()
+    order = np.empty(rows.shape[0], np.int64)
+    for k in range(rows.shape[0]):
+        u = rows[k]
+        order[pos[u]] = k
+        pos[u] += 1
+    return order
 
 
 @njit(parallel=True, cache=True)
