@@ -141,6 +141,29 @@ def test_bit_identical_run_to_run(cell, distinct_rows):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_backward_does_not_read_uninitialised_scratch(cell, monkeypatch):
+    # layer_backward allocates its per-token gate gradients without zeroing them, because
+    # the kernel writes every row: with float scratch pre-filled with NaN, nothing changes
+    E, H, V = 8, 16, 50
+    p = layer_params(cell, E, H, seed=21)
+    offsets, ids, emb = ragged_batch(np.array(LENGTHS), E, V, seed=22)
+    R = np.random.default_rng(23).normal(size=(len(LENGTHS), H)).astype(np.float32)
+    want = _grads(cpu, cell, p, emb[ids], offsets, True, "mean", R)  # also compiles first
+    empty = np.empty
+
+    def nan_empty(shape, dtype=float, *args, **kwargs):
+        out = empty(shape, dtype, *args, **kwargs)
+        if np.dtype(dtype).kind == "f":
+            out.fill(np.nan)
+        return out
+
+    monkeypatch.setattr(np, "empty", nan_empty)
+    got = _grads(cpu, cell, p, emb[ids], offsets, True, "mean", R)
+    for a, b in zip(want[2], got[2], strict=True):
+        assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_thread_count_does_not_change_results(cell):
     import numba
 

@@ -424,7 +424,8 @@ def _backward(
 
 @njit(parallel=True, cache=True)
 def _shift_prev(hs, starts, lens, reverse, out):
-    # out[tok] = state before tok (h0 = 0 at each sequence's first step)
+    # out[tok, :H] = state before tok (h0 = 0 at each sequence's first step); columns past H
+    # are left alone
     H = hs.shape[1]
     for i in prange(starts.shape[0]):
         s = starts[i]
@@ -448,8 +449,10 @@ def layer_backward(cache, dhs):
     nnz, n = cache.hs.shape[0], cache.offsets.size - 1
     dhs = _as32(dhs)
     _, lens_s, starts_s, blocks = cache.plan
-    dGx = np.zeros((nnz, G * H), F32)
-    dGh = np.zeros((nnz, G * H), F32) if cell == "gru" else np.empty((0, G * H), F32)
+    # _backward writes every token's row of dGx (and dGh): no zeroing (17 MB each for a GRU
+    # batch of 64 IMDB reviews)
+    dGx = np.empty((nnz, G * H), F32)
+    dGh = np.empty((nnz if cell == "gru" else 0, G * H), F32)
     dS = np.zeros((n, _padded_width(H)), F32)  # columns past H: gemm's padding
     dC = np.zeros((n if cell == "lstm" else 0, H), F32)
     Dd = np.zeros((n if cell == "gru" else 0, H), F32)
@@ -475,7 +478,14 @@ def layer_backward(cache, dhs):
     )
     if cell != "gru":
         dGh = dGx
-    hprev = np.empty((nnz, H), F32)
+    if cell == "gru":
+        # b_hn is not folded into b_ih, so db_hh sums dGh over every token: a column of
+        # ones after h_prev makes that sum the last column of the dW_hh product (a separate
+        # pass over dGh took 2 ms of a 70 ms batch)
+        hprev = np.empty((nnz, H + 1), F32)
+        hprev[:, H] = 1.0
+    else:
+        hprev = np.empty((nnz, H), F32)
     _shift_prev(cache.hs, starts_s, lens_s, cache.reverse, hprev)
     dW_hh = dGh.T @ hprev
     if cache.rows is not None:
@@ -484,7 +494,10 @@ def layer_backward(cache, dhs):
     dx = dGx @ W_ih
     db_ih = dGx.sum(axis=0, dtype=F32)
     # lstm and rnn add both biases to the same pre-activation: one sum serves both
-    db_hh = dGh.sum(axis=0, dtype=F32) if cell == "gru" else db_ih.copy()
+    if cell == "gru":
+        dW_hh, db_hh = np.ascontiguousarray(dW_hh[:, :H]), dW_hh[:, H].copy()
+    else:
+        db_hh = db_ih.copy()
     return dx, dW_ih, dW_hh, db_ih, db_hh
 
 
