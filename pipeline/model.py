@@ -420,7 +420,8 @@ class Model:
                     rows=rows if layer == 0 else None,
                 )
             layer_caches.append(caches)
-            x = np.concatenate([hs[d] for d in cfg.directions], axis=1)  # (nnz, dirs*H)
+            if layer + 1 < cfg.num_layers:  # the next layer's input (nnz, dirs*H)
+                x = np.concatenate([hs[d] for d in cfg.directions], axis=1)
         feats = np.concatenate(
             [
                 k.pool_forward(hs[d], offsets, mode, reverse=d == "bwd")
@@ -463,8 +464,10 @@ class Model:
         for d in dirs:
             for mode in cfg.modes:
                 part = np.ascontiguousarray(dfeats[:, col : col + H])
-                g = k.pool_backward(part, cache.last_hs[d], cache.offsets, mode, reverse=d == "bwd")
-                dhs[d] = g if d not in dhs else dhs[d] + g
+                # a second pooling of the same states adds into the first one's gradient
+                dhs[d] = k.pool_backward(
+                    part, cache.last_hs[d], cache.offsets, mode, reverse=d == "bwd", out=dhs.get(d)
+                )
                 col += H
         for layer in reversed(range(cfg.num_layers)):
             dx = None

@@ -140,6 +140,23 @@ def test_bit_identical_run_to_run(cell, distinct_rows):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("backend", [cpu, reference])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_pool_backward_adds_into_out(backend, reverse):
+    H = 6
+    offsets, ids, emb = ragged_batch(np.array(LENGTHS), H, 40, seed=31)
+    hs = emb[ids]
+    rng = np.random.default_rng(32)
+    grads = {m: rng.normal(size=(len(LENGTHS), H)).astype(np.float32) for m in MODES}
+    out = backend.pool_backward(grads["last"], hs, offsets, "last", reverse)
+    for mode in ("max", "mean"):
+        assert backend.pool_backward(grads[mode], hs, offsets, mode, reverse, out=out) is out
+    want = sum(reference.pool_backward(grads[m], hs, offsets, m, reverse) for m in MODES)
+    np.testing.assert_allclose(out, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="out must"):
+        backend.pool_backward(grads["max"], hs, offsets, "max", reverse, out=out[:-1])
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_backward_does_not_read_uninitialised_scratch(cell, monkeypatch):
     # layer_backward allocates its per-token gate gradients without zeroing them, because

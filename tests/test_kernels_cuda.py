@@ -136,6 +136,23 @@ def test_infer_matches_reference(K, cell, reverse):
 
 @needs_cuda
 @pytest.mark.parametrize("reverse", [False, True])
+def test_pool_backward_adds_into_out(K, reverse):
+    offsets, ids, emb = ragged_batch(np.array(LENGTHS), H, V, seed=31)
+    hs = emb[ids]  # any float32 [nnz, H]
+    rng = np.random.default_rng(32)
+    d_max, d_mean = (rng.normal(size=(len(LENGTHS), H)).astype(np.float32) for _ in range(2))
+    out = K.pool_backward(d_max, hs, offsets, "max", reverse)
+    got = K.pool_backward(d_mean, hs, offsets, "mean", reverse, out=out)
+    assert got is out
+    want = reference.pool_backward(d_max, hs, offsets, "max", reverse)
+    want += reference.pool_backward(d_mean, hs, offsets, "mean", reverse)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="out must"):
+        K.pool_backward(d_mean, hs, offsets, "mean", reverse, out=np.zeros((1, H), np.float32))
+
+
+@needs_cuda
+@pytest.mark.parametrize("reverse", [False, True])
 def test_max_pool_gradient_goes_to_first_maximum(K, reverse):
     # ties on purpose: the gradient goes to the lowest token index, in either direction
     hs = np.array([[1, 4], [3, 0], [3, 4], [2, 1], [5, 5]], np.float32)

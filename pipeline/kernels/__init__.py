@@ -32,8 +32,10 @@ rows=None)``
     ``mode``: ``last`` (forward: state at the sequence's last token; reverse: state at its
     first token, i.e. after the whole sequence), ``max`` or ``mean`` over its valid steps.
     Empty sequences give zeros.
-``pool_backward(dfeat, hs, offsets, mode, reverse=False)`` -> dhs float32[nnz, H]
-    (``max`` sends the gradient to the first step holding the maximum).
+``pool_backward(dfeat, hs, offsets, mode, reverse=False, out=None)`` -> dhs float32[nnz, H]
+    (``max`` sends the gradient to the first step holding the maximum). With ``out`` (an
+    array like ``hs``, e.g. the gradient of another pooling of the same states) the
+    gradient is added into ``out``, which is returned: no second array, no extra sum.
 ``fold_table(cell, emb, W_ih, b_ih, b_hh)`` -> float32[V, G*H]
     ``emb @ W_ih.T + b_ih`` plus the part of ``b_hh`` that can be folded (all of it for lstm
     and rnn; the r and z parts for gru, whose ``b_hn`` sits inside the reset product).

@@ -563,6 +563,15 @@ def _pool_bwd(dfeat, hs, offsets, mode, reverse, dhs):
                     dhs[tok, j] += dfeat[i, j] * inv
 
 
+def _accumulator(out, shape) -> np.ndarray:
+    """``out`` as the array a kernel adds into: float32, C-contiguous, of ``shape``."""
+    if not isinstance(out, np.ndarray) or out.dtype != F32 or not out.flags.c_contiguous:
+        raise ValueError("out must be a C-contiguous float32 NumPy array")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out must have shape {tuple(shape)}, got {out.shape}")
+    return out
+
+
 def _mode_id(mode: str) -> int:
     if mode not in _MODE_ID:
         raise ValueError(f"unknown pooling mode {mode!r}: expected one of {POOL_MODES}")
@@ -578,11 +587,11 @@ def pool_forward(hs, offsets, mode, reverse=False):
     return out
 
 
-def pool_backward(dfeat, hs, offsets, mode, reverse=False):
-    """Gradient of ``pool_forward`` with respect to ``hs``."""
+def pool_backward(dfeat, hs, offsets, mode, reverse=False, out=None):
+    """Gradient of ``pool_forward`` with respect to ``hs``; added into ``out`` when given."""
     hs = _as32(hs)
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    dhs = np.zeros_like(hs)
+    dhs = np.zeros_like(hs) if out is None else _accumulator(out, hs.shape)
     _pool_bwd(_as32(dfeat), hs, offsets, _mode_id(mode), reverse, dhs)
     return dhs
 

@@ -446,7 +446,7 @@ def _pool_fwd_kernel(hs, offsets, mode, reverse, out):
 
 @cuda.jit(cache=True)
 def _pool_bwd_kernel(dfeat, hs, offsets, mode, reverse, dhs):
-    # dhs (nnz, H), zero on entry: one thread per (sequence, unit) owns that column's tokens
+    # adds into dhs (nnz, H): one thread per (sequence, unit) owns that column's tokens
     i = cuda.grid(1)
     H = hs.shape[1]
     n = offsets.shape[0] - 1
@@ -458,17 +458,17 @@ def _pool_bwd_kernel(dfeat, hs, offsets, mode, reverse, dhs):
         if e > a:
             if mode == 0:
                 tok = a if reverse else e - 1
-                dhs[tok, j] = dfeat[s, j]
+                dhs[tok, j] += dfeat[s, j]
             elif mode == 1:
                 best = a
                 for tok in range(a + 1, e):
                     if hs[tok, j] > hs[best, j]:  # strict: the first maximum keeps it
                         best = tok
-                dhs[best, j] = dfeat[s, j]
+                dhs[best, j] += dfeat[s, j]
             else:
                 g = dfeat[s, j] / np.float32(e - a)
                 for tok in range(a, e):
-                    dhs[tok, j] = g
+                    dhs[tok, j] += g
 
 
 # --------------------------------------------------------------------------- host helpers
@@ -801,15 +801,22 @@ def pool_forward(
 
 
 def pool_backward(
-    dfeat: np.ndarray, hs: np.ndarray, offsets: np.ndarray, mode: str, reverse: bool = False
+    dfeat: np.ndarray,
+    hs: np.ndarray,
+    offsets: np.ndarray,
+    mode: str,
+    reverse: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Gradient of ``pool_forward`` with respect to ``hs``, on the GPU.
 
     Parameters: ``dfeat`` [n, H] = dL/dfeat; ``hs``, ``offsets``, ``mode``, ``reverse`` as
     given to ``pool_forward``. ``max`` sends each column's gradient to the first (lowest
-    index) step holding the maximum.
+    index) step holding the maximum. ``out``: a float32 host array of ``hs``'s shape to add
+    the gradient into (e.g. another pooling's gradient).
 
-    Returns float32 dhs [nnz, H]; tokens of no pooled step get zeros.
+    Returns float32 dhs [nnz, H] (``out`` itself when given); tokens of no pooled step get
+    zeros (keep ``out``'s values).
 
     Raises ConfigError for an unknown mode, ValueError for inconsistent shapes.
 
@@ -822,7 +829,17 @@ def pool_backward(
     dfeat = _host_float(dfeat, "dfeat")
     if dfeat.shape != (n, H):
         raise ValueError(f"dfeat must be [n, H]=[{n}, {H}], got {dfeat.shape}")
-    dhs = _zeros(hs.shape)
+    if out is None:
+        dhs = _zeros(hs.shape)
+    elif (
+        not isinstance(out, np.ndarray)
+        or out.dtype != F32
+        or out.shape != tuple(hs.shape)
+        or not out.flags.c_contiguous
+    ):
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {tuple(hs.shape)}")
+    else:
+        dhs = cuda.to_device(out)
     if n * H:
         _pool_bwd_kernel[_blocks(n * H, THREADS), THREADS](
             _dev(dfeat, "dfeat"),
@@ -832,7 +849,10 @@ def pool_backward(
             int(reverse),
             dhs,
         )
-    return dhs.copy_to_host()
+    if out is None:
+        return dhs.copy_to_host()
+    dhs.copy_to_host(out)
+    return out
 
 
 # --------------------------------------------------------------------------- inference

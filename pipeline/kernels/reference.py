@@ -407,15 +407,22 @@ def pool_forward(
 
 
 def pool_backward(
-    dfeat: np.ndarray, hs: np.ndarray, offsets: np.ndarray, mode: str, reverse: bool = False
+    dfeat: np.ndarray,
+    hs: np.ndarray,
+    offsets: np.ndarray,
+    mode: str,
+    reverse: bool = False,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Gradient of ``pool_forward`` w.r.t. ``hs``.
 
     Parameters: ``dfeat`` [n, H] = dL/dfeat; ``hs``, ``offsets``, ``mode``, ``reverse`` as
     given to ``pool_forward``. ``max`` sends each column's gradient to the first step holding
-    the maximum, first meaning the lowest token index in either direction.
+    the maximum, first meaning the lowest token index in either direction. ``out``: an array
+    of ``hs``'s shape and dtype to add the gradient into (e.g. another pooling's gradient).
 
-    Returns dhs [nnz, H] in the dtype of ``hs``; tokens of no pooled step get zeros.
+    Returns dhs [nnz, H] in the dtype of ``hs`` (``out`` itself when given); tokens of no
+    pooled step get zeros (keep ``out``'s values).
 
     Raises ConfigError for an unknown mode, ValueError for inconsistent shapes.
 
@@ -429,7 +436,12 @@ def pool_backward(
     if dfeat.shape != (n, hs.shape[1]):
         raise ValueError(f"dfeat must be [n, H]=[{n}, {hs.shape[1]}], got {dfeat.shape}")
     dfeat = dfeat.astype(hs.dtype, copy=False)
-    dhs = np.zeros_like(hs)
+    if out is None:
+        dhs = np.zeros_like(hs)
+    elif not isinstance(out, np.ndarray) or out.shape != hs.shape or out.dtype != hs.dtype:
+        raise ValueError(f"out must be a {hs.dtype} array of shape {hs.shape}")
+    else:
+        dhs = out
     for s in range(n):
         start, end = offsets[s], offsets[s + 1]
         if end == start:
