@@ -174,8 +174,11 @@ def _products_only(lens, blocks, S, WhhP, out):
 def train_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callable[[], object]:
     """One batch of forward + backward as the trainer runs it (``Model.forward/backward``:
     the batch's distinct embedding rows, the layer reading them through ``rows``,
-    last-state pooling, the embedding's gradient), as a callable."""
+    last-state pooling, the embedding's gradient as the rows the trainer hands to the
+    optimizer), as a callable."""
     from pipeline.model import _distinct_ids
+    from pipeline.optim import RowGrad
+    from pipeline.text import PAD_ID
 
     be = get_backend(backend)
     n, H = offsets.size - 1, shape.hidden_dim
@@ -197,8 +200,8 @@ def train_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callab
         be.pool_forward(hs, offsets, "last")
         dhs = be.pool_backward(dfeat, hs, offsets, "last")
         dx = be.layer_backward(cache, dhs)[0]
-        demb = np.zeros_like(params["emb"])
-        demb[distinct] = dx
+        learn = distinct != PAD_ID
+        RowGrad(distinct[learn], dx[learn], params["emb"].shape)
 
     return step
 

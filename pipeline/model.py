@@ -440,8 +440,14 @@ class Model:
         cache = _ForwardCache(distinct, offsets, layer_caches, input_masks, hs, feats, feat_mask)
         return logits, cache
 
-    def backward(self, cache: _ForwardCache, dlogits: np.ndarray) -> dict[str, np.ndarray]:
+    def backward(
+        self, cache: _ForwardCache, dlogits: np.ndarray, sparse_embedding: bool = False
+    ) -> dict[str, Any]:
         """Gradients of every parameter (same keys and shapes) given dL/dlogits [n, C'].
+
+        With ``sparse_embedding`` the embedding's gradient is a ``pipeline.optim.RowGrad``
+        (the batch's distinct ids but padding, and their rows), which the optimizers and
+        ``clip_global_norm`` take as they take the dense array, for less memory traffic.
 
         Example::
 
@@ -486,12 +492,21 @@ class Model:
                 dhs = {
                     d: np.ascontiguousarray(dx[:, j * H : (j + 1) * H]) for j, d in enumerate(dirs)
                 }
-            else:  # dx (U, E): already summed over the tokens of each distinct id
+            elif sparse_embedding:  # dx (U, E): already summed over each distinct id's tokens
+                from pipeline.optim import RowGrad
+
+                learn = cache.distinct != PAD_ID  # padding never learns
+                values = np.ascontiguousarray(dx[learn], dtype=self.dtype)
+                grads["embedding"] = RowGrad(cache.distinct[learn], values, p["embedding"].shape)
+            else:
                 demb = np.zeros_like(p["embedding"])
                 demb[cache.distinct] = dx
                 demb[PAD_ID] = 0.0  # padding never learns
                 grads["embedding"] = demb
-        return {name: np.ascontiguousarray(grads[name], dtype=self.dtype) for name in p}
+        return {
+            name: g if not isinstance(g, np.ndarray) else np.ascontiguousarray(g, dtype=self.dtype)
+            for name, g in ((name, grads[name]) for name in p)
+        }
 
     def loss_and_grads(
         self,
@@ -499,14 +514,16 @@ class Model:
         y: np.ndarray,
         class_weights: np.ndarray | None = None,
         rng: np.random.Generator | None = None,
-    ) -> tuple[float, dict[str, np.ndarray]]:
+        sparse_embedding: bool = False,
+    ) -> tuple[float, dict[str, Any]]:
         """Mean cross-entropy over the batch and the gradient of every parameter.
 
         Binary models use binary cross-entropy with logits (computed stably), others softmax
         cross-entropy. With ``class_weights`` (float[C]) each row counts ``w[y_i]`` and the loss
         is the weighted mean sum(w_i * l_i) / sum(w_i), as in PyTorch.
 
-        Parameters: ``tokens`` the batch; ``y`` int class indices [n]; ``rng`` for dropout.
+        Parameters: ``tokens`` the batch; ``y`` int class indices [n]; ``rng`` for dropout;
+        ``sparse_embedding`` as in ``backward`` (the trainer's choice).
 
         Example: ``loss, grads = model.loss_and_grads(batch, y, rng=rng)``.
         """
@@ -528,7 +545,7 @@ class Model:
         total = w.sum()
         loss = float((w * per_row).sum() / total)
         dlogits = dz * (w / total)[:, None]
-        return loss, self.backward(cache, dlogits)
+        return loss, self.backward(cache, dlogits, sparse_embedding)
 
     # ------------------------------------------------------------------ inference
 

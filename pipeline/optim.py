@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     "Adam",
     "LRSchedule",
     "Optimizer",
+    "RowGrad",
     "SGD",
     "clip_global_norm",
     "default_decay_filter",
@@ -73,6 +75,43 @@ def _adam_kernel(p, g, m, v, beta1, beta2, step_size, bc2_sqrt, eps, decay):  # 
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
+def _adam_rows_kernel(  # pragma: no cover
+    p, where, values, m, v, beta1, beta2, step_size, bc2_sqrt, eps, decay
+):
+    # _adam_kernel on (R, C) arrays whose gradient is values[where[r]] for row r, or zero
+    # where where[r] < 0: the same arithmetic on every element, so the same bits as the
+    # dense update with a zero-filled gradient, without building or reading that gradient.
+    dt = p.dtype.type
+    one_b1, b2, one_b2 = dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2)
+    ss, bc, e, dc = dt(step_size), dt(bc2_sqrt), dt(eps), dt(decay)
+    zero = dt(0.0)
+    for r in numba.prange(p.shape[0]):
+        w = where[r]
+        for c in range(p.shape[1]):
+            gk = values[w, c] if w >= 0 else zero
+            mk = m[r, c] + one_b1 * (gk - m[r, c])
+            vk = v[r, c] * b2 + one_b2 * gk * gk
+            m[r, c] = mk
+            v[r, c] = vk
+            p[r, c] = p[r, c] * dc - ss * (mk / (np.sqrt(vk) / bc + e))
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _sgd_rows_kernel(p, where, values, buf, momentum, lr, decay, first):  # pragma: no cover
+    # _sgd_kernel on (R, C) arrays with a row-sparse gradient, as _adam_rows_kernel
+    dt = p.dtype.type
+    mu, step, dc = dt(momentum), dt(lr), dt(decay)
+    zero = dt(0.0)
+    for r in numba.prange(p.shape[0]):
+        w = where[r]
+        for c in range(p.shape[1]):
+            gk = values[w, c] if w >= 0 else zero
+            b = gk if first else mu * buf[r, c] + gk
+            buf[r, c] = b
+            p[r, c] = p[r, c] * dc - step * b
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
 def _sgd_kernel(p, g, buf, momentum, lr, decay, first):  # pragma: no cover
     dt = p.dtype.type
     mu, step, dc = dt(momentum), dt(lr), dt(decay)
@@ -88,6 +127,60 @@ def _flat(a: np.ndarray) -> np.ndarray:
     if not a.flags.c_contiguous:
         raise ValueError("optimizer arrays must be C-contiguous")
     return a.reshape(-1)
+
+
+# --------------------------------------------------------------------------- row gradients
+
+
+@dataclass(frozen=True)
+class RowGrad:
+    """A gradient that is zero outside some rows, as the embedding's is: row ``rows[i]`` of
+    the full ``shape`` gradient is ``values[i]``, every other row is zero.
+
+    ``Model.loss_and_grads(..., sparse_embedding=True)`` returns the embedding's gradient
+    this way, and ``clip_global_norm`` and the optimizers take it as they take a dense
+    array, with the same result as ``dense()`` (bit for bit in the optimizers), without
+    writing, reading and scaling a ``[V, E]`` array of mostly zeros every step.
+
+    Example: ``RowGrad(np.array([3, 7]), values, (V, E)).dense()``.
+    """
+
+    rows: np.ndarray  # int64[U], distinct, each in [0, shape[0])
+    values: np.ndarray  # [U, shape[1]]
+    shape: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        rows = np.ascontiguousarray(self.rows, dtype=np.int64)
+        values = np.ascontiguousarray(self.values)
+        shape = tuple(int(n) for n in self.shape)
+        if len(shape) != 2 or rows.ndim != 1 or values.shape != (rows.size, shape[1]):
+            raise ValueError(
+                f"RowGrad: rows [U], values [U, {shape[1:]}] and a 2-D shape, got "
+                f"{rows.shape}, {values.shape}, {shape}"
+            )
+        if rows.size and (rows.min() < 0 or rows.max() >= shape[0]):
+            raise ValueError(f"RowGrad: rows must lie in [0, {shape[0]})")
+        if np.unique(rows).size != rows.size:
+            raise ValueError("RowGrad: rows must be distinct")
+        object.__setattr__(self, "rows", rows)
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "shape", shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.values.dtype
+
+    def dense(self) -> np.ndarray:
+        """The full gradient, zeros outside ``rows``."""
+        out = np.zeros(self.shape, self.values.dtype)
+        out[self.rows] = self.values
+        return out
+
+    def where(self) -> np.ndarray:
+        """int64[shape[0]]: for each row, its index in ``values``, or -1."""
+        out = np.full(self.shape[0], -1, np.int64)
+        out[self.rows] = np.arange(self.rows.size)
+        return out
 
 
 # --------------------------------------------------------------------------- optimizers
@@ -123,24 +216,36 @@ class Optimizer:
         for p in params.values():
             _flat(p)  # fail early on a non-contiguous parameter
 
-    def step(self, grads: Mapping[str, np.ndarray], lr: float | None = None) -> None:
-        """Update every bound parameter in place from ``grads`` (same keys and shapes).
+    def step(self, grads: Mapping[str, np.ndarray | RowGrad], lr: float | None = None) -> None:
+        """Update every bound parameter in place from ``grads`` (same keys and shapes; a
+        ``RowGrad`` for a 2-D parameter updates it as its ``dense()`` would).
 
         ``lr`` overrides the constructor's rate for this step (the schedule's value).
         Raises ValueError when a gradient is missing or has the wrong shape.
         """
         lr = self.lr if lr is None else float(lr)
-        self.step_count += 1
         for name, p in self.params.items():
             g = grads.get(name)
-            if g is None or g.shape != p.shape:
-                got = None if g is None else g.shape
+            if g is None or tuple(g.shape) != p.shape:
+                got = None if g is None else tuple(g.shape)
                 raise ValueError(f"gradient for {name!r} is missing or shaped {got}, not {p.shape}")
-            g = np.ascontiguousarray(g, dtype=p.dtype)
+        self.step_count += 1
+        for name, p in self.params.items():
+            g = grads[name]
             decay = 1.0 - lr * self.weight_decay if self.decays[name] else 1.0
-            self._update(name, _flat(p), _flat(g), lr, decay)
+            if isinstance(g, RowGrad):
+                values = np.ascontiguousarray(g.values, dtype=p.dtype)
+                _flat(p)  # contiguous, so the 2-D kernels write through
+                self._update_rows(name, p, g.where(), values, lr, decay)
+            else:
+                g = np.ascontiguousarray(g, dtype=p.dtype)
+                self._update(name, _flat(p), _flat(g), lr, decay)
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float, decay: float) -> None:
+        raise NotImplementedError
+
+    def _update_rows(self, name, p, where, values, lr, decay) -> None:
+        # p (R, C); row r's gradient is values[where[r]], or zero where where[r] < 0
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -218,6 +323,15 @@ class Adam(Optimizer):
         m, v = _flat(self.state["m"][name]), _flat(self.state["v"][name])
         _adam_kernel(p, g, m, v, self.beta1, self.beta2, step_size, bc2_sqrt, self.eps, decay)
 
+    def _update_rows(self, name, p, where, values, lr, decay) -> None:
+        t = self.step_count
+        step_size = lr / (1.0 - self.beta1**t)
+        bc2_sqrt = math.sqrt(1.0 - self.beta2**t)
+        m, v = self.state["m"][name], self.state["v"][name]
+        _adam_rows_kernel(
+            p, where, values, m, v, self.beta1, self.beta2, step_size, bc2_sqrt, self.eps, decay
+        )
+
 
 class SGD(Optimizer):
     """SGD with (heavy-ball) momentum, as ``torch.optim.SGD`` with dampening 0.
@@ -249,6 +363,10 @@ class SGD(Optimizer):
         buf = _flat(self.state["momentum"][name])
         _sgd_kernel(p, g, buf, self.momentum, lr, decay, self.step_count == 1)
 
+    def _update_rows(self, name, p, where, values, lr, decay) -> None:
+        buf = self.state["momentum"][name]
+        _sgd_rows_kernel(p, where, values, buf, self.momentum, lr, decay, self.step_count == 1)
+
 
 def make_optimizer(
     name: str, params: Mapping[str, np.ndarray], lr: float, weight_decay: float = 0.0
@@ -270,7 +388,7 @@ def make_optimizer(
 # --------------------------------------------------------------------------- clipping
 
 
-def clip_global_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
+def clip_global_norm(grads: Mapping[str, np.ndarray | RowGrad], max_norm: float) -> float:
     """Scale all gradients in place so their joint L2 norm is at most ``max_norm``.
 
     As ``torch.nn.utils.clip_grad_norm_``: the factor is ``max_norm / (norm + 1e-6)``, applied
@@ -279,15 +397,16 @@ def clip_global_norm(grads: Mapping[str, np.ndarray], max_norm: float) -> float:
 
     Example: ``norm = clip_global_norm(grads, 5.0)``.
     """
+    arrays = [g.values if isinstance(g, RowGrad) else g for g in grads.values()]
     total = 0.0
-    for g in grads.values():
+    for g in arrays:
         flat = g.reshape(-1)
         total += float(np.dot(flat, flat))  # BLAS dot: no squared temporary
     norm = math.sqrt(total)
     if max_norm > 0 and math.isfinite(norm):
         coef = max_norm / (norm + 1e-6)
         if coef < 1.0:
-            for g in grads.values():
+            for g in arrays:
                 g *= g.dtype.type(coef)
     return norm
 

@@ -622,7 +622,9 @@ def _train_epoch(
         t0 = time.perf_counter()
         batch = tokens.take(idx)
         lr = schedule(optimizer.step_count)
-        loss, grads = model.loss_and_grads(batch, y[idx], class_weights, rng)
+        # the embedding's gradient as its batch rows: the optimizer's update is the same bits
+        # as with the dense [V, E] array, without writing and reading that array every step
+        loss, grads = model.loss_and_grads(batch, y[idx], class_weights, rng, sparse_embedding=True)
         if not math.isfinite(loss):
             raise RunError(
                 f"training diverged at epoch {epoch}, batch {b} (loss {loss}): "

@@ -209,6 +209,26 @@ def test_gradients_two_layers_multiclass_weighted_dropout(cell):
     _numeric_grad_check(model, tokens, np.array([2, 0, 1, 2]), np.array([0.5, 1.0, 2.0]))
 
 
+@pytest.mark.parametrize("backend", _available_backends())
+def test_sparse_embedding_gradient_is_the_dense_one_by_rows(backend):
+    from pipeline.optim import RowGrad
+
+    model = Model(_cfg(dropout=0.2, bidirectional=True), backend=backend, seed=5)
+    tokens = _ragged(np.random.default_rng(6), [3, 0, 5, 2], 10)
+    ids = tokens.ids.copy()
+    ids[[0, 4]] = 0  # padding ids in the batch: their row never learns
+    tokens, y = TokenIds(tokens.offsets, ids), np.array([0, 1, 1, 0])
+    _, dense = model.loss_and_grads(tokens, y, rng=np.random.default_rng(0))
+    _, sparse = model.loss_and_grads(tokens, y, rng=np.random.default_rng(0), sparse_embedding=True)
+    emb = sparse["embedding"]
+    assert isinstance(emb, RowGrad) and 0 not in emb.rows and emb.rows.size > 2
+    assert emb.values.dtype == dense["embedding"].dtype
+    assert np.array_equal(emb.dense(), dense["embedding"])
+    for name in dense:
+        if name != "embedding":
+            assert np.array_equal(sparse[name], dense[name]), name
+
+
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="the Numba cpu backend does not import")
 @pytest.mark.parametrize("cell", CELLS)
 def test_cpu_backend_gradients_match_reference(cell):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.optim import SGD, Adam, LRSchedule, clip_global_norm, make_optimizer
+from pipeline.optim import SGD, Adam, LRSchedule, RowGrad, clip_global_norm, make_optimizer
 
 
 def _params(dtype=np.float32):
@@ -139,6 +139,49 @@ def test_clip_global_norm():
     grads = {"a": np.array([0.3, 0.4])}
     assert clip_global_norm(grads, 1.0) == pytest.approx(0.5)
     np.testing.assert_array_equal(grads["a"], [0.3, 0.4])
+
+
+@pytest.mark.parametrize("make", [lambda p: Adam(p, lr=0.01, weight_decay=0.1,
+                                                  decay_filter=lambda n, a: a.ndim == 2),
+                                   lambda p: SGD(p, lr=0.05, momentum=0.9)])  # fmt: skip
+def test_row_gradient_updates_like_its_dense_form(make):
+    # the embedding's gradient as rows: the same bits as the zero-filled dense gradient, for
+    # touched and untouched rows alike (moments decay, decay and momentum move every row)
+    dense_params, sparse_params = _params(), _params()
+    dense, sparse = make(dense_params), make(sparse_params)
+    for step in range(4):
+        grads = _grads(step)
+        rows = np.array([[0, 4], [5], [], [1, 2, 3]][step], np.int64)
+        values = grads["embedding"][rows]
+        rg = RowGrad(rows, values, (6, 3))
+        grads["embedding"] = rg.dense()
+        dense.step(grads)
+        sparse.step({**grads, "embedding": rg})
+        for name in dense_params:
+            assert np.array_equal(dense_params[name], sparse_params[name]), (step, name)
+    for key, a in dense.state_dict().items():
+        assert np.array_equal(a, sparse.state_dict()[key]), key
+
+
+def test_row_gradient_checks_and_clipping():
+    rg = RowGrad(np.array([2, 0]), np.array([[3.0, 0.0], [0.0, 4.0]], np.float32), (5, 2))
+    want = np.zeros((5, 2), np.float32)
+    want[2], want[0] = [3.0, 0.0], [0.0, 4.0]
+    assert np.array_equal(rg.dense(), want)
+    assert rg.where().tolist() == [1, -1, 0, -1, -1]
+    norm = clip_global_norm({"e": rg, "b": np.array([12.0], np.float32)}, 6.5)
+    assert norm == pytest.approx(13.0)
+    np.testing.assert_allclose(rg.values, [[1.5, 0.0], [0.0, 2.0]], rtol=1e-6)
+    with pytest.raises(ValueError, match="lie in"):
+        RowGrad(np.array([5]), np.zeros((1, 2)), (5, 2))
+    with pytest.raises(ValueError, match="distinct"):
+        RowGrad(np.array([1, 1]), np.zeros((2, 2)), (5, 2))
+    with pytest.raises(ValueError, match="values"):
+        RowGrad(np.array([1]), np.zeros((1, 3)), (5, 2))
+    opt = Adam({"e": np.zeros((4, 2), np.float32)})
+    with pytest.raises(ValueError, match="shaped"):
+        opt.step({"e": rg})
+    assert opt.step_count == 0  # a refused step changes nothing
 
 
 def test_schedules():
