@@ -503,9 +503,10 @@ class Model:
                 demb[cache.distinct] = dx
                 demb[PAD_ID] = 0.0  # padding never learns
                 grads["embedding"] = demb
+        as_rows = {"embedding"} if sparse_embedding else set()  # already a RowGrad
         return {
-            name: g if not isinstance(g, np.ndarray) else np.ascontiguousarray(g, dtype=self.dtype)
-            for name, g in ((name, grads[name]) for name in p)
+            name: grads[name] if name in as_rows else np.ascontiguousarray(grads[name], self.dtype)
+            for name in p
         }
 
     def loss_and_grads(
