@@ -58,6 +58,18 @@ POOL_MODES = ("last", "max", "mean")
 BACKENDS = ("reference", "cpu", "cuda")
 
 
+def accumulator(out, shape: tuple[int, ...]):
+    """``out`` checked as an array a backend adds into (``pool_backward(..., out=)``): a
+    C-contiguous float32 NumPy array of ``shape``; ValueError otherwise."""
+    import numpy as np
+
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError("out must be a C-contiguous float32 NumPy array")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out must have shape {tuple(shape)}, got {out.shape}")
+    return out
+
+
 def gates(cell: str) -> int:
     """Number of gate blocks G for ``cell`` (4 lstm, 3 gru, 1 rnn)."""
     try:

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from pipeline.kernels import POOL_MODES, gates
+from pipeline.kernels import POOL_MODES, accumulator, gates
 from pipeline.kernels.fpmode import flush_subnormals, restore
 from pipeline.kernels.gemm import gemm as _gemm
 from pipeline.kernels.gemm import pack as _pack
@@ -481,7 +481,7 @@ def layer_backward(cache, dhs):
     if cell == "gru":
         # b_hn is not folded into b_ih, so db_hh sums dGh over every token: a column of
         # ones after h_prev makes that sum the last column of the dW_hh product (a separate
-        # pass over dGh took 2 ms of a 70 ms batch)
+        # pass over dGh took 1.2 ms for 11,869 tokens x 384, scratch timing)
         hprev = np.empty((nnz, H + 1), F32)
         hprev[:, H] = 1.0
     else:
@@ -563,15 +563,6 @@ def _pool_bwd(dfeat, hs, offsets, mode, reverse, dhs):
                     dhs[tok, j] += dfeat[i, j] * inv
 
 
-def _accumulator(out, shape) -> np.ndarray:
-    """``out`` as the array a kernel adds into: float32, C-contiguous, of ``shape``."""
-    if not isinstance(out, np.ndarray) or out.dtype != F32 or not out.flags.c_contiguous:
-        raise ValueError("out must be a C-contiguous float32 NumPy array")
-    if out.shape != tuple(shape):
-        raise ValueError(f"out must have shape {tuple(shape)}, got {out.shape}")
-    return out
-
-
 def _mode_id(mode: str) -> int:
     if mode not in _MODE_ID:
         raise ValueError(f"unknown pooling mode {mode!r}: expected one of {POOL_MODES}")
@@ -591,7 +582,7 @@ def pool_backward(dfeat, hs, offsets, mode, reverse=False, out=None):
     """Gradient of ``pool_forward`` with respect to ``hs``; added into ``out`` when given."""
     hs = _as32(hs)
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    dhs = np.zeros_like(hs) if out is None else _accumulator(out, hs.shape)
+    dhs = np.zeros_like(hs) if out is None else accumulator(out, hs.shape)
     _pool_bwd(_as32(dfeat), hs, offsets, _mode_id(mode), reverse, dhs)
     return dhs
 

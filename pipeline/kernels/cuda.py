@@ -63,7 +63,7 @@ if not hasattr(np, "row_stack"):
 
 from numba import cuda, float32
 
-from pipeline.kernels import gates
+from pipeline.kernels import accumulator, gates
 from pipeline.kernels.reference import (
     _check_infer_args,
     _check_input_weights,
@@ -829,17 +829,7 @@ def pool_backward(
     dfeat = _host_float(dfeat, "dfeat")
     if dfeat.shape != (n, H):
         raise ValueError(f"dfeat must be [n, H]=[{n}, {H}], got {dfeat.shape}")
-    if out is None:
-        dhs = _zeros(hs.shape)
-    elif (
-        not isinstance(out, np.ndarray)
-        or out.dtype != F32
-        or out.shape != tuple(hs.shape)
-        or not out.flags.c_contiguous
-    ):
-        raise ValueError(f"out must be a C-contiguous float32 array of shape {tuple(hs.shape)}")
-    else:
-        dhs = cuda.to_device(out)
+    dhs = _zeros(hs.shape) if out is None else cuda.to_device(accumulator(out, hs.shape))
     if n * H:
         _pool_bwd_kernel[_blocks(n * H, THREADS), THREADS](
             _dev(dfeat, "dfeat"),
