@@ -550,12 +550,17 @@ def _pool_bwd(dfeat, hs, offsets, mode, reverse, dhs):
             for j in range(H):
                 dhs[tok, j] += dfeat[i, j]
         elif mode == 1:
+            # the first step holding each unit's maximum, found row by row (a column-wise
+            # scan strides through hs and took 2-3x as long)
+            best = np.full(H, s, np.int64)
+            top = hs[s].copy()
+            for tok in range(s + 1, e):
+                for j in range(H):
+                    if hs[tok, j] > top[j]:
+                        top[j] = hs[tok, j]
+                        best[j] = tok
             for j in range(H):
-                best = s
-                for tok in range(s + 1, e):
-                    if hs[tok, j] > hs[best, j]:
-                        best = tok
-                dhs[best, j] += dfeat[i, j]
+                dhs[best[j], j] += dfeat[i, j]
         else:
             inv = np.float32(1.0) / np.float32(e - s)
             for tok in range(s, e):
