@@ -167,10 +167,6 @@ class RowGrad:
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "shape", shape)
 
-    @property
-    def dtype(self) -> np.dtype:
-        return self.values.dtype
-
     def dense(self) -> np.ndarray:
         """The full gradient, zeros outside ``rows``."""
         out = np.zeros(self.shape, self.values.dtype)
