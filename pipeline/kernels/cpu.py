@@ -13,9 +13,12 @@ How it is fast:
 * The gate math of a step is one parallel Numba kernel over the running sequences, with a
   rational tanh (and sigmoid from it) that vectorises; ``np.tanh``/``np.exp`` are scalar
   library calls in Numba builds without SVML and would dominate the step.
-* Backward keeps per-step gate gradients in token order and forms every weight gradient
-  with one large product at the end: no per-thread scatter, so results are bit-identical
-  from run to run. Its threads flush float32 subnormals to zero while they run
+* Backward keeps the input side's gate gradients in token order and forms ``dW_ih`` with
+  one large product at the end. ``dW_hh`` is summed inside the kernel: each block stages
+  its tokens' gate gradients and previous states while they are in cache and adds them,
+  128 tokens at a time, into a ``dW_hh`` of its own (``gemm.gemm_tn``); the blocks' sums
+  are added in a fixed order at the end. No atomics, no scatter: results are
+  bit-identical from run to run. Its threads flush float32 subnormals to zero while they run
   (``pipeline.kernels.fpmode``): gradients fading over long sequences reach that range,
   which x86 CPUs compute slowly (LSTM training 1.15x faster, scratch A/B).
 
@@ -33,6 +36,7 @@ from numba import njit, prange
 from pipeline.kernels import POOL_MODES, accumulator, gates
 from pipeline.kernels.fpmode import flush_subnormals, restore
 from pipeline.kernels.gemm import gemm as _gemm
+from pipeline.kernels.gemm import gemm_tn as _gemm_tn
 from pipeline.kernels.gemm import pack as _pack
 from pipeline.kernels.gemm import padded_width as _padded_width
 from pipeline.kernels.rows import check_rows, sum_by_row
@@ -374,16 +378,22 @@ def _gru_row_bwd(dh, a, hn, hp, gx, gh, dd, H):
 
 @njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
 def _backward(
-    cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dGh, dS, dC, Dd, Db, zeros
+    cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dS, dC, Dd, Db, acc, zeros
 ):
     # W_hhP: W_hh (G*H, H) packed for gemm
     # dS (n, Np): dL/dh of every slot from the later steps (columns H: are gemm's padding)
     # dC (n, H): same for lstm's c; Dd (n, H): gru's direct z*dh term
     # Db (n, G*H): gate gradients on the recurrent side
-    # dGx, dGh (nnz, G*H): gate gradients per token, for the weight products at the end
+    # dGx (nnz, G*H): input-side gate gradients per token, for the products at the end
+    # acc: per block, zeroed: dW (nb, G*H, Np) receives dW_hh (columns H: stay 0) and db
+    # (nb, G*H, float64) the recurrent-side bias gradient; SG (nb, KS, G*H) and SH (nb, KS, Np)
+    # stage a block's gate gradients and previous states, KS tokens at a time, for
+    # dW += SG.T @ SH while they are still in cache
+    dW, db, SG, SH = acc
     H = zeros.shape[0]
     GH = Db.shape[1]
     Np = dS.shape[1]
+    KS = SG.shape[1]
     for bi in prange(blocks.shape[0] - 1):
         r0 = blocks[bi]
         r1 = blocks[bi + 1]
@@ -392,6 +402,8 @@ def _backward(
         fp = flush_subnormals()
         T = lens[r0]
         dh = np.empty(H, np.float32)
+        sg, sh, dWb, dbb = SG[bi], SH[bi], dW[bi], db[bi]
+        ks = 0
         for t in range(T - 1, -1, -1):
             ra = r0
             while ra < r1 and lens[ra] > t:
@@ -409,37 +421,30 @@ def _backward(
                     for j in range(H):
                         dh[j] += Dd[r, j]
                     hp = hs[prev] if t > 0 else zeros
-                    _gru_row_bwd(dh, acts[tok], aux[tok], hp, dGx[tok], dGh[tok], Dd[r], H)
-                    Db[r, :] = dGh[tok]
+                    _gru_row_bwd(dh, acts[tok], aux[tok], hp, dGx[tok], Db[r], Dd[r], H)
                 else:
                     gx = dGx[tok]
                     for j in range(H):
                         hv = hs[tok, j]
                         gx[j] = dh[j] * (_ONE - hv * hv)
                     Db[r, :] = gx
+                g = Db[r]
+                for j in range(GH):
+                    dbb[j] += g[j]
+                if t > 0:  # h_{t-1} = 0 at t = 0 adds nothing to dW_hh
+                    if ks == KS:
+                        _gemm_tn(sg, 0, ks, GH, sh, Np, dWb)
+                        ks = 0
+                    sg[ks, :] = g
+                    sh[ks, :H] = hs[prev]
+                    ks += 1
             if t > 0:
                 _gemm(Db, r0, ra, W_hhP, GH, Np, dS)
+        _gemm_tn(sg, 0, ks, GH, sh, Np, dWb)
         restore(fp)
 
 
-@njit(parallel=True, cache=True)
-def _shift_prev(hs, starts, lens, reverse, out):
-    # out[tok, :H] = state before tok (h0 = 0 at each sequence's first step); columns past H
-    # are left alone
-    H = hs.shape[1]
-    for i in prange(starts.shape[0]):
-        s = starts[i]
-        L = lens[i]
-        for k in range(L):
-            tok = s + k
-            first = (k == L - 1) if reverse else (k == 0)
-            if first:
-                for j in range(H):
-                    out[tok, j] = 0.0
-            else:
-                prev = tok + 1 if reverse else tok - 1
-                for j in range(H):
-                    out[tok, j] = hs[prev, j]
+_STAGE = 128  # tokens a block stages before adding them to its dW_hh
 
 
 def layer_backward(cache, dhs):
@@ -449,14 +454,23 @@ def layer_backward(cache, dhs):
     nnz, n = cache.hs.shape[0], cache.offsets.size - 1
     dhs = _as32(dhs)
     _, lens_s, starts_s, blocks = cache.plan
-    # _backward writes every token's row of dGx (and dGh): no zeroing (17 MB each for a GRU
-    # batch of 64 IMDB reviews)
-    dGx = np.empty((nnz, G * H), F32)
-    dGh = np.empty((nnz if cell == "gru" else 0, G * H), F32)
-    dS = np.zeros((n, _padded_width(H)), F32)  # columns past H: gemm's padding
+    nb, GH, Np = blocks.size - 1, G * H, _padded_width(H)
+    # _backward writes every token's row of dGx: no zeroing (17 MB for a GRU batch of 64
+    # IMDB reviews)
+    dGx = np.empty((nnz, GH), F32)
+    dS = np.zeros((n, Np), F32)  # columns past H: gemm's padding
     dC = np.zeros((n if cell == "lstm" else 0, H), F32)
     Dd = np.zeros((n if cell == "gru" else 0, H), F32)
-    Db = np.empty((n, G * H), F32)
+    Db = np.empty((n, GH), F32)
+    # dW_hh is summed per block inside the kernel, from staged rows still in cache: the
+    # product over all tokens afterwards ran at about 96 GFLOP/s and had to build every
+    # token's previous state first
+    acc = (
+        np.zeros((nb, GH, Np), F32),
+        np.zeros((nb, GH), np.float64),  # thousands of terms a block, summed in order
+        np.empty((nb, _STAGE, GH), F32),
+        np.zeros((nb, _STAGE, Np), F32),  # columns past H stay 0
+    )
     _backward(
         _CELL_ID[cell],
         _pack(W_hh),
@@ -469,35 +483,26 @@ def layer_backward(cache, dhs):
         cache.acts,
         cache.aux,
         dGx,
-        dGh,
         dS,
         dC,
         Dd,
         Db,
+        acc,
         np.zeros(H, F32),
     )
-    if cell != "gru":
-        dGh = dGx
-    if cell == "gru":
-        # b_hn is not folded into b_ih, so db_hh sums dGh over every token: a column of
-        # ones after h_prev makes that sum the last column of the dW_hh product (a separate
-        # pass over dGh took 1.2 ms for 11,869 tokens x 384, scratch timing)
-        hprev = np.empty((nnz, H + 1), F32)
-        hprev[:, H] = 1.0
-    else:
-        hprev = np.empty((nnz, H), F32)
-    _shift_prev(cache.hs, starts_s, lens_s, cache.reverse, hprev)
-    dW_hh = dGh.T @ hprev
+    # blocks summed in a fixed order: the same bits run after run
+    dW_hh = np.ascontiguousarray(acc[0].sum(axis=0)[:, :H])
+    db_rec = acc[1].sum(axis=0).astype(F32)
     if cache.rows is not None:
         dGx = sum_by_row(dGx, cache.rows, x.shape[0])  # (rows of x, G*H)
     dW_ih = dGx.T @ x
     dx = dGx @ W_ih
-    db_ih = dGx.sum(axis=0, dtype=F32)
-    # lstm and rnn add both biases to the same pre-activation: one sum serves both
     if cell == "gru":
-        dW_hh, db_hh = np.ascontiguousarray(dW_hh[:, :H]), dW_hh[:, H].copy()
+        # b_hn is not folded into b_ih: its gradient is the recurrent side's
+        db_ih, db_hh = dGx.sum(axis=0, dtype=F32), db_rec
     else:
-        db_hh = db_ih.copy()
+        # lstm and rnn add both biases to the same pre-activation: one sum serves both
+        db_ih, db_hh = db_rec, db_rec.copy()
     return dx, dW_ih, dW_hh, db_ih, db_hh
 
 

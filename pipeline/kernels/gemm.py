@@ -63,9 +63,17 @@ def pack(B: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(wide.reshape(K, Np // NB, NB).transpose(1, 0, 2)).ravel()
 
 
-def _tile(builder, fma, vt, arows, bbase, crows, n0, K, R):
+def _tile(builder, fma, vt, a_scalar, b_row, c_ptr, K, R, accumulate):
     # One R x NB tile: accumulators are phi nodes of the k loop, so they live in registers.
+    # a_scalar(k, r): pointer to A's float for row r of the tile at step k; b_row(k):
+    # pointer to the NB floats of B at step k; c_ptr(r, v): pointer to vector v of the
+    # tile's row r in C, loaded first when accumulating.
     i64 = ir.IntType(64)
+    init = [
+        builder.load(c_ptr(r, v), align=4) if accumulate else ir.Constant(vt, None)
+        for r in range(R)
+        for v in range(VECS)
+    ]
     pre = builder.block
     loop = builder.append_basic_block(f"tile{R}_loop")
     done = builder.append_basic_block(f"tile{R}_done")
@@ -74,11 +82,11 @@ def _tile(builder, fma, vt, arows, bbase, crows, n0, K, R):
     k = builder.phi(i64)
     k.add_incoming(i64(0), pre)
     accs = []
-    for _ in range(R * VECS):
+    for val in init:
         acc = builder.phi(vt)
-        acc.add_incoming(ir.Constant(vt, None), pre)
+        acc.add_incoming(val, pre)
         accs.append(acc)
-    bk = builder.gep(bbase, [builder.mul(k, i64(NB))])
+    bk = b_row(k)
     bv = [
         builder.load(builder.bitcast(builder.gep(bk, [i64(v * LANES)]), vt.as_pointer()), align=4)
         for v in range(VECS)
@@ -86,7 +94,7 @@ def _tile(builder, fma, vt, arows, bbase, crows, n0, K, R):
     lanes0 = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
     new = []
     for r in range(R):
-        a = builder.load(builder.gep(arows[r], [k]))
+        a = builder.load(a_scalar(k, r))
         av = builder.insert_element(ir.Constant(vt, ir.Undefined), a, ir.IntType(32)(0))
         av = builder.shuffle_vector(av, ir.Constant(vt, ir.Undefined), lanes0)
         for v in range(VECS):
@@ -98,10 +106,49 @@ def _tile(builder, fma, vt, arows, bbase, crows, n0, K, R):
     builder.cbranch(builder.icmp_signed("<", k1, K), loop, done)
     builder.position_at_end(done)
     for r in range(R):
-        row = builder.gep(crows[r], [n0])
         for v in range(VECS):
-            ptr = builder.bitcast(builder.gep(row, [i64(v * LANES)]), vt.as_pointer())
-            builder.store(new[r * VECS + v], ptr, align=4)
+            builder.store(new[r * VECS + v], c_ptr(r, v), align=4)
+
+
+def _fma_decl(builder, vt):
+    name = f"llvm.fma.v{LANES}f32"
+    fma = builder.module.globals.get(name)
+    if fma is None:
+        fma = ir.Function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), name)
+    return fma
+
+
+def _switch_rows(builder, rows, emit):
+    # One specialised tile per row count 1..ROWS (their accumulators stay in registers).
+    i64 = ir.IntType(64)
+    end = builder.append_basic_block("mk_end")
+    cases = [builder.append_basic_block(f"mk_rows{R}") for R in range(1, ROWS + 1)]
+    switch = builder.switch(rows, cases[-1])
+    for R, block in enumerate(cases, start=1):
+        switch.add_case(i64(R), block)
+        builder.position_at_end(block)
+        emit(R)
+        builder.branch(end)
+    builder.position_at_end(end)
+
+
+def _operands(context, builder, signature, args):
+    # Each array argument as (i8* to its data, bytes per row), each integer as an i64.
+    out = []
+    for ty, val in zip(signature.args, args, strict=True):
+        if isinstance(ty, types.Array):
+            arr = context.make_array(ty)(context, builder, val)
+            data = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+            out.append((data, builder.extract_value(arr.strides, 0)))
+        else:
+            out.append(context.cast(builder, val, ty, types.int64))
+    return out
+
+
+def _f32_at(builder, base, offset_bytes, index):
+    # float* to element ``index`` of the row at ``base + offset_bytes``
+    row = builder.gep(base, [offset_bytes])
+    return builder.gep(builder.bitcast(row, ir.FloatType().as_pointer()), [index])
 
 
 @intrinsic
@@ -111,43 +158,77 @@ def _microkernel(typingctx, A, m, rows, Bp, boff, C, n0, K):
     sig = types.void(A, m, rows, Bp, boff, C, n0, K)
 
     def codegen(context, builder, signature, args):
-        A_, m_, rows_, Bp_, boff_, C_, n0_, K_ = args
-        aA = context.make_array(signature.args[0])(context, builder, A_)
-        aB = context.make_array(signature.args[3])(context, builder, Bp_)
-        aC = context.make_array(signature.args[5])(context, builder, C_)
-        i64, f32 = ir.IntType(64), ir.FloatType()
-        vt = ir.VectorType(f32, LANES)
-        name = f"llvm.fma.v{LANES}f32"
-        fma = builder.module.globals.get(name)
-        if fma is None:
-            fma = ir.Function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), name)
-        i8p = ir.IntType(8).as_pointer()
-        lda = builder.extract_value(aA.strides, 0)  # bytes
-        ldc = builder.extract_value(aC.strides, 0)
-        abase = builder.bitcast(aA.data, i8p)
-        cbase = builder.bitcast(aC.data, i8p)
-        m_ = context.cast(builder, m_, signature.args[1], types.int64)
-        rows_ = context.cast(builder, rows_, signature.args[2], types.int64)
-        boff_ = context.cast(builder, boff_, signature.args[4], types.int64)
-        n0_ = context.cast(builder, n0_, signature.args[6], types.int64)
-        K_ = context.cast(builder, K_, signature.args[7], types.int64)
-        bbase = builder.gep(aB.data, [boff_])
+        (a, lda), m_, rows_, (bp, _), boff_, (c, ldc), n0_, K_ = _operands(
+            context, builder, signature, args
+        )
+        i64 = ir.IntType(64)
+        vt = ir.VectorType(ir.FloatType(), LANES)
+        bbase = _f32_at(builder, bp, i64(0), boff_)
 
-        def row_ptr(base, ld, r):
-            p = builder.gep(base, [builder.mul(builder.add(m_, i64(r)), ld)])
-            return builder.bitcast(p, f32.as_pointer())
+        def row(r):
+            return builder.mul(builder.add(m_, i64(r)), lda), builder.mul(
+                builder.add(m_, i64(r)), ldc
+            )
 
-        arows = [row_ptr(abase, lda, r) for r in range(ROWS)]
-        crows = [row_ptr(cbase, ldc, r) for r in range(ROWS)]
-        end = builder.append_basic_block("mk_end")
-        cases = [builder.append_basic_block(f"mk_rows{R}") for R in range(1, ROWS + 1)]
-        switch = builder.switch(rows_, cases[-1])
-        for R, block in enumerate(cases, start=1):
-            switch.add_case(i64(R), block)
-            builder.position_at_end(block)
-            _tile(builder, fma, vt, arows, bbase, crows, n0_, K_, R)
-            builder.branch(end)
-        builder.position_at_end(end)
+        offs = [row(r) for r in range(ROWS)]
+
+        def c_ptr(r, v):
+            p = _f32_at(builder, c, offs[r][1], builder.add(n0_, i64(v * LANES)))
+            return builder.bitcast(p, vt.as_pointer())
+
+        _switch_rows(
+            builder,
+            rows_,
+            lambda R: _tile(
+                builder,
+                _fma_decl(builder, vt),
+                vt,
+                lambda k, r: _f32_at(builder, a, offs[r][0], k),
+                lambda k: builder.gep(bbase, [builder.mul(k, i64(NB))]),
+                c_ptr,
+                K_,
+                R,
+                accumulate=False,
+            ),
+        )
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _microkernel_tn(typingctx, A, m, rows, k0, K, B, n0, C):
+    """C[m:m+rows, n0:n0+NB] += A[k0:k0+K, m:m+rows].T @ B[k0:k0+K, n0:n0+NB], for
+    1 <= rows <= ROWS and K >= 1; A, B, C C-contiguous float32 2-D arrays."""
+    sig = types.void(A, m, rows, k0, K, B, n0, C)
+
+    def codegen(context, builder, signature, args):
+        (a, lda), m_, rows_, k0_, K_, (b, ldb), n0_, (c, ldc) = _operands(
+            context, builder, signature, args
+        )
+        i64 = ir.IntType(64)
+        vt = ir.VectorType(ir.FloatType(), LANES)
+
+        def a_scalar(k, r):  # A[k0 + k, m + r]
+            return _f32_at(
+                builder, a, builder.mul(builder.add(k0_, k), lda), builder.add(m_, i64(r))
+            )
+
+        def b_row(k):  # B[k0 + k, n0:]
+            return _f32_at(builder, b, builder.mul(builder.add(k0_, k), ldb), n0_)
+
+        def c_ptr(r, v):  # C[m + r, n0 + v * LANES:]
+            off = builder.mul(builder.add(m_, i64(r)), ldc)
+            p = _f32_at(builder, c, off, builder.add(n0_, i64(v * LANES)))
+            return builder.bitcast(p, vt.as_pointer())
+
+        _switch_rows(
+            builder,
+            rows_,
+            lambda R: _tile(
+                builder, _fma_decl(builder, vt), vt, a_scalar, b_row, c_ptr, K_, R, accumulate=True
+            ),
+        )
         return context.get_dummy_value()
 
     return sig, codegen
@@ -168,4 +249,25 @@ def gemm(A, m0, m1, Bp, K, Np, C):
         while m < m1:
             rows = min(ROWS, m1 - m)
             _microkernel(A, m, rows, Bp, boff, C, n0, K)
+            m += rows
+
+
+@njit(cache=True)
+def gemm_tn(A, k0, k1, M, B, Np, C):
+    """C[:M, :Np] += A[k0:k1, :M].T @ B[k0:k1, :Np]: the weight gradient's product, rows of
+    A and B being tokens.
+
+    A (>= k1, >= M), B (>= k1, >= Np) and C (>= M, >= Np): C-contiguous float32; Np a
+    multiple of NB. Each element of C adds its k1 - k0 terms in order of k, one fused
+    multiply-add each, whatever M or the tiling. Does nothing when k1 <= k0.
+    """
+    K = k1 - k0
+    if K <= 0:
+        return
+    for p in range(Np // NB):
+        n0 = p * NB
+        m = 0
+        while m < M:
+            rows = min(ROWS, M - m)
+            _microkernel_tn(A, m, rows, k0, K, B, n0, C)
             m += rows
