@@ -35,6 +35,7 @@ from numba import njit, prange
 
 from pipeline.kernels import POOL_MODES, accumulator, gates
 from pipeline.kernels.fpmode import flush_subnormals, restore
+from pipeline.kernels.gemm import aligned as _aligned
 from pipeline.kernels.gemm import gemm as _gemm
 from pipeline.kernels.gemm import gemm_tn as _gemm_tn
 from pipeline.kernels.gemm import pack as _pack
@@ -278,9 +279,10 @@ def _run(cell, xsrc, rowmap, offsets, W_hh, b_hh, reverse, need_pool, store_nnz)
     plan = _plan(offsets)
     _, lens_s, starts_s, blocks = plan
     WhhP = _pack(W_hh.T)  # W_hh.T (H, G*H) in gemm's panels
-    S_h = np.zeros((n, H), F32)
-    S_c = np.zeros((n, H), F32) if cell == "lstm" else np.zeros((0, H), F32)
-    Gb = np.empty((n, _padded_width(G * H)), F32)
+    # rows the step's vector loops read and write start on cache lines (gemm.aligned)
+    S_h = _aligned((n, H), 0.0)
+    S_c = _aligned((n if cell == "lstm" else 0, H), 0.0)
+    Gb = _aligned((n, _padded_width(G * H)))
     pool = np.empty((2, n, H), F32) if need_pool else np.empty((0, 0, 0), F32)
     hs = np.empty((store_nnz, H), F32)
     acts = np.empty((store_nnz if cell != "rnn" else 0, G * H), F32)
@@ -323,7 +325,7 @@ def layer_forward(
     else:
         rowmap = check_rows(rows, x.shape[0])
         nnz = rowmap.size
-    xproj = x @ W_ih.T  # (rows of x, G*H): one large product for all steps
+    xproj = np.matmul(x, W_ih.T, out=_aligned((x.shape[0], W_ih.shape[0])))  # all steps at once
     xproj += _folded_bias(cell, b_ih, b_hh)
     _, _, hs, acts, aux, plan = _run(cell, xproj, rowmap, offsets, W_hh, b_hh, reverse, False, nnz)
     cache = None
@@ -458,18 +460,18 @@ def layer_backward(cache, dhs):
     # _backward writes every token's row of dGx: no zeroing (17 MB for a GRU batch of 64
     # IMDB reviews)
     dGx = np.empty((nnz, GH), F32)
-    dS = np.zeros((n, Np), F32)  # columns past H: gemm's padding
-    dC = np.zeros((n if cell == "lstm" else 0, H), F32)
+    dS = _aligned((n, Np), 0.0)  # columns past H: gemm's padding
+    dC = _aligned((n if cell == "lstm" else 0, H), 0.0)
     Dd = np.zeros((n if cell == "gru" else 0, H), F32)
-    Db = np.empty((n, GH), F32)
+    Db = _aligned((n, GH))
     # dW_hh is summed per block inside the kernel, from staged rows still in cache: the
     # product over all tokens afterwards ran at about 96 GFLOP/s and had to build every
     # token's previous state first
     acc = (
-        np.zeros((nb, GH, Np), F32),
+        _aligned((nb, GH, Np), 0.0),
         np.zeros((nb, GH), np.float64),  # thousands of terms a block, summed in order
-        np.empty((nb, _STAGE, GH), F32),
-        np.zeros((nb, _STAGE, Np), F32),  # columns past H stay 0
+        _aligned((nb, _STAGE, GH)),
+        _aligned((nb, _STAGE, Np), 0.0),  # columns past H stay 0
     )
     _backward(
         _CELL_ID[cell],
@@ -605,7 +607,7 @@ def pool_backward(dfeat, hs, offsets, mode, reverse=False, out=None):
 def fold_table(cell, emb, W_ih, b_ih, b_hh):
     """``emb @ W_ih.T`` plus the foldable biases: float32[V, G*H], made once per model load."""
     emb, W_ih, b_ih, b_hh = map(_as32, (emb, W_ih, b_ih, b_hh))
-    table = emb @ W_ih.T
+    table = np.matmul(emb, W_ih.T, out=_aligned((emb.shape[0], W_ih.shape[0])))
     table += _folded_bias(cell, b_ih, b_hh)
     return table
 

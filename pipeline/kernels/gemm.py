@@ -52,15 +52,36 @@ def padded_width(n: int) -> int:
     return -(-n // NB) * NB
 
 
+def aligned(shape: tuple[int, ...], fill: float | None = None) -> np.ndarray:
+    """A C-contiguous float32 array of ``shape`` whose data starts on a 64-byte boundary,
+    uninitialised or set to ``fill``.
+
+    NumPy aligns to 16 bytes, so a 64-byte vector load from a row of it usually spans two
+    cache lines, which costs this CPU a second load: with the packed panels and output
+    rows aligned, the step product ran 1.06-1.16x faster (scratch timing, one thread).
+    Rows whose width is a multiple of 16 floats all start aligned.
+    """
+    shape = tuple(int(d) for d in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * 4
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    out = raw[start : start + nbytes].view(np.float32).reshape(shape)
+    if fill is not None:
+        out.fill(fill)
+    return out
+
+
 def pack(B: np.ndarray) -> np.ndarray:
     """``B`` (K, N) as float32 panels ``[Np // NB, K, NB]`` (zero-padded to ``Np`` columns),
     flattened: the right-hand side of ``gemm``. Done once per call, not per step."""
     B = np.asarray(B, dtype=np.float32)
     K, N = B.shape
     Np = padded_width(N)
-    wide = np.zeros((K, Np), np.float32)
-    wide[:, :N] = B
-    return np.ascontiguousarray(wide.reshape(K, Np // NB, NB).transpose(1, 0, 2)).ravel()
+    out = aligned((Np // NB, K, NB), fill=0.0)
+    for p in range(-(-N // NB)):
+        n1 = min(N, (p + 1) * NB)
+        out[p, :, : n1 - p * NB] = B[:, p * NB : n1]
+    return out.reshape(-1)
 
 
 def _tile(builder, fma, vt, a_scalar, b_row, c_ptr, K, R, accumulate):
