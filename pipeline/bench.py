@@ -176,9 +176,8 @@ def train_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callab
     the batch's distinct embedding rows, the layer reading them through ``rows``,
     last-state pooling, the embedding's gradient as the rows the trainer hands to the
     optimizer), as a callable."""
-    from pipeline.model import _distinct_ids
+    from pipeline.model import _distinct_ids, _skip_padding
     from pipeline.optim import RowGrad
-    from pipeline.text import PAD_ID
 
     be = get_backend(backend)
     n, H = offsets.size - 1, shape.hidden_dim
@@ -200,8 +199,8 @@ def train_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callab
         be.pool_forward(hs, offsets, "last")
         dhs = be.pool_backward(dfeat, hs, offsets, "last")
         dx = be.layer_backward(cache, dhs)[0]
-        learn = distinct != PAD_ID
-        RowGrad(distinct[learn], dx[learn], params["emb"].shape)
+        k = _skip_padding(distinct)
+        RowGrad(distinct[k:], dx[k:], params["emb"].shape)
 
     return step
 

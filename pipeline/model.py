@@ -287,6 +287,11 @@ def _distinct_ids(ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndar
     return distinct, index[ids]
 
 
+def _skip_padding(distinct: np.ndarray) -> int:
+    """1 when the ascending ``distinct`` ids start with the padding id, else 0."""
+    return int(distinct.size > 0 and distinct[0] == PAD_ID)
+
+
 @dataclass
 class _ForwardCache:
     """What ``Model.backward`` needs from one training forward pass."""
@@ -495,9 +500,11 @@ class Model:
             elif sparse_embedding:  # dx (U, E): already summed over each distinct id's tokens
                 from pipeline.optim import RowGrad
 
-                learn = cache.distinct != PAD_ID  # padding never learns
-                values = np.ascontiguousarray(dx[learn], dtype=self.dtype)
-                grads["embedding"] = RowGrad(cache.distinct[learn], values, p["embedding"].shape)
+                # padding never learns; ids ascend, so it can only be the first row, and
+                # slicing it off keeps dx's rows in place (a mask copied 1.4 MB a batch)
+                k = _skip_padding(cache.distinct)
+                values = np.ascontiguousarray(dx[k:], dtype=self.dtype)
+                grads["embedding"] = RowGrad(cache.distinct[k:], values, p["embedding"].shape)
             else:
                 demb = np.zeros_like(p["embedding"])
                 demb[cache.distinct] = dx
