@@ -35,11 +35,12 @@ from numba import njit, prange
 
 from pipeline.kernels import POOL_MODES, accumulator, gates
 from pipeline.kernels.fpmode import flush_subnormals, restore
-from pipeline.kernels.gemm import aligned as _aligned
 from pipeline.kernels.gemm import gemm as _gemm
 from pipeline.kernels.gemm import gemm_tn as _gemm_tn
 from pipeline.kernels.gemm import pack as _pack
 from pipeline.kernels.gemm import padded_width as _padded_width
+from pipeline.kernels.memory import aligned as _aligned
+from pipeline.kernels.memory import prefetch_read, prefetch_write
 from pipeline.kernels.rows import check_rows, sum_by_row
 
 F32 = np.float32
@@ -178,6 +179,14 @@ def _forward(
             for r in range(r0, r1):
                 tok = _tok_at(starts, lens, r, t, reverse)
                 row = tok if rowmap.shape[0] == 0 else rowmap[tok]
+                if t + 1 < lens[r]:  # the row's next input and stores, while this step runs
+                    nxt = tok - 1 if reverse else tok + 1
+                    prefetch_read(xsrc, nxt if rowmap.shape[0] == 0 else rowmap[nxt])
+                    if store:
+                        prefetch_write(hs, nxt)
+                        if cell != 2:
+                            prefetch_write(acts, nxt)
+                            prefetch_write(aux, nxt)
                 g = Gb[r, :GH]
                 x = xsrc[row]
                 h = S_h[r]
@@ -279,7 +288,7 @@ def _run(cell, xsrc, rowmap, offsets, W_hh, b_hh, reverse, need_pool, store_nnz)
     plan = _plan(offsets)
     _, lens_s, starts_s, blocks = plan
     WhhP = _pack(W_hh.T)  # W_hh.T (H, G*H) in gemm's panels
-    # rows the step's vector loops read and write start on cache lines (gemm.aligned)
+    # rows the step's vector loops read and write start on cache lines (memory.aligned)
     S_h = _aligned((n, H), 0.0)
     S_c = _aligned((n if cell == "lstm" else 0, H), 0.0)
     Gb = _aligned((n, _padded_width(G * H)))
@@ -413,6 +422,17 @@ def _backward(
             for r in range(r0, ra):
                 tok = _tok_at(starts, lens, r, t, reverse)
                 prev = tok + 1 if reverse else tok - 1
+                if t > 0:  # what the row's next step (t - 1) reads and writes
+                    prefetch_read(dhs, prev)
+                    prefetch_write(dGx, prev)
+                    if cell != 2:
+                        prefetch_read(acts, prev)
+                        prefetch_read(aux, prev)
+                    if t > 1:
+                        before = prev + 1 if reverse else prev - 1
+                        prefetch_read(hs, before)
+                        if cell == 0:
+                            prefetch_read(aux, before)
                 for j in range(H):
                     dh[j] = dS[r, j] + dhs[tok, j]
                 if cell == 0:

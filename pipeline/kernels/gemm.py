@@ -31,6 +31,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from pipeline.kernels.memory import aligned
+
 
 def _target_features() -> str:
     # The CPU Numba compiles for: the host's, unless NUMBA_CPU_NAME/FEATURES pick another
@@ -50,25 +52,6 @@ NB = LANES * VECS  # columns per packed panel and per tile
 def padded_width(n: int) -> int:
     """``n`` rounded up to whole panels: the width of ``C`` for a product with ``n`` columns."""
     return -(-n // NB) * NB
-
-
-def aligned(shape: tuple[int, ...], fill: float | None = None) -> np.ndarray:
-    """A C-contiguous float32 array of ``shape`` whose data starts on a 64-byte boundary,
-    uninitialised or set to ``fill``.
-
-    NumPy aligns to 16 bytes, so a 64-byte vector load from a row of it usually spans two
-    cache lines, which costs this CPU a second load: with the packed panels and output
-    rows aligned, the step product ran 1.06-1.16x faster (scratch timing, one thread).
-    Rows whose width is a multiple of 16 floats all start aligned.
-    """
-    shape = tuple(int(d) for d in shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * 4
-    raw = np.empty(nbytes + 64, np.uint8)
-    start = -raw.ctypes.data % 64
-    out = raw[start : start + nbytes].view(np.float32).reshape(shape)
-    if fill is not None:
-        out.fill(fill)
-    return out
 
 
 def pack(B: np.ndarray) -> np.ndarray:
