@@ -39,6 +39,30 @@ def test_forward_and_gradients_match_reference(cell, reverse, mode):
         np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3, err_msg=name)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_several_blocks_per_thread(cell, monkeypatch):
+    # Large batches are split into blocks of at most _BLOCK_ROWS sequences, several per
+    # thread; with blocks of 2, the 11 sequences span 6+ blocks (empty ones included).
+    E, H, V = 6, 5, 30
+    p = layer_params(cell, E, H, seed=31)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=32)
+    R = np.random.default_rng(33).normal(size=(len(LENGTHS), H)).astype(np.float32)
+    table = cpu.fold_table(cell, emb, p["W_ih"], p["b_ih"], p["b_hh"])
+
+    def infer():
+        return cpu.layer_infer(cell, table, ids, offsets, p["W_hh"], p["b_hh"], True, MODES)
+
+    whole = infer()
+    monkeypatch.setattr(cpu, "_BLOCK_ROWS", 2)
+    assert cpu._plan(offsets)[3].size - 1 >= 6
+    np.testing.assert_array_equal(infer(), whole)  # a row's steps never depend on its block
+    hs_c, f_c, g_c = _grads(cpu, cell, p, emb[ids], offsets, True, "max", R)
+    hs_r, f_r, g_r = _grads(reference, cell, p, emb[ids], offsets, True, "max", R)
+    np.testing.assert_allclose(hs_c, hs_r, atol=2e-5, rtol=1e-4)
+    for name, a, b in zip(["dx", "dW_ih", "dW_hh", "db_ih", "db_hh"], g_c, g_r, strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3, err_msg=name)
+
+
 def _grads_rows(backend, cell, p, x, rows, offsets, reverse, R):
     hs, cache = backend.layer_forward(cell, x, offsets, **p, reverse=reverse, rows=rows)
     dhs = backend.pool_backward(R, hs, offsets, "mean", reverse)
