@@ -197,8 +197,7 @@ def train_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callab
             rows=rows,
         )
         be.pool_forward(hs, offsets, "last")
-        dhs = be.pool_backward(dfeat, hs, offsets, "last")
-        dx = be.layer_backward(cache, dhs)[0]
+        dx = be.layer_backward(cache, None, dfeat)[0]  # last-state gradient, as Model does
         k = _skip_padding(distinct)
         RowGrad(distinct[k:], dx[k:], params["emb"].shape)
 

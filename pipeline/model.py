@@ -470,22 +470,25 @@ class Model:
         if cache.feat_mask is not None:
             dfeats *= cache.feat_mask
         # split the features back per direction and mode, in forward's order
-        dhs: dict[str, np.ndarray] = {}
+        dhs: dict[str, np.ndarray | None] = {d: None for d in dirs}
+        finals: dict[str, np.ndarray | None] = {d: None for d in dirs}
         col = 0
         for d in dirs:
             for mode in cfg.modes:
                 part = np.ascontiguousarray(dfeats[:, col : col + H])
-                # a second pooling of the same states adds into the first one's gradient
-                dhs[d] = k.pool_backward(
-                    part, cache.last_hs[d], cache.offsets, mode, reverse=d == "bwd", out=dhs.get(d)
-                )
+                if mode == "last":  # the final state's gradient: no dense [nnz, H] array
+                    finals[d] = part
+                else:  # a second pooling of the same states adds into the first one's
+                    dhs[d] = k.pool_backward(
+                        part, cache.last_hs[d], cache.offsets, mode, reverse=d == "bwd", out=dhs[d]
+                    )
                 col += H
         for layer in reversed(range(cfg.num_layers)):
             dx = None
             for d in dirs:
                 pre = f"l{layer}.{d}"
                 dx_d, dW_ih, dW_hh, db_ih, db_hh = k.layer_backward(
-                    cache.layer_caches[layer][d], dhs[d]
+                    cache.layer_caches[layer][d], dhs[d], finals[d]
                 )
                 grads[f"{pre}.W_ih"], grads[f"{pre}.W_hh"] = dW_ih, dW_hh
                 grads[f"{pre}.b_ih"], grads[f"{pre}.b_hh"] = db_ih, db_hh
@@ -497,6 +500,7 @@ class Model:
                 dhs = {
                     d: np.ascontiguousarray(dx[:, j * H : (j + 1) * H]) for j, d in enumerate(dirs)
                 }
+                finals = {d: None for d in dirs}
             elif sparse_embedding:  # dx (U, E): already summed over each distinct id's tokens
                 from pipeline.optim import RowGrad
 

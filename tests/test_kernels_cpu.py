@@ -63,6 +63,34 @@ def test_several_blocks_per_thread(cell, monkeypatch):
         np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3, err_msg=name)
 
 
+@pytest.mark.parametrize("backend", [cpu, reference])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_final_state_gradient_needs_no_dense_array(backend, cell, reverse):
+    # layer_backward(cache, dhs, d_final) == layer_backward(cache, dhs + last-pool gradient),
+    # bit for bit, with and without a dense part
+    E, H, V = 6, 5, 30
+    p = layer_params(cell, E, H, seed=41)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=42)
+    rng = np.random.default_rng(43)
+    d_final, d_mean = (rng.normal(size=(len(LENGTHS), H)).astype(np.float32) for _ in range(2))
+    hs, cache = backend.layer_forward(cell, emb[ids], offsets, **p, reverse=reverse)
+    last = backend.pool_backward(d_final, hs, offsets, "last", reverse)
+    mean = backend.pool_backward(d_mean, hs, offsets, "mean", reverse)
+    cases = [((last,), (None, d_final)), ((mean + last,), (mean, d_final))]
+    for dense_args, final_args in cases:
+        dense = backend.layer_backward(cache, *dense_args)
+        final = backend.layer_backward(cache, *final_args)
+        for name, a, b in zip(
+            ["dx", "dW_ih", "dW_hh", "db_ih", "db_hh"], dense, final, strict=True
+        ):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    with pytest.raises(ValueError, match="d_final"):
+        backend.layer_backward(cache, None, d_final[:2])
+    with pytest.raises(ValueError, match="dhs"):
+        backend.layer_backward(cache, hs[:3])
+
+
 def _grads_rows(backend, cell, p, x, rows, offsets, reverse, R):
     hs, cache = backend.layer_forward(cell, x, offsets, **p, reverse=reverse, rows=rows)
     dhs = backend.pool_backward(R, hs, offsets, "mean", reverse)

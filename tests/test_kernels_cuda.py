@@ -153,6 +153,18 @@ def test_pool_backward_adds_into_out(K, reverse):
 
 @needs_cuda
 @pytest.mark.parametrize("reverse", [False, True])
+def test_final_state_gradient_equals_the_dense_one(K, reverse):
+    p = layer_params("lstm", E, H, seed=41)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=42)
+    d_final = np.random.default_rng(43).normal(size=(len(LENGTHS), H)).astype(np.float32)
+    hs, cache = K.layer_forward("lstm", emb[ids], offsets, **p, reverse=reverse)
+    dense = K.layer_backward(cache, K.pool_backward(d_final, hs, offsets, "last", reverse))
+    for a, b in zip(dense, K.layer_backward(cache, None, d_final), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_cuda
+@pytest.mark.parametrize("reverse", [False, True])
 def test_max_pool_gradient_goes_to_first_maximum(K, reverse):
     # ties on purpose: the gradient goes to the lowest token index, in either direction
     hs = np.array([[1, 4], [3, 0], [3, 4], [2, 1], [5, 5]], np.float32)

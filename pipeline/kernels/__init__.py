@@ -24,8 +24,12 @@ rows=None)``
     With ``rows`` (int[nnz]), token ``k``'s input is ``x[rows[k]]`` and ``x`` holds only the
     distinct inputs, e.g. the embedding rows of a batch's distinct ids: the input
     projection is then done once per distinct row instead of once per token.
-``layer_backward(cache, dhs)``
-    -> ``(dx, dW_ih, dW_hh, db_ih, db_hh)``: gradients given ``dhs`` = dL/dhs float32[nnz, H].
+``layer_backward(cache, dhs, d_final=None)``
+    -> ``(dx, dW_ih, dW_hh, db_ih, db_hh)``: gradients given ``dhs`` = dL/dhs float32[nnz, H]
+    (None: zero) and ``d_final`` = dL/d(final state) float32[n, H], the gradient of what
+    ``pool_forward(hs, offsets, "last", reverse)`` returns, added at each sequence's final
+    step (ignored for empty sequences). ``d_final`` gives the same gradients as adding it
+    into a dense ``dhs`` (``pool_backward(..., "last")``) without building one.
     ``dx`` has ``x``'s shape: with ``rows``, row ``u`` sums the gradients of the tokens
     that read it (``pipeline.kernels.rows``).
 ``pool_forward(hs, offsets, mode, reverse=False)`` -> float32[n, H]
@@ -68,6 +72,30 @@ def accumulator(out, shape: tuple[int, ...]):
     if out.shape != tuple(shape):
         raise ValueError(f"out must have shape {tuple(shape)}, got {out.shape}")
     return out
+
+
+def hs_gradient(dhs, d_final, offsets, reverse: bool, shape: tuple[int, int], dtype):
+    """``layer_backward``'s two gradient arguments checked and merged into one dense dL/dhs
+    of ``shape`` [nnz, H] (a new array when ``d_final`` is given): ``d_final`` [n, H] is
+    added at each non-empty sequence's final step. ValueError on a wrong shape."""
+    import numpy as np
+
+    if dhs is None:
+        dhs = np.zeros(shape, dtype)
+    else:
+        dhs = np.asarray(dhs)
+        if dhs.shape != tuple(shape):
+            raise ValueError(f"dhs must be [nnz, H]={list(shape)} like hs, got {dhs.shape}")
+        dhs = dhs.astype(dtype, copy=d_final is not None)
+    if d_final is not None:
+        d_final = np.asarray(d_final)
+        n = offsets.size - 1
+        if d_final.shape != (n, shape[1]):
+            raise ValueError(f"d_final must be [n, H]=[{n}, {shape[1]}], got {d_final.shape}")
+        ends = offsets[:-1] if reverse else offsets[1:] - 1
+        ran = offsets[1:] > offsets[:-1]
+        dhs[ends[ran]] += d_final[ran].astype(dtype, copy=False)
+    return dhs
 
 
 def gates(cell: str) -> int:

@@ -400,7 +400,9 @@ def _backward(
     cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dS, dC, Dd, Db, acc, zeros
 ):
     # W_hhP: W_hh (G*H, H) packed for gemm
-    # dS (n, Np): dL/dh of every slot from the later steps (columns H: are gemm's padding)
+    # dhs (nnz, H): dL/dh per token, or (0, H) for none
+    # dS (n, Np): dL/dh of every slot from the later steps (columns H: are gemm's padding),
+    # holding dL/d(final state) before the first step back
     # dC (n, H): same for lstm's c; Dd (n, H): gru's direct z*dh term
     # Db (n, G*H): gate gradients on the recurrent side
     # dGx (nnz, G*H): input-side gate gradients per token, for the products at the end
@@ -410,6 +412,7 @@ def _backward(
     # dW += SG.T @ SH while they are still in cache
     dW, db, SG, SH = acc
     H = zeros.shape[0]
+    has_dhs = dhs.shape[0] > 0
     GH = Db.shape[1]
     Np = dS.shape[1]
     KS = SG.shape[1]
@@ -431,7 +434,8 @@ def _backward(
                 tok = _tok_at(starts, lens, r, t, reverse)
                 prev = tok + 1 if reverse else tok - 1
                 if t > 0:  # what the row's next step (t - 1) reads and writes
-                    prefetch_read(dhs, prev)
+                    if has_dhs:
+                        prefetch_read(dhs, prev)
                     prefetch_write(dGx, prev)
                     if cell != 2:
                         prefetch_read(acts, prev)
@@ -441,8 +445,12 @@ def _backward(
                         prefetch_read(hs, before)
                         if cell == 0:
                             prefetch_read(aux, before)
-                for j in range(H):
-                    dh[j] = dS[r, j] + dhs[tok, j]
+                if has_dhs:
+                    for j in range(H):
+                        dh[j] = dS[r, j] + dhs[tok, j]
+                else:
+                    for j in range(H):
+                        dh[j] = dS[r, j]
                 if cell == 0:
                     cp = aux[prev] if t > 0 else zeros
                     _lstm_row_bwd(dh, dC[r], acts[tok], aux[tok], cp, dGx[tok], H)
@@ -477,18 +485,33 @@ def _backward(
 _STAGE = 128  # tokens a block stages before adding them to its dW_hh
 
 
-def layer_backward(cache, dhs):
-    """Backpropagation through time for one layer; returns (dx, dW_ih, dW_hh, db_ih, db_hh)."""
+def layer_backward(cache, dhs, d_final=None):
+    """Backpropagation through time for one layer; returns (dx, dW_ih, dW_hh, db_ih, db_hh).
+
+    ``dhs`` [nnz, H] or None; ``d_final`` [n, H] or None (see ``pipeline.kernels``): it
+    starts each slot's running gradient, so no dense [nnz, H] array is built for it."""
+    if cache is None:
+        raise ValueError("layer_backward needs the cache of layer_forward(..., training=True)")
     cell, x, W_ih, W_hh = cache.cell, cache.x, cache.W_ih, cache.W_hh
     G, H = gates(cell), W_hh.shape[1]
     nnz, n = cache.hs.shape[0], cache.offsets.size - 1
-    dhs = _as32(dhs)
-    _, lens_s, starts_s, blocks = cache.plan
+    if dhs is None:
+        dhs = np.empty((0, H), F32)
+    else:
+        dhs = _as32(dhs)
+        if dhs.shape != (nnz, H):
+            raise ValueError(f"dhs must be [nnz, H]=[{nnz}, {H}] like hs, got {dhs.shape}")
+    perm, lens_s, starts_s, blocks = cache.plan
     nb, GH, Np = blocks.size - 1, G * H, _padded_width(H)
     # _backward writes every token's row of dGx: no zeroing (17 MB for a GRU batch of 64
     # IMDB reviews)
     dGx = np.empty((nnz, GH), F32)
     dS = _aligned((n, Np), 0.0)  # columns past H: gemm's padding
+    if d_final is not None:
+        d_final = _as32(d_final)
+        if d_final.shape != (n, H):
+            raise ValueError(f"d_final must be [n, H]=[{n}, {H}], got {d_final.shape}")
+        dS[:, :H] = d_final[perm]  # empty sequences' slots never run: theirs is ignored
     dC = _aligned((n if cell == "lstm" else 0, H), 0.0)
     Dd = np.zeros((n if cell == "gru" else 0, H), F32)
     Db = _aligned((n, GH))

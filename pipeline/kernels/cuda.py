@@ -63,7 +63,7 @@ if not hasattr(np, "row_stack"):
 
 from numba import cuda, float32
 
-from pipeline.kernels import accumulator, gates
+from pipeline.kernels import accumulator, gates, hs_gradient
 from pipeline.kernels.reference import (
     _check_infer_args,
     _check_input_weights,
@@ -643,6 +643,7 @@ class _Cache:
     aux: object  # (nnz, H) lstm's c or gru's W_hn h + b_hn (empty for rnn)
     rows: np.ndarray | None = None  # layer_forward's rows, to fold dx back onto them
     n_x: int = 0  # rows of the x that layer_forward was given
+    offsets: np.ndarray | None = None  # (n+1,) int64 on the host, for layer_backward's d_final
 
 
 def layer_forward(
@@ -698,21 +699,25 @@ def layer_forward(
     hs, acts, aux, _ = _recur(cell, reverse, xproj, no_rows, W_hh_d, b_hh, seq_d, nnz, training, ())
     cache = None
     if training:
-        cache = _Cache(cell, bool(reverse), x_d, W_ih_d, W_hh_d, seq_d, hs, acts, aux, rows, n_x)
+        cache = _Cache(
+            cell, bool(reverse), x_d, W_ih_d, W_hh_d, seq_d, hs, acts, aux, rows, n_x, offsets
+        )
     return hs.copy_to_host(), cache
 
 
 def layer_backward(
-    cache: _Cache, dhs: np.ndarray
+    cache: _Cache, dhs: np.ndarray | None, d_final: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Full backpropagation through time for one ``layer_forward`` call, on the GPU.
 
-    Parameters: ``cache`` from ``layer_forward(..., training=True)``; ``dhs`` [nnz, H] = dL/dhs.
+    Parameters: ``cache`` from ``layer_forward(..., training=True)``; ``dhs`` [nnz, H] = dL/dhs
+    (None: zero); ``d_final`` [n, H] = dL/d(final state), added at each sequence's final step
+    (here on the host, into the dense ``dhs`` that is copied to the GPU).
 
     Returns ``(dx, dW_ih, dW_hh, db_ih, db_hh)``, float32 host arrays shaped like x, W_ih,
     W_hh, b_ih, b_hh. Bit-identical from run to run (no atomics, fixed summation order).
 
-    Raises ValueError when ``cache`` is None or ``dhs`` has the wrong shape.
+    Raises ValueError when ``cache`` is None or ``dhs`` or ``d_final`` has the wrong shape.
 
     Example::
 
@@ -725,9 +730,9 @@ def layer_backward(
     nnz, H = cache.hs.shape
     GH = cache.W_hh.shape[0]
     n = cache.seq.shape[1]
-    dhs = _host_float(dhs, "dhs")
-    if dhs.shape != (nnz, H):
-        raise ValueError(f"dhs must be [nnz, H]=[{nnz}, {H}] like hs, got {dhs.shape}")
+    if dhs is not None:
+        dhs = _host_float(dhs, "dhs")
+    dhs = hs_gradient(dhs, d_final, cache.offsets, cache.reverse, (nnz, H), F32)
     dhs_d = _dev(dhs, "dhs")
     # every token is one row's step, and the kernel writes all G*H of its entries
     dGx = cuda.device_array((nnz, GH), F32)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.kernels import POOL_MODES, gates
+from pipeline.kernels import POOL_MODES, gates, hs_gradient
 from pipeline.kernels.rows import check_rows
 
 __all__ = [
@@ -295,17 +295,19 @@ def layer_forward(
 
 
 def layer_backward(
-    cache: _Cache, dhs: np.ndarray
+    cache: _Cache, dhs: np.ndarray | None, d_final: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Full backpropagation through time for one ``layer_forward`` call.
 
-    Parameters: ``cache`` from ``layer_forward(..., training=True)``; ``dhs`` [nnz, H], dL/dhs.
+    Parameters: ``cache`` from ``layer_forward(..., training=True)``; ``dhs`` [nnz, H], dL/dhs
+    (None: zero); ``d_final`` [n, H], dL/d(final state) of each sequence, which is the state
+    ``pool_forward(..., "last")`` returns: added at the sequence's final step.
 
     Returns ``(dx, dW_ih, dW_hh, db_ih, db_hh)`` with the shapes of x, W_ih, W_hh, b_ih, b_hh,
     in the dtype of the forward computation.
 
-    Raises ValueError when ``cache`` is None (forward ran with training=False) or ``dhs`` has
-    the wrong shape.
+    Raises ValueError when ``cache`` is None (forward ran with training=False) or ``dhs`` or
+    ``d_final`` has the wrong shape.
 
     Example::
 
@@ -314,12 +316,9 @@ def layer_backward(
     """
     if cache is None:
         raise ValueError("layer_backward needs the cache of layer_forward(..., training=True)")
-    dhs = np.asarray(dhs)
     nnz, H = cache.h_prev.shape
-    if dhs.shape != (nnz, H):
-        raise ValueError(f"dhs must be [nnz, H]=[{nnz}, {H}] like hs, got {dhs.shape}")
     dtype = cache.x.dtype
-    dhs = dhs.astype(dtype, copy=False)
+    dhs = hs_gradient(dhs, d_final, cache.offsets, cache.reverse, (nnz, H), dtype)
     GH = cache.W_hh.shape[0]
 
     # Per-token gradients w.r.t. the input projection and the recurrent pre-activation;
