@@ -254,6 +254,47 @@ def test_thread_count_does_not_change_results(cell):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+_CACHE_CHILD = """
+import hashlib, sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+from kernel_cases import layer_params, ragged_batch
+from pipeline.kernels import cpu
+digest = hashlib.sha256()
+for cell in ("lstm", "gru", "rnn"):
+    p = layer_params(cell, 6, 5, seed=51)
+    offsets, ids, emb = ragged_batch([0, 1, 37, 5, 12, 3], 6, 30, seed=52)
+    hs, cache = cpu.layer_forward(cell, emb[ids], offsets, **p, reverse=cell == "gru")
+    dhs = np.random.default_rng(53).normal(size=hs.shape).astype(np.float32)
+    for g in cpu.layer_backward(cache, dhs):
+        digest.update(g.tobytes())
+print(sum(cpu._backward.stats.cache_hits.values()), digest.hexdigest())
+"""
+
+
+def test_gradients_are_the_same_bits_compiled_or_loaded_from_cache(tmp_path):
+    # A process that compiles the backward kernel and one that loads it from Numba's cache
+    # must compute the same gradients: reruns, checkpoints and resumes rely on it. (With
+    # fastmath's "reassoc" in the backward kernels they differed in the last bits.)
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = _CACHE_CHILD.format(tests=str(Path(__file__).parent))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        hits, digest = out.stdout.split()
+        runs.append((int(hits), digest))
+    assert runs[0][0] == 0 and runs[1][0] > 0  # compiled, then loaded from the cache
+    assert runs[0][1] == runs[1][1]
+
+
 def test_fast_tanh_is_accurate():
     x = np.linspace(-20, 20, 200_001, dtype=np.float32)
     out = np.empty_like(x)

@@ -60,6 +60,11 @@ _HALF = np.float32(0.5)
 _ONE = np.float32(1.0)
 _ZERO = np.float32(0.0)
 _CELL_ID = {"lstm": 0, "gru": 1, "rnn": 2}
+# fastmath for backward without "reassoc": with it, a process that compiled _backward and
+# one that loaded it from Numba's cache computed gradients differing in their last bits
+# (LLVM reordered products differently in the two code paths); without it the bits agree,
+# at no measurable cost (its loops are elementwise, no reductions to reorder)
+_BACKWARD_MATH = {"nnan", "ninf", "nsz", "arcp", "afn", "contract"}
 _MODE_ID = {"last": 0, "max": 1, "mean": 2}
 
 
@@ -360,7 +365,7 @@ def layer_forward(
 # ---------------------------------------------------------------------------------------
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=_BACKWARD_MATH, error_model="numpy")
 def _lstm_row_bwd(dh, dc, a, cs, cp, gx, H):
     # dh (H,): dL/dh_t; dc (H,): dL/dc_t from step t+1, becomes dL/dc_{t-1}
     # a: activations i f g o; cs: c_t; cp: c_{t-1} (zeros at t = 0); gx: gate gradients
@@ -376,7 +381,7 @@ def _lstm_row_bwd(dh, dc, a, cs, cp, gx, H):
         dc[j] = dcj * af[j]
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=_BACKWARD_MATH, error_model="numpy")
 def _gru_row_bwd(dh, a, hn, hp, gx, gh, dd, H):
     # dd (H,): receives dL/dh_{t-1} through the z*h path
     ar, az, an = a[:H], a[H : 2 * H], a[2 * H :]
@@ -395,7 +400,7 @@ def _gru_row_bwd(dh, a, hn, hp, gx, gh, dd, H):
         hnn[j] = dn * ar[j]
 
 
-@njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
+@njit(parallel=True, cache=True, fastmath=_BACKWARD_MATH, error_model="numpy")
 def _backward(
     cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dS, dC, Dd, Db, acc, zeros
 ):
