@@ -169,15 +169,12 @@ def _microkernel(typingctx, A, m, rows, Bp, boff, C, n0, K):
         vt = ir.VectorType(ir.FloatType(), LANES)
         bbase = _f32_at(builder, bp, i64(0), boff_)
 
-        def row(r):
-            return builder.mul(builder.add(m_, i64(r)), lda), builder.mul(
-                builder.add(m_, i64(r)), ldc
-            )
-
-        offs = [row(r) for r in range(ROWS)]
+        rows = [builder.add(m_, i64(r)) for r in range(ROWS)]  # the tile's rows, m + r
+        a_offs = [builder.mul(mr, lda) for mr in rows]  # their byte offsets in A and C
+        c_offs = [builder.mul(mr, ldc) for mr in rows]
 
         def c_ptr(r, v):
-            p = _f32_at(builder, c, offs[r][1], builder.add(n0_, i64(v * LANES)))
+            p = _f32_at(builder, c, c_offs[r], builder.add(n0_, i64(v * LANES)))
             return builder.bitcast(p, vt.as_pointer())
 
         _switch_rows(
@@ -187,7 +184,7 @@ def _microkernel(typingctx, A, m, rows, Bp, boff, C, n0, K):
                 builder,
                 _fma_decl(builder, vt),
                 vt,
-                lambda k, r: _f32_at(builder, a, offs[r][0], k),
+                lambda k, r: _f32_at(builder, a, a_offs[r], k),
                 lambda k: builder.gep(bbase, [builder.mul(k, i64(NB))]),
                 c_ptr,
                 K_,
