@@ -19,6 +19,8 @@ from numba import njit, prange
 
 from pipeline.kernels import gates, get_backend
 from pipeline.kernels.gemm import gemm as _gemm
+from pipeline.kernels.gemm import gemm_tn as _gemm_tn
+from pipeline.kernels.memory import aligned
 
 
 @dataclass(frozen=True)
@@ -145,8 +147,9 @@ def product_fn(shape: Shape, offsets, params) -> Callable[[], object]:
     GH = gates(shape.cell) * H
     WhhP = gemm.pack(params["W_hh"].T)
     rng = np.random.default_rng(0)
-    S = rng.uniform(-1, 1, (lens_s.size, H)).astype(np.float32)
-    wide = np.empty((lens_s.size, gemm.padded_width(GH)), np.float32)
+    S = aligned((lens_s.size, H))  # 64-byte aligned, as the kernel's arrays are
+    S[...] = rng.uniform(-1, 1, S.shape)
+    wide = aligned((lens_s.size, gemm.padded_width(GH)))
 
     def run():
         _products_only(lens_s, blocks, S, WhhP, wide)
@@ -169,6 +172,78 @@ def _products_only(lens, blocks, S, WhhP, out):
             while lens[r1 - 1] <= t:
                 r1 -= 1
             _gemm(S, r0, r1, WhhP, H, Np, out)
+
+
+def train_product_fn(shape: Shape, offsets, ids, params) -> Callable[[], object]:
+    """The matrix products of one training step alone, as a callable: the floor under
+    ``train_fn`` if all else in the step (gate math, pooling, gathers, sums, allocations)
+    cost nothing.
+
+    The same products as the CPU backend, on the same shapes: the input projection of the
+    batch's distinct rows, ``dW_ih`` and ``dx`` with NumPy's BLAS; the forward step
+    products and the backward ``dS @ W_hh`` step products on the kernel's plan (its
+    length-sorted blocks and shrinking active set) with its small-product routine; and
+    ``dW_hh`` in 128-token windows per block with ``gemm_tn``, as the backward kernel stages
+    them. Operands are fixed random values (speed does not depend on them)."""
+    from pipeline.kernels import cpu, gemm
+    from pipeline.model import _distinct_ids
+
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    _, lens_s, _, blocks = cpu._plan(offsets)
+    n, nb = lens_s.size, blocks.size - 1
+    H, E = shape.hidden_dim, shape.embed_dim
+    GH = gates(shape.cell) * H
+    W_ih, W_hh = params["W_ih"], params["W_hh"]
+    rows = _distinct_ids(ids, shape.vocab)[0].size
+    rng = np.random.default_rng(0)
+
+    def draw(*dims):  # on 64-byte boundaries, as the kernels' arrays are
+        out = aligned(dims)
+        out[...] = rng.uniform(-1, 1, dims)
+        return out
+
+    x, dr = draw(rows, E), draw(rows, GH)
+    S, D = draw(n, H), draw(n, GH)
+    fwd_out = aligned((n, gemm.padded_width(GH)))
+    dS = aligned((n, gemm.padded_width(H)))
+    stage = (draw(nb, cpu._STAGE, GH), draw(nb, cpu._STAGE, gemm.padded_width(H)))
+    dW = aligned((nb, GH, gemm.padded_width(H)), 0.0)
+
+    def run():
+        x @ W_ih.T
+        _products_only(lens_s, blocks, S, gemm.pack(W_hh.T), fwd_out)
+        _backward_products_only(lens_s, blocks, D, gemm.pack(W_hh), stage[0], stage[1], dS, dW)
+        dr.T @ x
+        dr @ W_ih
+
+    run.state = (D, dS, stage, dW, lens_s, blocks)  # for tests
+    return run
+
+
+@njit(parallel=True, cache=True)
+def _backward_products_only(lens, blocks, D, WP, SG, SH, dS, dW):
+    # the products of cpu._backward without its gate math or staging copies: per step
+    # (t >= 1) the running rows' D @ W_hh, and every 128 staged tokens dW += SG.T @ SH
+    GH = D.shape[1]
+    Np = dS.shape[1]
+    KS = SG.shape[1]
+    for bi in prange(blocks.shape[0] - 1):
+        r0 = blocks[bi]
+        r1 = blocks[bi + 1]
+        if r1 == r0:
+            continue
+        ks = 0
+        for t in range(lens[r0] - 1, 0, -1):
+            ra = r0
+            while ra < r1 and lens[ra] > t:
+                ra += 1
+            for _ in range(r0, ra):
+                if ks == KS:
+                    _gemm_tn(SG[bi], 0, ks, GH, SH[bi], Np, dW[bi])
+                    ks = 0
+                ks += 1
+            _gemm(D, r0, ra, WP, GH, Np, dS)
+        _gemm_tn(SG[bi], 0, ks, GH, SH[bi], Np, dW[bi])
 
 
 def train_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callable[[], object]:

@@ -328,3 +328,34 @@ def test_benchmark_product_loop_multiplies_every_running_row():
     ran = lens_s > 0
     np.testing.assert_allclose(out[ran], S[ran] @ params["W_hh"].T, rtol=1e-5, atol=1e-5)
     assert ran.sum() == 5
+
+
+def test_benchmark_training_products_are_the_backward_kernels_products():
+    # bench.train_product_fn times a training step's products alone: per block, the
+    # running rows' D @ W_hh at every step t >= 1, and dW_hh from every staged token (one per
+    # row and step t >= 1) in windows of the kernel's stage size
+    from pipeline import bench
+    from pipeline.kernels.cpu import _STAGE
+
+    shape = bench.Shape("lstm", embed_dim=4, hidden_dim=3, batch=6, vocab=11)
+    rng = np.random.default_rng(1)
+    params = {
+        k: rng.normal(size=s).astype(np.float32) for k, s in (("W_ih", (12, 4)), ("W_hh", (12, 3)))
+    }
+    lengths = np.array([3, 0, 1, 200, 2, 0])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = rng.integers(1, 11, offsets[-1])
+    run = bench.train_product_fn(shape, offsets, ids, params)
+    D, dS, (SG, SH), dW, lens_s, blocks = run.state
+    run()
+    many = lens_s >= 2  # rows in at least one backward step product
+    np.testing.assert_allclose(dS[many, :3], D[many] @ params["W_hh"], rtol=1e-5, atol=1e-5)
+    staged = [
+        int(np.maximum(lens_s[blocks[b] : blocks[b + 1]] - 1, 0).sum())
+        for b in range(blocks.size - 1)
+    ]
+    assert max(staged) > _STAGE  # the 200-step row fills a window and starts another
+    for b, count in enumerate(staged):
+        full, rest = divmod(count, _STAGE)
+        want = full * (SG[b].T @ SH[b]) + SG[b, :rest].T @ SH[b, :rest]
+        np.testing.assert_allclose(dW[b], want, rtol=1e-4, atol=1e-3)

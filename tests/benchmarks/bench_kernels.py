@@ -12,9 +12,12 @@ Everything is measured in this one run, on the same shapes and thread count:
   the same on padded batches (autograd), both without the optimizer step.
 * the NumPy reference on a slice of the batch (it is slow), scaled per token.
 * the machine's matrix-product rate, (B,H)x(H,G*H) with NumPy's BLAS, for the GFLOP/s column.
-* at inference, the kernel's recurrent products alone (``bench.product_fn``: its plan, step
-  loop, shrinking blocks and small-product routine, no gate math): the "prod%" column
-  says how close to the peak the product itself runs inside the kernel.
+* the step's matrix products alone, on the kernel's plan, shapes and product routines with
+  everything else left out (``bench.product_fn`` at inference: the recurrent products;
+  ``bench.train_product_fn`` in training: those forward and backward, ``dW_hh``, and the
+  input side's BLAS products): "prod%" is the %peak a call that took only their time
+  would show, and "floor" the ratio to PyTorch it would reach: the most that cutting
+  every other cost (gate math, gathers, sums, allocations) could give.
 PyTorch runs in a child process of its own: Numba's and PyTorch's OpenMP thread pools in one
 process would slow each other down on 2 cores, and that would flatter rnnpipe.
 The measurements are interleaved: each repeat times PyTorch (in the child, which waits
@@ -241,7 +244,7 @@ def main() -> None:
     hdr = (
         f"{'model':<22}{'what':<7}{'batch':>6}{'rnnpipe tok/s':>15}{'rev/s':>9}"
         f"{'GFLOP/s':>9}{'peak':>6}{'%peak':>7}{'prod%':>7}{'torch tok/s':>13}{'rev/s':>8}"
-        f"{'ratio':>7}{'FTZ rev/s':>10}{'ratio':>7}"
+        f"{'ratio':>7}{'FTZ rev/s':>10}{'ratio':>7}{'floor':>7}"
         f"{'numpy-ref tok/s':>17}{'ratio':>8}"
     )
     print(hdr)
@@ -257,12 +260,13 @@ def main() -> None:
         H = shape.hidden_dim
         peak_run, peak_flops = bench.matmul_fn(256, H, gates(shape.cell) * H)
         flops = bench.recurrent_flops(shape, tokens) * (3 if what == "train" else 1)
-        # inference: the same kernel's recurrent products alone (its step loop, no gate math)
-        prod = bench.product_fn(shape, offsets, params) if what != "train" else None
-        ours(), peak_run()  # warm-up
-        if prod is not None:
-            prod()
-        t_ours, t_torch, rates, pct, ratios, prod_pct = [], [], [], [], [], []
+        # the same step's matrix products alone (its plan and product routines, nothing else)
+        if what == "train":
+            prod = bench.train_product_fn(shape, offsets, ids, params)
+        else:
+            prod = bench.product_fn(shape, offsets, params)
+        ours(), peak_run(), prod()  # warm-up
+        t_ours, t_torch, rates, pct, ratios, prod_pct, floors = [], [], [], [], [], [], []
         t_ftz, ratios_ftz = [], []
         for _ in range(args.repeats):
             if peer is not None:
@@ -272,11 +276,9 @@ def main() -> None:
             t0 = time.perf_counter()
             ours()
             t_ours.append(time.perf_counter() - t0)
-            t_prod = np.nan
-            if prod is not None:
-                t0 = time.perf_counter()
-                prod()
-                t_prod = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            prod()
+            t_prod = time.perf_counter() - t0
             best = np.inf
             for _ in range(2):  # the first call also wakes BLAS's sleeping threads
                 t0 = time.perf_counter()
@@ -288,20 +290,20 @@ def main() -> None:
             if peer is not None:
                 ratios.append(t_torch[-1] / t_ours[-1])
                 ratios_ftz.append(t_ftz[-1] / t_ours[-1])
+                floors.append(t_torch[-1] / t_prod)
         t = float(np.median(t_ours))
         row = (
             f"{shape.cell} E={shape.embed_dim} H={H:<7}{what:<7}{batch:>6}"
             f"{tokens / t:>15,.0f}{batch / t:>9,.0f}{flops / t / 1e9:>9.1f}"
-            f"{np.median(rates):>6.0f}{np.median(pct):>6.0f}%"
-            + (f"{np.median(prod_pct):>6.0f}%" if prod is not None else f"{'-':>7}")
+            f"{np.median(rates):>6.0f}{np.median(pct):>6.0f}%{np.median(prod_pct):>6.0f}%"
         )
         if peer is not None:
             tt = float(np.median(t_torch))
             row += f"{tokens / tt:>13,.0f}{batch / tt:>8,.0f}{np.median(ratios):>6.2f}x"
             tf = float(np.median(t_ftz))
-            row += f"{batch / tf:>10,.0f}{np.median(ratios_ftz):>6.2f}x"
+            row += f"{batch / tf:>10,.0f}{np.median(ratios_ftz):>6.2f}x{np.median(floors):>6.2f}x"
         else:
-            row += f"{'-':>13}{'-':>8}{'-':>7}{'-':>10}{'-':>7}"
+            row += f"{'-':>13}{'-':>8}{'-':>7}{'-':>10}{'-':>7}{'-':>7}"
         sub = 8  # the reference is slow: time a slice and compare per real token
         o_s, i_s = first(offsets, ids, sub)
         timer = bench.time_train if what == "train" else bench.time_infer
@@ -316,12 +318,15 @@ def main() -> None:
         f"GFLOP/s counts the recurrent product only (2*G*H*H per real token, G={G}; "
         "training counts 3x forward); peak: the (256,H)x(H,G*H) product's GFLOP/s with "
         "NumPy's BLAS, the faster of two calls right after each rnnpipe call; "
-        "%peak: median of GFLOP/s / peak; prod%: the same for the kernel's recurrent "
-        "products alone (its step loop and shapes, gate math skipped), inference only."
+        "%peak: median of GFLOP/s / peak; prod%: the same for the step's matrix products "
+        "alone (the kernel's plan, shapes and product routines; in training also dW_hh "
+        "and the input side's BLAS products), everything else skipped."
     )
     print(
         "torch tok/s counts real tokens too (its padded batch does more work); "
-        "ratio = median of PyTorch time / rnnpipe time, per interleaved repeat. "
+        "ratio = median of PyTorch time / rnnpipe time, per interleaved repeat; floor: "
+        "the same with the products-alone time, the ratio a step with no other cost "
+        "would reach. "
         "FTZ: PyTorch again with torch.set_flush_denormal(True), which flushes float32 "
         "subnormals to zero (this CPU computes them slowly, and gradients reach them "
         "in long backward passes); rnnpipe runs in the default floating-point mode."
