@@ -472,9 +472,12 @@ class Model:
         # split the features back per direction and mode, in forward's order
         dhs: dict[str, np.ndarray | None] = {d: None for d in dirs}
         finals: dict[str, np.ndarray | None] = {d: None for d in dirs}
-        col = 0
-        for d in dirs:
-            for mode in cfg.modes:
+        # mean first: it writes every token's row, so a backend can skip zero-filling dhs
+        # (the sum of two poolings' gradients is the same either way round)
+        order = sorted(range(len(cfg.modes)), key=lambda m: cfg.modes[m] != "mean")
+        for di, d in enumerate(dirs):
+            for m in order:
+                mode, col = cfg.modes[m], (di * len(cfg.modes) + m) * H
                 part = np.ascontiguousarray(dfeats[:, col : col + H])
                 if mode == "last":  # the final state's gradient: no dense [nnz, H] array
                     finals[d] = part
@@ -482,7 +485,6 @@ class Model:
                     dhs[d] = k.pool_backward(
                         part, cache.last_hs[d], cache.offsets, mode, reverse=d == "bwd", out=dhs[d]
                     )
-                col += H
         for layer in reversed(range(cfg.num_layers)):
             dx = None
             for d in dirs:

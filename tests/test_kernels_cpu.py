@@ -209,6 +209,22 @@ def test_pool_backward_adds_into_out(backend, reverse):
         backend.pool_backward(grads["max"], hs, offsets, "max", reverse, out=out[:-1])
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_mean_pool_backward_zeroes_rows_no_sequence_covers(reverse):
+    # mean pooling writes its rows without zero-filling first when the sequences cover all
+    # of hs (the contract); offsets that leave rows uncovered get zeros there, not garbage
+    H = 5
+    offsets, ids, emb = ragged_batch(np.array(LENGTHS), H, 40, seed=33)
+    hs = np.concatenate([emb[ids], np.full((3, H), 7.0, np.float32)])  # 3 rows no one owns
+    dfeat = np.random.default_rng(34).normal(size=(len(LENGTHS), H)).astype(np.float32)
+    for offs, rows in ((offsets, hs), (offsets + 3, hs)):  # uncovered rows at the end, start
+        got = cpu.pool_backward(dfeat, rows, offs, "mean", reverse)
+        s, e = offs[0], offs[-1]
+        want = np.zeros_like(rows)
+        want[s:e] = reference.pool_backward(dfeat, rows[s:e], offs - s, "mean", reverse)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_backward_does_not_read_uninitialised_scratch(cell, monkeypatch):
     # layer_backward allocates its per-token gate gradients without zeroing them, because
