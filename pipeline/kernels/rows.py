@@ -9,6 +9,7 @@ after run and whatever the thread count.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -37,7 +38,13 @@ def sum_by_row(per_token: np.ndarray, rows: np.ndarray, n_x: int) -> np.ndarray:
     np.cumsum(np.bincount(rows, minlength=n_x), out=ptr[1:])
     order = _group_order(rows, ptr)
     out = np.empty((n_x, per_token.shape[1]), np.float32)
-    _sum_groups(per_token, order, ptr, out)
+    # rows in chunks of about the same number of tokens: ids come in frequency order, so
+    # an equal number of rows per thread gave the first thread 86 % of the tokens (64
+    # IMDB reviews): 1.06-1.35x faster, same bits
+    chunks = 4 * numba.get_num_threads()
+    bounds = np.searchsorted(ptr, np.linspace(0, rows.size, chunks + 1), side="left")
+    bounds[0], bounds[-1] = 0, n_x
+    _sum_groups(per_token, order, ptr, np.maximum.accumulate(bounds), out)
     return out
 
 
@@ -55,13 +62,15 @@ def _group_order(rows, ptr):
 
 
 @njit(parallel=True, cache=True)
-def _sum_groups(per_token, order, ptr, out):
-    # row u = the sum of per_token over order[ptr[u]:ptr[u+1]], in that order: fixed bits
-    for u in prange(out.shape[0]):
-        o = out[u]
-        for j in range(o.shape[0]):
-            o[j] = 0.0
-        for k in range(ptr[u], ptr[u + 1]):
-            g = per_token[order[k]]
+def _sum_groups(per_token, order, ptr, bounds, out):
+    # row u = the sum of per_token over order[ptr[u]:ptr[u+1]], in that order: fixed bits,
+    # whatever the chunks bounds[c]:bounds[c+1] the rows are shared out in
+    for c in prange(bounds.shape[0] - 1):
+        for u in range(bounds[c], bounds[c + 1]):
+            o = out[u]
             for j in range(o.shape[0]):
-                o[j] += g[j]
+                o[j] = 0.0
+            for k in range(ptr[u], ptr[u + 1]):
+                g = per_token[order[k]]
+                for j in range(o.shape[0]):
+                    o[j] += g[j]
