@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import ConfigError, InputError, RunError
-from pipeline.model import Model
+from pipeline.model import Model, init_params
 from pipeline.train import (
     BatchDone,
     DataReady,
@@ -264,18 +264,45 @@ def test_divergence_is_a_run_error(binary_file, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- warm starts
 
 
-def test_init_embeddings_from_a_text_file(binary_file, tmp_path):
+def _capture_starting_params(monkeypatch) -> dict[str, np.ndarray]:
+    """A dict that fills with the model's parameters as they are when the first training
+    step begins (before any update), so a warm start can be checked exactly."""
+    seen: dict[str, np.ndarray] = {}
+    real = Model.loss_and_grads
+
+    def first_step_sees(self, *args, **kwargs):
+        if not seen:
+            seen.update({k: v.copy() for k, v in self.params.items()})
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "loss_and_grads", first_step_sees)
+    return seen
+
+
+def test_init_embeddings_from_a_text_file(binary_file, tmp_path, monkeypatch):
     vectors = tmp_path / "vectors.txt"
     lines = ["3 8", "good " + " ".join(["0.5"] * 8), "zebra " + " ".join(["0.1"] * 8)]
     lines.append("GOOD " + " ".join(["9"] * 8))  # same id after lowercasing: first wins
     vectors.write_text("\n".join(lines) + "\n")
-    result = train(
-        binary_file, tmp_path / "m", TINY, _config(epochs=1, lr=1e-9), init_embeddings=vectors
-    )
+    start = _capture_starting_params(monkeypatch)
+    result = train(binary_file, tmp_path / "m", TINY, _config(epochs=1), init_embeddings=vectors)
     tok = result.model.tokenizer
     assert result.embedding_coverage == pytest.approx(1 / (tok.vocab_size - 2))
-    row = result.model.params["embedding"][tok.word_index["good"]]
-    np.testing.assert_allclose(row, 0.5, atol=1e-4)  # lr 1e-9: barely moved
+    # what training started from: the file's vector in the row of "good", the pad row zero,
+    # every other row and every other parameter as a cold start with the same seed has them
+    cold = init_params(result.model.config, seed=0)
+    assert start.keys() == cold.keys()
+    good = tok.word_index["good"]
+    emb = start["embedding"]
+    assert emb.dtype == np.float32
+    np.testing.assert_array_equal(emb[good], np.full(8, 0.5, np.float32))
+    np.testing.assert_array_equal(emb[0], np.zeros(8, np.float32))
+    others = np.ones(len(emb), bool)
+    others[[0, good]] = False
+    np.testing.assert_array_equal(emb[others], cold["embedding"][others])
+    for k in cold.keys() - {"embedding"}:
+        np.testing.assert_array_equal(start[k], cold[k], err_msg=k)
+    assert not np.array_equal(result.model.params["embedding"], emb)  # and training went on
 
     wrong = tmp_path / "wrong.txt"
     wrong.write_text("good 0.1 0.2 0.3\n")
@@ -283,14 +310,20 @@ def test_init_embeddings_from_a_text_file(binary_file, tmp_path):
         train(binary_file, tmp_path / "m2", TINY, _config(epochs=1), init_embeddings=wrong)
 
 
-def test_init_from_warm_starts(binary_file, tmp_path):
-    first = train(binary_file, tmp_path / "m1", TINY, _config(epochs=1))
+def test_init_from_starts_from_the_source_models_weights(binary_file, tmp_path, monkeypatch):
+    train(binary_file, tmp_path / "m1", TINY, _config(epochs=1))
+    source = _weights(tmp_path / "m1")
+    start = _capture_starting_params(monkeypatch)
     second = train(
         binary_file, tmp_path / "m2", {"dropout": 0.1}, _config(epochs=1), init_from=tmp_path / "m1"
     )
+    # the first step starts from the source model's weights, every one of them, bit for bit
+    assert start.keys() == source.keys()
+    for k in source:
+        np.testing.assert_array_equal(start[k], source[k], err_msg=k)
+    assert not np.array_equal(_weights(tmp_path / "m2")["out.W"], source["out.W"])
     assert second.model.config.hidden_dim == 8 and second.model.config.dropout == 0.1
-    assert second.model.tokenizer.words == first.model.tokenizer.words
-    assert second.metrics["log_loss"] <= first.metrics["log_loss"] * 1.5
+    assert second.model.tokenizer.words == Model.load(tmp_path / "m1").tokenizer.words
     with pytest.raises(ConfigError, match="hidden_dim"):
         train(binary_file, tmp_path / "m3", {"hidden_dim": 4}, _config(), init_from=tmp_path / "m1")
 
