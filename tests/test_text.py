@@ -150,6 +150,108 @@ def test_rules_by_example():
     assert Tokenizer(lowercase=False).tokens(["Great GREAT"]) == [["Great", "GREAT"]]
 
 
+# Hand-written expectations, each derived from the rules in text.py's docstring and not
+# from ``reference_tokens``: the fast path and the reference both answer to them, so a rule
+# changed in a constant they share (the mark categories, the apostrophes, the tag pattern)
+# fails here. (text, tokens with lowercase=True)
+RULES_BY_HAND = {
+    # marks (Mn, Mc) belong to the word they follow; a leading mark is dropped
+    "mn-inside": ("e\u0301te\u0301", ["e\u0301te\u0301"]),
+    "mn-leading": ("\u0301lone mark", ["lone", "mark"]),
+    "no-nfc": ("cafe\u0301 caf\u00e9", ["cafe\u0301", "caf\u00e9"]),
+    "mn-diaeresis": ("nai\u0308ve", ["nai\u0308ve"]),
+    # हिन्दी: vowel signs I and II are Mc, the virama Mn; फ़िल्म adds the nukta (Mn)
+    "devanagari": (
+        "\u0939\u093f\u0928\u094d\u0926\u0940 \u092b\u093c\u093f\u0932\u094d\u092e",
+        ["\u0939\u093f\u0928\u094d\u0926\u0940", "\u092b\u093c\u093f\u0932\u094d\u092e"],
+    ),
+    "mc-visarga": ("\u0915\u0903 \u0903\u0915 \u0903", ["\u0915\u0903", "\u0915"]),
+    # தமிழ்: vowel sign I (Mc), virama (Mn)
+    "tamil": ("\u0ba4\u0bae\u0bbf\u0bb4\u0bcd", ["\u0ba4\u0bae\u0bbf\u0bb4\u0bcd"]),
+    # U+FE0F is Mn, the keycap U+20E3 is Me (a separator); emoji and skin tones separate
+    "keycap": ("1\ufe0f\u20e3", ["1\ufe0f"]),
+    "emoji-marks": ("\u2764\ufe0f \U0001f44d\U0001f3fd ok\U0001f600ok", ["ok", "ok"]),
+    # case: one character's simple lowercase, never a context-dependent or longer one
+    "dotted-capital-i": ("\u0130stanbul D\u0130YARBAKIR \u0130", ["istanbul", "diyarbakir", "i"]),
+    "dotless-i": ("\u0131l\u0131k I", ["\u0131l\u0131k", "i"]),
+    "no-final-sigma": (
+        "\u039f\u0394\u039f\u03a3 \u03a3\u03af\u03c3\u03c5\u03c6\u03bf\u03c2",
+        ["\u03bf\u03b4\u03bf\u03c3", "\u03c3\u03af\u03c3\u03c5\u03c6\u03bf\u03c2"],
+    ),
+    "sharp-s": ("STRA\u1e9eE stra\u00dfe", ["stra\u00dfe", "stra\u00dfe"]),
+    "digraph-dz": ("\u01c4 \u01c5 \u01c6", ["\u01c6", "\u01c6", "\u01c6"]),
+    "kelvin-angstrom": ("\u212a \u212b", ["k", "\u00e5"]),
+    "prosgegrammeni": ("\u1f88", ["\u1f80"]),
+    "fullwidth": ("\uff21\uff22\uff23", ["\uff41\uff42\uff43"]),
+    "numbers": ("\u216b x\u00b2 \u0663", ["\u217b", "x\u00b2", "\u0663"]),
+    "astral": ("\U00010400 \U0001d400", ["\U00010428", "\U0001d400"]),
+    "cyrillic": (
+        "\u041c\u043e\u0441\u043a\u0432\u0430 \u041c\u041e\u0421\u041a\u0412\u0410",
+        ["\u043c\u043e\u0441\u043a\u0432\u0430"] * 2,
+    ),
+    # apostrophes: ' and U+2019 (written as '), kept inside a word, dropped around it
+    "ascii-apostrophe": ("don't l'homme rock''n", ["don't", "l'homme", "rock''n"]),
+    "curly-apostrophe": ("don\u2019t \u2019tis it\u2019s\u2019", ["don't", "tis", "it's"]),
+    "around": (
+        "'tis rock 'n' roll it's' dogs'' '' \u2019\u2019 '",
+        ["tis", "rock", "n", "roll", "it's", "dogs"],
+    ),
+    "apostrophe-then-mark": ("'\u0301a", ["a"]),
+    # modifier letters are letters (Lm): word characters, not apostrophes, never folded
+    "modifier-letters": ("don\u02bct \u02bbokina", ["don\u02bct", "\u02bbokina"]),
+    # other quote-like characters separate
+    "not-apostrophes": (
+        "don\u2018t don\u00b4t don`t don\uff07t don\u2032t",
+        ["don", "t"] * 5,
+    ),
+    # tags: < then an optional / then an ASCII letter, up to the next > with no < between
+    "tags-separate": (
+        "a<br />b a<br/>b a<BR>b a</P>b a<i>b</i>c",
+        ["a", "b"] * 4 + ["a", "b", "c"],
+    ),
+    "tag-attributes": ("<a href='x.html'>link</a> <p\nclass=\"x\">text", ["link", "text"]),
+    "tag-spans-words": ("a<b and c>d x<y>z", ["a", "d", "x", "z"]),
+    "not-tags": ("I <3 it; a < b > c", ["i", "3", "it", "a", "b", "c"]),
+    "not-tags-no-letter": ("<> </> <1a> <!-- note --> </ b>", ["1a", "note", "b"]),
+    "not-tags-non-ascii": ("<\u00e9> <\u00fc>", ["\u00e9", "\u00fc"]),
+    "tag-after-lone-lt": ("<a<b>c <<b>>x", ["a", "c", "x"]),
+    "unclosed": ("good <b", ["good", "b"]),
+    "tag-then-gt": ("5<br>>3", ["5", "3"]),
+    "tag-then-apostrophe": ("it's<br />great <b>a</b>'s", ["it's", "great", "a", "s"]),
+}
+
+# the same texts that lowercasing would change, with lowercase=False
+RULES_BY_HAND_CASED = {
+    "dotted-capital-i": ("\u0130stanbul I", ["\u0130stanbul", "I"]),
+    "no-final-sigma": ("\u039f\u0394\u039f\u03a3", ["\u039f\u0394\u039f\u03a3"]),
+    "kelvin-digraph": ("\u212a \u01c5 \uff21", ["\u212a", "\u01c5", "\uff21"]),
+    "curly-apostrophe": ("Don\u2019t", ["Don't"]),
+    "tag": ("A<BR>B", ["A", "B"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RULES_BY_HAND))
+def test_rules_by_hand(case):
+    text, want = RULES_BY_HAND[case]
+    assert Tokenizer().tokens([text]) == [want]
+    assert reference_tokens(text) == want
+
+
+@pytest.mark.parametrize("case", sorted(RULES_BY_HAND_CASED))
+def test_rules_by_hand_without_lowercasing(case):
+    text, want = RULES_BY_HAND_CASED[case]
+    assert Tokenizer(lowercase=False).tokens([text]) == [want]
+    assert reference_tokens(text, lowercase=False) == want
+
+
+def test_rules_by_hand_in_one_batch():
+    # the parallel chunked path (inputs over 1 MB) on the same expectations
+    texts = [text for text, _ in RULES_BY_HAND.values()] * 2000
+    want = [tokens for _, tokens in RULES_BY_HAND.values()] * 2000
+    assert sum(len(t.encode()) for t in texts) > 1_000_000
+    assert Tokenizer().tokens(texts) == want
+
+
 def test_invalid_utf8_is_separator_not_crash():
     # Arrow arrays built from raw buffers skip UTF-8 validation; the kernel must stay in bounds
     data = b"ab\xffcd \xe2\x82"
