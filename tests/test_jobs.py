@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import importlib.util
 import json
 import os
 import signal
@@ -285,9 +284,25 @@ def test_shipped_examples_point_at_the_example_job():
         assert code in readme
 
 
-def test_ray_engine_without_ray_is_a_clear_run_error(tmp_path, model_dir):
-    if importlib.util.find_spec("ray") is not None:
-        pytest.skip("ray is installed here")
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug found by issue 22: jobs._scorer only checks that "
+    "pipeline.engines.ray imports, not ray itself, so a job with engine = 'ray' and no Ray "
+    "records every input as failed and exits 1 instead of refusing the spec (exit 2); "
+    "remove this mark with the fix",
+)
+def test_ray_engine_without_ray_is_a_clear_run_error(tmp_path, model_dir, monkeypatch):
+    # CI always installs Ray, so hide it here rather than skip: the path must still run
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
     spec = load_spec(make_spec(tmp_path, model_dir, engine="ray"))
     write_input(tmp_path / "in" / "a.parquet", 5, seed=1)
     report = run(spec)
