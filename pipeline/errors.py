@@ -34,3 +34,9 @@ class RunError(RnnpipeError):
     """A failure at run time that is not the input's fault."""
 
     exit_code = 1
+
+
+class OutputError(RunError):
+    """An output could not be written (no space left, read-only file system, permission
+    denied, a parent that is not a directory): the message names the path and the reason.
+    Whatever was being written is removed; earlier outputs stay as they were."""

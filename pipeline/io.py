@@ -23,11 +23,13 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import ConfigError, InputError
+from pipeline.errors import ConfigError, InputError, OutputError
 
 _GLOB_CHARS = ("*", "?", "[")
 _READ_BUFFER = 4 << 20  # read column chunks in 4 MiB pieces instead of whole
@@ -69,6 +71,8 @@ def resolve_inputs(sources: str | Path | Sequence[str | Path]) -> list[Path]:
         if path.is_file():
             found.add(Path(os.path.abspath(path)))
         elif path.is_dir():
+            if not os.access(path, os.R_OK | os.X_OK):
+                raise InputError(f"cannot read directory {text}: permission denied")
             files = _parquet_files_under(path)
             if not files:
                 raise InputError(f"directory {text} contains no .parquet files")
@@ -83,8 +87,25 @@ def resolve_inputs(sources: str | Path | Sequence[str | Path]) -> list[Path]:
                 raise InputError(f"no files match {text}")
             found.update(Path(os.path.abspath(p)) for p in files)
         else:
-            raise InputError(f"input not found: {text}")
+            raise InputError(_missing_input(path, text))
     return sorted(found)
+
+
+def _missing_input(path: Path, text: str) -> str:
+    """Why ``path`` is neither a file nor a directory, in words."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"input {text}: too many levels of symbolic links (a link loop)"
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return f"cannot read input {text}: permission denied"
+        if e.errno == errno.ENOTDIR:
+            return f"input not found: {text} (a parent of it is a file)"
+        if os.path.islink(path):
+            return f"input {text} is a broken symbolic link (its target does not exist)"
+        return f"input not found: {text}"
+    return f"input {text} is neither a file nor a directory"
 
 
 def _parquet_files_under(directory: Path) -> list[Path]:
@@ -104,8 +125,11 @@ def _open(path: Path) -> pq.ParquetFile:
     except FileNotFoundError:
         raise InputError(f"input not found: {path}") from None
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{path} is not a Parquet file: {reason}") from None
+        if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+            raise InputError(f"cannot read {path}: permission denied") from None
+        if isinstance(exc, OSError) and exc.errno in (errno.EISDIR, errno.EIO):
+            raise InputError(f"cannot read {path}: {os.strerror(exc.errno).lower()}") from None
+        raise InputError(f"{path} is not a Parquet file: {_reason(exc)}") from None
 
 
 def parquet_schema(path: str | Path) -> pa.Schema:
@@ -319,14 +343,186 @@ def read_columns(
 
 
 # ---------------------------------------------------------------------------------------------
-# Sinks
+# Output paths
 # ---------------------------------------------------------------------------------------------
 
 
-def _temp_name(final: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    return Path(name)
+def real_entry(path: str | Path) -> Path:
+    """The directory entry that writing ``path`` (a temporary file renamed over it) replaces:
+    its parent with every symbolic link resolved, then its own name. A link at ``path``
+    itself is replaced by the rename, not followed, so it stays in the name.
+
+    >>> real_entry("dlink/a.parquet")  # doctest: +SKIP  (dlink -> d)
+    PosixPath('/home/me/d/a.parquet')
+    """
+    p = Path(os.path.abspath(os.path.expanduser(str(path))))
+    return Path(os.path.realpath(p.parent)) / p.name
+
+
+def would_overwrite(output: str | Path, source: str | Path) -> bool:
+    """True when writing ``output`` would replace ``source`` or the file ``source`` names:
+    the same real entry, the same real file, or (both existing) the same device and inode."""
+    entry = real_entry(output)
+    if entry in (real_entry(source), Path(os.path.realpath(source))):
+        return True
+    try:
+        return os.path.samefile(output, source)
+    except OSError:
+        return False
+
+
+def is_inside(path: str | Path, directory: str | Path) -> bool:
+    """True when ``path`` lies in ``directory`` (or is it) once every link is resolved."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(directory))
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_writable(path: str | Path) -> None:
+    """Before any work: ``ConfigError`` when ``path`` could not be created at all, because a
+    parent is a file, or the nearest existing parent is on a read-only file system or not
+    writable by this process. (A full disk shows only when writing: ``OutputError`` then.)
+
+    >>> check_writable("scores/a.parquet")  # doctest: +SKIP
+    """
+    p = Path(os.path.abspath(os.path.expanduser(str(path))))
+    parent = p.parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {path}: {parent} is not a directory")
+    ok = os.access(parent, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
+    if not ok:
+        reason = "read-only file system" if _read_only(parent) else "permission denied"
+        raise ConfigError(f"cannot write {path}: {reason} ({parent})")
+
+
+_OUTPUT_REASONS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a parent path is not a directory",
+    errno.EISDIR: "it is a directory",
+    errno.EFBIG: "file too large",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EIO: "input/output error",
+}
+
+
+def output_error(path: str | Path, exc: OSError) -> OutputError:
+    """The one-line ``OutputError`` for an ``OSError`` met while writing ``path``."""
+    reason = _OUTPUT_REASONS.get(exc.errno or -1)
+    if reason is None:
+        reason = os.strerror(exc.errno) if exc.errno else _reason(exc)
+    return OutputError(f"cannot write {path}: {reason}")
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an ``OSError`` in the block into ``output_error(path, ...)``.
+
+    >>> with writing("model/"):  # doctest: +SKIP
+    ...     save()
+    """
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise output_error(path, exc) from None
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting it back."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _public_mode(path: Path, directory: bool = False) -> None:
+    """Give a finished temporary the mode a plain ``open`` (or ``mkdir``) would have given
+    it: temporaries are created private (0600/0700), outputs honour the umask."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+# ---------------------------------------------------------------------------------------------
+# Sinks
+# ---------------------------------------------------------------------------------------------
+# Every temporary is created as ``.NAME.XXXX.tmp`` beside its final NAME and held under an
+# exclusive ``flock`` by its writer until it is renamed or removed. The kernel drops the lock
+# when the writer dies, however it dies, so ``remove_stale_temps`` can tell a killed run's
+# leftovers (lock free) from a live writer's temporary (lock held) and delete only those.
+
+
+def _locked_temp(final: Path, directory: bool = False) -> tuple[Path, int]:
+    """A new temporary beside ``final`` and an open descriptor holding its lock."""
+    while True:
+        if directory:
+            name = tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+            fd = os.open(name, os.O_RDONLY)
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while a cleaner is deleting it
+        if os.fstat(fd).st_nlink > 0:
+            return Path(name), fd
+        os.close(fd)  # a cleaner took it for a dead writer's between mkstemp and flock
+
+
+def remove_stale_temps(finals: Iterable[str | Path]) -> list[Path]:
+    """Delete the temporaries that killed writers left beside each of ``finals``
+    (``.NAME.*.tmp`` whose lock nobody holds); a live writer's temporary stays.
+
+    Returns the paths removed. One directory listing per distinct parent.
+
+    >>> remove_stale_temps(["scores/a.parquet", "scores/b.parquet"])  # doctest: +SKIP
+    [PosixPath('scores/.a.parquet.k2j4_x.tmp')]
+    """
+    by_parent: dict[Path, set[str]] = {}
+    for final in finals:
+        f = Path(final)
+        by_parent.setdefault(f.parent, set()).add(f.name)
+    removed: list[Path] = []
+    for parent, names in by_parent.items():
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(".") and name.endswith(".tmp")) or entry.is_symlink():
+                continue
+            if name[1:].rsplit(".", 2)[0] not in names:
+                continue
+            try:
+                fd = os.open(entry.path, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # its writer is alive
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            finally:
+                os.close(fd)
+    return removed
 
 
 def _fsync_path(path: Path) -> None:
@@ -349,6 +545,9 @@ class ParquetSink:
     Parameters: ``path`` the final file (its directory is created); ``schema`` of every
     batch; ``compression`` a Parquet codec.
 
+    Raises ``OutputError`` (naming ``path`` and the reason) when the file cannot be written;
+    the temporary is removed and an existing file at ``path`` stays as it was.
+
     >>> with ParquetSink("scores.parquet", schema) as sink:  # doctest: +SKIP
     ...     sink.write(batch)
     """
@@ -359,39 +558,57 @@ class ParquetSink:
         self.compression = compression
         self.rows = 0
         self._tmp: Path | None = None
+        self._lock = -1
         self._writer: pq.ParquetWriter | None = None
 
     def __enter__(self) -> ParquetSink:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _temp_name(self.path)
-        try:
-            self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=self.compression)
-        except BaseException:
-            self._tmp.unlink(missing_ok=True)
-            raise
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp, self._lock = _locked_temp(self.path)
+            try:
+                self._writer = pq.ParquetWriter(
+                    self._tmp, self.schema, compression=self.compression
+                )
+            except BaseException:
+                self._discard()
+                raise
         return self
 
     def write(self, data: pa.RecordBatch | pa.Table) -> None:
         """Append a batch or table with the sink's schema."""
         if self._writer is None:
             raise RuntimeError("ParquetSink.write outside its 'with' block")
-        if isinstance(data, pa.RecordBatch):
-            self._writer.write_batch(data)
-        else:
-            self._writer.write_table(data)
+        with writing(self.path):
+            if isinstance(data, pa.RecordBatch):
+                self._writer.write_batch(data)
+            else:
+                self._writer.write_table(data)
         self.rows += data.num_rows
+
+    def _discard(self) -> None:
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)  # a no-op after a successful replace
+        if self._lock >= 0:
+            os.close(self._lock)
+        self._tmp, self._lock = None, -1
 
     def __exit__(self, exc_type, exc, tb) -> None:
         writer, tmp = self._writer, self._tmp
         self._writer = None
         try:
-            writer.close()
-            if exc_type is None:
+            if exc_type is not None:
+                # the error already on its way is the one to report
+                with contextlib.suppress(Exception):
+                    writer.close()
+                return
+            with writing(self.path):
+                writer.close()
                 _fsync_path(tmp)
+                _public_mode(tmp)
                 os.replace(tmp, self.path)
                 _fsync_dir(self.path.parent)
         finally:
-            tmp.unlink(missing_ok=True)  # a no-op after a successful replace
+            self._discard()
 
 
 def write_table_atomic(table: pa.Table, path: str | Path, compression: str = "zstd") -> None:
@@ -403,20 +620,25 @@ def write_table_atomic(table: pa.Table, path: str | Path, compression: str = "zs
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` so readers see the old or the new file, never half.
 
+    Raises ``OutputError`` when it cannot be written (the old file then stays).
+
     >>> atomic_write_text("config.json", "{}")  # doctest: +SKIP
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp, lock = _locked_temp(path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            _public_mode(tmp)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
+            os.close(lock)
 
 
 @contextlib.contextmanager
@@ -426,30 +648,41 @@ def atomic_dir(final_dir: str | Path) -> Iterator[Path]:
 
     An existing ``final_dir`` is moved aside, the new one renamed in, then the old one deleted:
     a crash between the two renames leaves the old copy as ``.NAME.XXXX.old`` beside it.
-    Raises ``ConfigError`` when ``final_dir`` exists and is not a directory.
+    Callers decide whether an existing ``final_dir`` may be replaced (``Model.save`` replaces
+    only a model directory). Temporaries of killed earlier attempts are removed first.
+    Raises ``ConfigError`` when ``final_dir`` exists and is not a directory, ``OutputError``
+    when the directory cannot be written (nothing is left behind then).
 
     >>> with atomic_dir("model") as d:  # doctest: +SKIP
     ...     (d / "config.json").write_text("{}")
     """
-    final = Path(final_dir)
+    final = Path(os.path.abspath(os.path.expanduser(str(final_dir))))
     if final.exists() and not final.is_dir():
         raise ConfigError(f"{final} exists and is not a directory")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    with writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps([final])
+        tmp, lock = _locked_temp(final, directory=True)
     try:
-        yield tmp
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                _fsync_path(f)
-        _fsync_dir(tmp)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
-            os.replace(final, old)  # renames over the empty placeholder directory
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        with writing(final):
+            yield tmp
+        with writing(final):
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    _fsync_path(f)
+            _fsync_dir(tmp)
+            _public_mode(tmp, directory=True)
+            if final.exists():
+                old = Path(
+                    tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent)
+                )
+                os.replace(final, old)  # renames over the empty placeholder directory
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            _fsync_dir(final.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        os.close(lock)

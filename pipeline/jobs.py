@@ -284,8 +284,12 @@ def discover_inputs(spec: JobSpec) -> tuple[list[JobInput], list[tuple[Path, str
 
     Example: ``inputs, _ = discover_inputs(spec); [i.output for i in inputs]``.
     """
-    by_output: dict[Path, JobInput] = {}
-    conflicts: list[tuple[Path, str]] = []
+    # Paths are compared with every link resolved: an input reached through a link to the
+    # output folder (or an output folder reached through a link into the inputs) is still
+    # the same file, and scoring it would replace an input or nest outputs run after run.
+    real_output = Path(os.path.realpath(spec.output))
+    real_state = Path(os.path.realpath(spec.state_dir))
+    found: list[tuple[Path, Path]] = []  # (input, output)
     seen: set[Path] = set()
     for pattern in spec.inputs:
         try:
@@ -293,21 +297,28 @@ def discover_inputs(spec: JobSpec) -> tuple[list[JobInput], list[tuple[Path, str
         except InputError:
             continue  # nothing there yet: nothing to do
         root = _input_root(pattern)
-        skip_output = not root.is_relative_to(spec.output)
+        skip_output = not io.is_inside(root, spec.output)
         for path in paths:
-            if path in seen or path.is_relative_to(spec.state_dir):
+            real = Path(os.path.realpath(path))
+            if real in seen or real.is_relative_to(real_state):
                 continue
-            if skip_output and path.is_relative_to(spec.output):
+            if skip_output and real.is_relative_to(real_output):
                 continue
-            seen.add(path)
-            out = (spec.output / path.relative_to(root)).with_suffix(".parquet")
-            other = by_output.get(out)
-            if out == path:
-                conflicts.append((path, "its output would overwrite it: choose another output"))
-            elif other is not None:
-                conflicts.append((path, f"output {out} is already the output of {other.path}"))
-            else:
-                by_output[out] = JobInput(path, out)
+            seen.add(real)
+            found.append((path, (spec.output / path.relative_to(root)).with_suffix(".parquet")))
+    by_output: dict[Path, JobInput] = {}
+    conflicts: list[tuple[Path, str]] = []
+    for path, out in found:
+        entry = io.real_entry(out)
+        other = by_output.get(entry)
+        if entry in seen:
+            what = "it" if entry == Path(os.path.realpath(path)) else f"the input {entry}"
+            message = f"its output {out} would overwrite {what}: choose another output"
+            conflicts.append((path, message))
+        elif other is not None:
+            conflicts.append((path, f"output {out} is already the output of {other.path}"))
+        else:
+            by_output[entry] = JobInput(path, out)
     return sorted(by_output.values(), key=lambda i: str(i.path)), conflicts
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "ProgressEvent",
     "ScoreOptions",
     "ScoreSummary",
+    "check_outputs",
     "output_columns",
     "predict_texts",
     "score",
@@ -266,6 +267,8 @@ def score(
     if weights is not None and not weights.is_file():
         raise ConfigError(f"model directory {model_dir} has no {WEIGHTS_FILE}")
 
+    # what a run killed with -9 left beside these outputs (a live writer's stays)
+    io.remove_stale_temps(plan.output for plan in plans)
     summary = ScoreSummary()
     entries = []  # (plan, schema, skip), in input order
     for plan in plans:
@@ -310,10 +313,7 @@ def score_file(
     options = options or ScoreOptions()
     model = _bind_backend(model, options.backend)
     src, dst = Path(os.path.abspath(path)), Path(os.path.abspath(out_path))
-    if src == dst:
-        raise ConfigError(f"output {dst} would overwrite its input: choose another output path")
-    if dst.is_dir():
-        raise ConfigError(f"output {dst} is a directory: pass a file path")
+    check_outputs([(src, dst)])
     plan = _plan_file(src, dst, model, options)
     schema = _with_metadata(plan.schema, model.fingerprint(), plan.text_col, options.threshold)
     with _Prefetch(_batches_of([plan], options.batch_rows)) as items:
@@ -410,16 +410,36 @@ def _output_paths(sources: str | Path | Sequence[str | Path], out: Path) -> list
             )
         root = Path(os.path.commonpath(roots))
         for f in files:
-            if f.is_relative_to(out):
+            # through links too: `score d -o dlink` with dlink -> d would score d into itself
+            if io.is_inside(f, out):
                 raise ConfigError(
                     f"input {f} lies inside the output directory {out}: choose an --out "
                     "outside the inputs"
                 )
         pairs = [(f, out / f.relative_to(root)) for f in files]
-    for src, dst in pairs:
-        if src == dst:
-            raise ConfigError(f"output {dst} would overwrite its input: choose another --out")
+    check_outputs(pairs)
     return pairs
+
+
+def check_outputs(pairs: Sequence[tuple[Path, Path]]) -> None:
+    """Refuse, before any work, outputs that would replace an input (compared as real paths
+    and inodes, so a link to a folder does not hide it) or that cannot be created.
+
+    Raises ConfigError naming the first such output.
+
+    Example: ``check_outputs([(Path("in/a.parquet"), Path("out/a.parquet"))])``.
+    """
+    real_inputs = {Path(os.path.realpath(src)): src for src, _ in pairs}
+    for src, dst in pairs:
+        clash = real_inputs.get(io.real_entry(dst))
+        if clash is None and io.would_overwrite(dst, src):
+            clash = src
+        if clash is not None:
+            what = "its input" if clash == src else f"the input {clash}"
+            raise ConfigError(f"output {dst} would overwrite {what}: choose another --out")
+        if dst.is_dir():
+            raise ConfigError(f"output {dst} is a directory: pass a file path")
+        io.check_writable(dst)
 
 
 def _prediction_names(model: Model) -> list[str]:

@@ -68,7 +68,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import errors
+from pipeline import errors, io
 from pipeline.errors import ConfigError, RnnpipeError, RunError
 
 if TYPE_CHECKING:  # the modules that load Numba are imported where used (see the docstring)
@@ -163,6 +163,7 @@ def score_on_ray(
     for plan in plans:
         if _NULL_FLAG in plan.keep:
             raise ConfigError(f"keep column {_NULL_FLAG!r} of {plan.input} is a reserved name")
+    io.remove_stale_temps(plan.output for plan in plans)  # what a killed run left
     summary = _score.ScoreSummary()
     todo: list[tuple[Any, pa.Schema]] = []
     for plan in plans:
@@ -417,7 +418,6 @@ def _write_outputs(
     group: list[tuple[Any, pa.Schema]],
     progress: Progress | None = None,
 ) -> list[tuple[int, int]]:
-    from pipeline import io
     from pipeline import score as _score
 
     stream = _RowStream(tables)
