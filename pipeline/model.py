@@ -37,6 +37,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,10 @@ __all__ = [
     "POOLINGS",
     "Model",
     "ModelConfig",
+    "check_model_target",
     "expected_shapes",
     "init_params",
+    "is_model_dir",
 ]
 
 FORMAT_VERSION = 1
@@ -661,13 +664,15 @@ class Model:
         recorded in ``config.json``; ``extra_files`` more files (name -> content) written into
         the same directory, e.g. ``metrics.json``, ``history.csv``.
 
-        Returns the directory. Raises ConfigError when the model has no tokenizer or the
-        parameters are not float32.
+        Returns the directory. Raises ConfigError when ``directory`` exists and is not an
+        rnnpipe model directory (only a model is ever replaced), when the model has no
+        tokenizer or the parameters are not float32; OutputError when it cannot be written.
 
         Example: ``model.save("runs/imdb", metrics={"accuracy": 0.88})``.
         """
         from pipeline import io
 
+        check_model_target(directory)
         if self.tokenizer is None:
             raise ConfigError("cannot save a model without its tokenizer")
         problem = _params_problem(self.config, self.params, float32_only=True)
@@ -764,6 +769,36 @@ class Model:
             raise fail(f"{WEIGHTS_FILE}: {problem}")
         params = {k: np.ascontiguousarray(params[k]) for k in expected_shapes(config)}
         return cls(config, params, tokenizer=tokenizer, backend=backend)
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """True when ``path`` is a directory holding an rnnpipe ``config.json`` (a JSON object
+    with a ``format_version``), whatever version it is."""
+    config = Path(path) / CONFIG_FILE
+    try:
+        raw = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(raw, dict) and "format_version" in raw
+
+
+def check_model_target(directory: str | Path) -> None:
+    """ConfigError unless writing a model to ``directory`` destroys nothing but a model: it
+    must not exist yet, or be an rnnpipe model directory. Anything else (a folder of notes,
+    the training data, a file) is refused; delete it yourself if it should go.
+
+    Example: ``check_model_target("models/imdb")``.
+    """
+    path = Path(os.path.abspath(os.path.expanduser(str(directory))))
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir():
+        raise ConfigError(f"{directory} exists and is not a directory: choose another --out")
+    if not is_model_dir(path):
+        raise ConfigError(
+            f"{directory} exists and is not an rnnpipe model directory (no {CONFIG_FILE} with a "
+            f"format_version): choose a new --out, or remove it yourself if it should go"
+        )
 
 
 def _params_problem(

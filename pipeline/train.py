@@ -28,6 +28,7 @@ import hashlib
 import io as _stdio
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from pipeline import io, kernels
 from pipeline.batching import length_bucketed_batches, stratified_split
 from pipeline.errors import ConfigError, InputError, RunError
 from pipeline.metrics import accuracy, evaluate_probs, log_loss
-from pipeline.model import Model, ModelConfig, init_params
+from pipeline.model import Model, ModelConfig, check_model_target, init_params
 from pipeline.optim import SCHEDULES, LRSchedule, clip_global_norm, make_optimizer
 from pipeline.text import TokenIds, Tokenizer
 
@@ -231,10 +232,14 @@ def _read_labelled(paths: Sequence[Path], text_col: str | None, label_col: str) 
         texts.extend(table.column(column).cast(pa.large_string()).chunks)
         labels.append(_label_strings(table.column(label_col), path, label_col))
     if start == 0:
-        raise InputError(f"{', '.join(map(str, paths))}: no rows to train on (empty input)")
-    return _Labelled(
-        pa.chunked_array(texts, type=pa.large_string()), np.concatenate(labels), origin
-    )
+        raise InputError(f"{', '.join(map(str, paths))}: no rows (empty input)")
+    text = pa.chunked_array(texts, type=pa.large_string())
+    if pc.max(pc.binary_length(text)).as_py() in (None, 0):
+        raise InputError(
+            f"{', '.join(map(str, paths))}: the text column is null or empty in every row "
+            f"(pass --text-col if the text is in another column)"
+        )
+    return _Labelled(text, np.concatenate(labels), origin)
 
 
 def _label_strings(col: pa.ChunkedArray, path: Path, label_col: str) -> np.ndarray:
@@ -244,9 +249,7 @@ def _label_strings(col: pa.ChunkedArray, path: Path, label_col: str) -> np.ndarr
         col = col.cast(col.type.value_type)
     if col.null_count:
         row = int(pc.index(pc.is_null(col), True).as_py())
-        raise InputError(
-            f"{where} is null at row {row} (0-based): every training row needs a label"
-        )
+        raise InputError(f"{where} is null at row {row} (0-based): every row needs a label")
     typ = col.type
     if pa.types.is_integer(typ) or pa.types.is_boolean(typ):
         return col.cast(pa.int64()).to_numpy().astype(str)
@@ -256,7 +259,7 @@ def _label_strings(col: pa.ChunkedArray, path: Path, label_col: str) -> np.ndarr
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise InputError(
-                f"{where} has the non-integer label {values[row]!r} at row {row} (0-based): "
+                f"{where} has the non-integer label {values[row].item()!r} at row {row} (0-based): "
                 f"labels must be integers or strings"
             )
         return values.astype(np.int64).astype(str)
@@ -267,6 +270,19 @@ def _label_strings(col: pa.ChunkedArray, path: Path, label_col: str) -> np.ndarr
             raise InputError(f"{where} has an empty label at row {int(empty[0])} (0-based)")
         return values
     raise InputError(f"{where} is {typ}, expected integer or string labels: pass --label-col")
+
+
+def _check_label_case(values: np.ndarray, path: Path, label_col: str) -> None:
+    """InputError when two labels differ only in case ('Negative', 'NEGATIVE'): almost always
+    a data error that would silently train a class too many."""
+    seen: dict[str, str] = {}
+    for label in np.unique(values).tolist():
+        other = seen.setdefault(label.casefold(), label)
+        if other != label:
+            raise InputError(
+                f"{path}: column '{label_col}' has the labels {other!r} and {label!r}, which "
+                f"differ only in case: make them consistent, or pass --classes to keep both"
+            )
 
 
 def _sorted_classes(values: np.ndarray) -> tuple[str, ...]:
@@ -389,6 +405,28 @@ def _write_checkpoint(
         (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
 
 
+def _check_outputs(out_dir: Path, ckpt: Path, data_paths: Any, valid_paths: Any) -> None:
+    """Before any work: the model directory and its checkpoint may only replace what rnnpipe
+    wrote there, must not hold the training or validation data, and must be writable."""
+    check_model_target(out_dir)
+    if os.path.lexists(ckpt) and not (ckpt.is_dir() and (ckpt / "state.json").is_file()):
+        raise ConfigError(
+            f"{ckpt} exists and is not an rnnpipe checkpoint (no state.json): it is where the "
+            f"checkpoint of --out {out_dir.name} goes; move it away or choose another --out"
+        )
+    for sources in (data_paths, valid_paths):
+        if sources is None:
+            continue
+        for f in io.resolve_inputs(sources):
+            for target in (out_dir, ckpt):
+                if io.is_inside(f, target):
+                    raise ConfigError(
+                        f"input {f} lies inside {target}, which training replaces: "
+                        f"choose another --out"
+                    )
+    io.check_writable(out_dir)
+
+
 def _read_checkpoint(ckpt: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
     if not (ckpt / "state.json").is_file():
         raise ConfigError(f"no checkpoint to resume at {ckpt}: run without --resume")
@@ -498,6 +536,8 @@ def _load_split(
     """Read, validate labels, and split (or read the validation files)."""
     files = io.resolve_inputs(data_paths)
     data = _read_labelled(files, text_col, label_col)
+    if classes is None:
+        _check_label_case(data.labels, files[0], label_col)
     declared = classes if classes is not None else _sorted_classes(data.labels)
     y_all = _label_indices(data, declared, label_col) if len(declared) >= 2 else None
     if y_all is None or np.unique(y_all).size < 2:
@@ -678,10 +718,11 @@ def train(
     tc = train_config or TrainConfig()
     overrides = dict(model_config_overrides or {})
     emit = progress or (lambda event: None)
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.abspath(os.path.expanduser(str(out_dir))))
     ckpt = checkpoint_dir_for(out_dir)
     if init_from is not None and (init_embeddings is not None or resume):
         raise ConfigError("init_from cannot be combined with init_embeddings or resume")
+    _check_outputs(out_dir, ckpt, data_paths, valid_paths)
     _set_threads(tc.threads)
 
     # ---- data, tokenizer, model
