@@ -22,11 +22,44 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from pipeline.errors import DeviceError, RnnpipeError
 
+
+def _is_a(exc: BaseException, name: str) -> bool:
+    # by class name: Typer ships its own copy of Click, so Click's classes are not these
+    return any(c.__name__ == name for c in type(exc).__mro__)
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors (a missing option, a bad value) as one line on stderr, exit code 2,
+    instead of the framework's usage block: the same shape as every other expected error."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except Exception as e:
+            if _is_a(e, "NoArgsIsHelpError"):
+                e.show()  # the help text itself
+                sys.exit(e.exit_code)
+            if _is_a(e, "ClickException"):
+                ctx = getattr(e, "ctx", None)
+                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                _err(f"{e.format_message()}{hint}")
+                sys.exit(e.exit_code)
+            if _is_a(e, "Abort"):
+                _err("aborted")
+                sys.exit(1)
+            raise
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="rnnpipe",
+    cls=_OneLineErrors,
     help="Train recurrent (LSTM/GRU/RNN) sentiment classifiers on Parquet and score huge "
     "Parquet datasets with them.",
     no_args_is_help=True,
@@ -329,7 +362,13 @@ def predict(
 
     _threads(threads)
     m = _load_model(model, device)
-    items = list(texts) if texts else [line.rstrip("\n") for line in sys.stdin]
+    items, invalid = _input_texts(texts)
+    if invalid:
+        where = "argument" if texts else "line"
+        _err_warn(
+            f"{len(invalid)} input {where}(s) held invalid UTF-8 (first: {where} {invalid[0]}): "
+            "decoded with U+FFFD replacement characters"
+        )
     for text, p in zip(items, predict_texts(m, items, threshold=threshold), strict=True):
         if json_out:
             typer.echo(
@@ -344,6 +383,37 @@ def predict(
             )
         else:
             typer.echo(f"{p.label}\t{p.probability:.4f}\t{text}")
+
+
+def _input_texts(texts: list[str] | None) -> tuple[list[str], list[int]]:
+    """``predict``'s texts (arguments, else stdin lines) as valid Unicode, and the 1-based
+    numbers of those that held invalid UTF-8 (decoded with replacement characters)."""
+    invalid: list[int] = []
+    if texts:
+        items = []
+        for k, text in enumerate(texts, start=1):
+            raw = text.encode("utf-8", "surrogateescape")  # how Python keeps undecodable argv
+            fixed = raw.decode("utf-8", "replace")
+            if fixed != text:
+                invalid.append(k)
+            items.append(fixed)
+        return items, invalid
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text-only stdin (already decoded by whoever replaced it)
+        return [line.rstrip("\n") for line in sys.stdin], invalid
+    items = []
+    for k, raw in enumerate(stream, start=1):
+        raw = raw.rstrip(b"\n").rstrip(b"\r")
+        try:
+            items.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            invalid.append(k)
+            items.append(raw.decode("utf-8", "replace"))
+    return items, invalid
+
+
+def _err_warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
 
 
 # ------------------------------------------------------------------------------------ info

@@ -25,6 +25,7 @@ class TrainProgress:
     """Callback for ``train``: a bar per epoch (loss, tokens/s, ETA) and a line per epoch."""
 
     def __init__(self, enabled: bool = True) -> None:
+        self.quiet = not enabled  # --quiet: no bar and no summary lines
         self.enabled = enabled and _console.is_terminal
         self.progress: Progress | None = None
         self.task = None
@@ -50,6 +51,8 @@ class TrainProgress:
 
     def __call__(self, event: Any) -> None:
         kind = getattr(event, "kind", "")
+        if self.quiet:
+            return
         if kind == "data_ready":
             _console.print(
                 f"{event.n_train:,} training and {event.n_valid:,} validation reviews, "
