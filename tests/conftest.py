@@ -32,6 +32,29 @@ def data_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+_POS = "great wonderful superb loved brilliant moving".split()
+_NEG = "awful boring dull hated terrible waste".split()
+_FILL = "the film a plot actors it was and story".split()
+
+
+def toy_reviews(n: int, seed: int = 0, labels: bool = True) -> pa.Table:
+    """``n`` short reviews a tiny model learns in one epoch: filler words and one positive
+    (even rows) or negative (odd rows) word. Columns id, text and (with ``labels``) label
+    (``positive``/``negative``)."""
+    rng = np.random.default_rng(seed)
+    texts, ys = [], []
+    for i in range(n):
+        pos = i % 2 == 0
+        words = list(rng.choice(_FILL, rng.integers(3, 10)))
+        words.insert(int(rng.integers(len(words) + 1)), str(rng.choice(_POS if pos else _NEG)))
+        texts.append(" ".join(words) + "!")
+        ys.append("positive" if pos else "negative")
+    cols = {"id": np.arange(n), "text": texts}
+    if labels:
+        cols["label"] = ys
+    return pa.table(cols)
+
+
 def _random_review(rng: np.random.Generator, n_words: int) -> str:
     parts = []
     for i in range(n_words):
