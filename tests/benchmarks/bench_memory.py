@@ -11,9 +11,11 @@ subprocess whose own peak resident memory is read from ``os.wait4`` (the kernel'
 
 * peak RSS scoring ``--rows`` reviews (default 20,000, one file), ``--scale`` times as many
   split into ``--scale`` files (default 200,000 in 10 files of 20,000), and the same big
-  count in ONE file (so a big single file must stream too: its row groups are 100,000 rows,
-  about 130 MB of text, as ``make_reviews.py`` writes them); the ratio of each big peak to
-  the small one (target <= 1.3x) and the floor, the peak of scoring a 1-row file;
+  count in ONE file once per row-group size of ``--row-groups`` (default 10,000, 50,000
+  and 250,000 rows a group; 250,000 makes the whole file one group of about 260 MB of
+  text), so peak memory must depend on ``--batch-rows``, not on how the file was written;
+  the ratio of each big peak to the small one (target <= 1.3x) and the floor, the peak of
+  scoring a 1-row file;
 * cold start: wall time of scoring a 1-row file, process start to exit, with Numba's cache
   already warm (target <= 2 s), median of ``--cold-repeats``.
 
@@ -127,6 +129,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="runs per input (median peak)")
     ap.add_argument("--cold-repeats", type=int, default=3, help="timed 1-row runs")
     ap.add_argument("--seed", type=int, default=0, help="make_reviews seed")
+    ap.add_argument(
+        "--row-groups",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[10_000, 50_000, 250_000],
+        help="row-group sizes of the big one-file inputs (default 10000,50000,250000)",
+    )
     ap.add_argument("--make-model", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -142,8 +150,11 @@ def main() -> None:
         f"{big:,} rows, {args.scale} files": make_reviews.ensure_reviews(
             big, args.scale, args.seed
         ),
-        f"{big:,} rows, 1 file": make_reviews.ensure_reviews(big, 1, args.seed),
     }
+    for rg in args.row_groups:
+        inputs[f"{big:,} rows, 1 file, {rg:,}-row groups"] = make_reviews.ensure_reviews(
+            big, 1, args.seed, row_group_rows=rg
+        )
     one_row = make_reviews.ensure_reviews(1, 1, args.seed)
     ensure_model()
 
@@ -180,14 +191,14 @@ def main() -> None:
         "and reviews/s include its start-up (see cold start)"
     )
     header = (
-        f"| {'input':<26} | {'MB':>6} | {'peak RSS MiB':>12} | {'vs small':>8} | "
+        f"| {'input':<40} | {'MB':>6} | {'peak RSS MiB':>12} | {'vs small':>8} | "
         f"{'wall s':>7} | {'reviews/s':>9} |"
     )
     print(header)
-    print("|----------------------------|-------:|-------------:|---------:|--------:|----------:|")
+    print(f"|{'-' * 42}|-------:|-------------:|---------:|--------:|----------:|")
     for name, folder, rows, peak, wall in rows_out:
         print(
-            f"| {name:<26} | {folder_mb(folder):>6.1f} | {peak / mib:>12.0f} | "
+            f"| {name:<40} | {folder_mb(folder):>6.1f} | {peak / mib:>12.0f} | "
             f"{peak / base:>7.2f}x | {wall:>7.2f} | {rows / wall:>9,.0f} |"
         )
     worst = max(r[3] for r in rows_out[1:]) / base

@@ -48,9 +48,10 @@ def data_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
-def default_out(rows: int, files: int, seed: int) -> Path:
+def default_out(rows: int, files: int, seed: int, row_group_rows: int = ROW_GROUP_ROWS) -> Path:
     """The folder ``ensure_reviews`` uses for these arguments, under ``_gen/``."""
-    return GEN_DIR / f"reviews-{rows}-{files}f-seed{seed}"
+    groups = "" if row_group_rows == ROW_GROUP_ROWS else f"-rg{row_group_rows}"
+    return GEN_DIR / f"reviews-{rows}-{files}f-seed{seed}{groups}"
 
 
 def draw_rows(source_rows: int, rows: int, seed: int) -> np.ndarray:
@@ -132,14 +133,17 @@ def write_reviews(
     return [out / name for name in names]
 
 
-def ensure_reviews(rows: int, files: int = 1, seed: int = 0) -> Path:
-    """``default_out(rows, files, seed)``, written by ``write_reviews`` only when absent.
+def ensure_reviews(
+    rows: int, files: int = 1, seed: int = 0, row_group_rows: int = ROW_GROUP_ROWS
+) -> Path:
+    """``default_out(rows, files, seed, row_group_rows)``, written by ``write_reviews`` only
+    when absent.
 
     Example: ``ensure_reviews(20_000)`` -> ``.../_gen/reviews-20000-1f-seed0``.
     """
-    out = default_out(rows, files, seed)
+    out = default_out(rows, files, seed, row_group_rows)
     if not (out.is_dir() and len(list(out.glob("part-*.parquet"))) == files):
-        write_reviews(rows, out, files=files, seed=seed)
+        write_reviews(rows, out, files=files, seed=seed, row_group_rows=row_group_rows)
     return out
 
 
@@ -154,7 +158,7 @@ def main() -> None:
     ap.add_argument("--source", type=Path, default=None, help=f"default: {SOURCE_NAME}")
     ap.add_argument("--row-group-rows", type=int, default=ROW_GROUP_ROWS)
     args = ap.parse_args()
-    out = args.out or default_out(args.rows, args.files, args.seed)
+    out = args.out or default_out(args.rows, args.files, args.seed, args.row_group_rows)
     try:
         paths = write_reviews(
             args.rows, out, args.files, args.seed, args.source, args.row_group_rows
