@@ -3,12 +3,16 @@
 On a machine with an NVIDIA GPU the tests run directly on it. Without one they run in the
 CUDA simulator: ``test_cuda_backend_under_simulator`` re-runs this file in a child process
 with ``NUMBA_ENABLE_CUDASIM=1`` (it must be set before numba is first imported, and the
-parent process has long imported it) and block sizes of 2, so the tiny inputs below span
-several blocks along sequences, hidden units and matrix tiles. The simulator is slow, so
-shapes are tiny (E=3, H=4, lengths 0, 1, 5, 3, 2); the child run takes about 20 s.
-Tests that need bigger shapes than the simulator can afford run on a real GPU only, and
-``test_kernels_compile_for_hopper_without_a_gpu`` compiles every kernel to PTX (what the
-simulator, running kernels as Python, cannot check) on machines without one.
+parent process has long imported it) and block sizes of 2 (4 tokens per part of a product
+split over k), so the tiny inputs below span several blocks in every dimension: sequences
+(5 rows, 2 a block), hidden units (H=3, 2 threads looping over them), matrix tiles (E=3,
+H=3 and 11 tokens, none a multiple of the tile) and product parts (11 tokens in 3).
+``test_simulated_blocks_span_several`` checks that they do. The simulator is slow, so shapes
+stay that small; the child run takes about 25 s of CPU. Tests that need bigger shapes than the
+simulator can afford run on a real GPU only, and ``test_kernels_compile_for_hopper_without_a_gpu``
+compiles every kernel to PTX (what the simulator, running kernels as Python, cannot check)
+on machines without one: the ``dev`` extra installs NVRTC and NVVM for it, and where they are
+installed a failure to compile fails the test rather than skipping it.
 """
 
 from __future__ import annotations
@@ -31,10 +35,15 @@ from pipeline.kernels import cuda_available, reference
 CELLS = ["lstm", "gru", "rnn"]
 MODES = ["last", "max", "mean"]
 LENGTHS = [0, 1, 5, 3, 2]  # empty, one token, and rows that end at different steps
-E, H, V = 3, 4, 7
+E, H, V = 3, 3, 7  # none a multiple of the simulator's blocks of 2
 
 CHILD_ENV = "RNNPIPE_CUDA_SIM_CHILD"  # set in the simulator child so it does not recurse
-SIM_BLOCKS = {"RNNPIPE_CUDA_THREADS": "2", "RNNPIPE_CUDA_ROWS": "2", "RNNPIPE_CUDA_TILE": "2"}
+SIM_BLOCKS = {
+    "RNNPIPE_CUDA_THREADS": "2",
+    "RNNPIPE_CUDA_ROWS": "2",
+    "RNNPIPE_CUDA_TILE": "2",
+    "RNNPIPE_CUDA_SPLIT_K": "4",
+}
 HAVE_NUMBA_CUDA = importlib.util.find_spec("numba_cuda") is not None
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 ON_DEVICE = HAVE_NUMBA_CUDA and cuda_available()  # a GPU, or the simulator in this process
@@ -249,10 +258,40 @@ def test_bad_inputs_raise_clear_errors(K):
         K.layer_forward("lstm", np.zeros((0, 2), np.float32), np.zeros(1, np.int64), **big)
 
 
+class _PartsSpy:
+    """Stands in for ``_sum_parts_kernel`` and records how many parts each launch sums."""
+
+    def __init__(self, kernel):
+        self.kernel, self.parts = kernel, []
+
+    def __getitem__(self, launch_config):
+        launch = self.kernel[launch_config]
+
+        def run(parts, out):
+            self.parts.append(parts.shape[0])
+            return launch(parts, out)
+
+        return run
+
+
 @pytest.mark.skipif(not SIMULATED, reason="checks the simulator's block sizes")
-def test_simulated_blocks_span_several(K):
+def test_simulated_blocks_span_several(K, monkeypatch):
     # the point of running under the simulator with small blocks: tiny inputs cross blocks
-    assert K.ROWS < len(LENGTHS) and K.THREADS < H and K.TILE < H
+    # in every dimension, and the last block of each is partial
+    nnz = sum(LENGTHS)
+    assert K.ROWS < len(LENGTHS) and len(LENGTHS) % K.ROWS  # sequences per block
+    assert K.THREADS < H and H % K.THREADS  # hidden units per thread: a loop, uneven
+    for size in (E, H, 3 * H, nnz):  # tiles of every product's dimensions
+        assert K.TILE < size and size % K.TILE, size
+    assert K.SPLIT_K < nnz  # weight products over the tokens split over k
+    # ... and the layer's gradients really are sums of several parts
+    spy = _PartsSpy(K._sum_parts_kernel)
+    monkeypatch.setattr(K, "_sum_parts_kernel", spy)
+    p = layer_params("gru", E, H, seed=61, scale=0.5)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=62)
+    hs, cache = K.layer_forward("gru", emb[ids], offsets, **p)
+    K.layer_backward(cache, np.ones_like(hs))
+    assert spy.parts and max(spy.parts) >= 3, spy.parts
 
 
 @needs_gpu
@@ -283,12 +322,32 @@ def test_bigger_shapes_match_cpu_backend(K, cell):
         np.testing.assert_allclose(out, want, atol=5e-5, rtol=1e-4)
 
 
+PTX_WHEELS = ("nvidia-cuda-nvrtc-cu12", "nvidia-cuda-nvcc-cu12")  # what the dev extra adds
+
+
+def _ptx_wheels_installed() -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return all(version(name) for name in PTX_WHEELS)
+    except PackageNotFoundError:
+        return False
+
+
+def _no_compiler(detail: str) -> None:
+    """Skip where nothing can compile PTX; fail where the dev extra's toolkit is installed,
+    so that CI never skips these checks without saying so."""
+    if _ptx_wheels_installed():
+        pytest.fail(f"{' and '.join(PTX_WHEELS)} are installed but PTX does not compile: {detail}")
+    pytest.skip(f"cannot compile PTX here (pip install -e '.[dev]' adds NVRTC and NVVM): {detail}")
+
+
 @pytest.mark.skipif(ON_DEVICE, reason="on a GPU (or simulator) the other tests cover this")
 @pytest.mark.skipif(not HAVE_NUMBA_CUDA, reason="numba-cuda is not installed (extra 'cuda')")
 def test_kernels_compile_for_hopper_without_a_gpu(monkeypatch):
     # The simulator runs kernels as Python, so it cannot catch what Numba fails to type or
-    # lower for a GPU. Compiling every kernel to PTX for sm_90 can, with no GPU at all (NVVM
-    # comes with numba-cuda's cu12 wheels).
+    # lower for a GPU. Compiling every kernel to PTX for sm_90 can, with no GPU at all (NVRTC
+    # and NVVM come with the dev extra's cu12 wheels).
     import numba.cuda.dispatcher as dispatcher
     from numba import cuda
     from numba import float32 as f32
@@ -315,8 +374,8 @@ def test_kernels_compile_for_hopper_without_a_gpu(monkeypatch):
     assert kernels == set(signatures)  # a new kernel needs its signature here
     try:
         cuda.compile_ptx(K._fill_zero_kernel.py_func, (A1,), cc=(9, 0))
-    except Exception as e:  # no NVVM in this environment: nothing to compile with
-        pytest.skip(f"cannot compile PTX here: {type(e).__name__}: {e}")
+    except Exception as e:  # no NVRTC or NVVM in this environment: nothing to compile with
+        _no_compiler(f"{type(e).__name__}: {e}")
     for name, sig in signatures.items():
         ptx, _ = cuda.compile_ptx(getattr(K, name).py_func, sig, cc=(9, 0))
         assert ".entry" in ptx, name
@@ -349,7 +408,7 @@ else:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     if "no NVVM" in proc.stdout:
-        pytest.skip(f"cannot compile PTX here: {proc.stdout.strip()}")
+        _no_compiler(proc.stdout.strip())
     assert "compiled" in proc.stdout
 
 

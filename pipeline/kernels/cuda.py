@@ -32,9 +32,10 @@ step rather than held in shared memory or registers; the matrix product computes
 per thread (no register blocking, no tensor cores); every call copies its arrays between host
 and device; an lstm's hidden size is at most 1536 (the shared state must fit 48 KiB).
 
-Block sizes (``THREADS``, ``ROWS``, ``TILE``) are fixed on a GPU; under the CUDA simulator
-(``NUMBA_ENABLE_CUDASIM=1``) they can be made small with ``RNNPIPE_CUDA_THREADS``,
-``RNNPIPE_CUDA_ROWS`` and ``RNNPIPE_CUDA_TILE`` so tiny test inputs span several blocks.
+Block sizes (``THREADS``, ``ROWS``, ``TILE``, and ``SPLIT_K`` for the parts of a product
+split over k) are fixed on a GPU; under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) they
+can be made small with ``RNNPIPE_CUDA_THREADS``, ``RNNPIPE_CUDA_ROWS``, ``RNNPIPE_CUDA_TILE``
+and ``RNNPIPE_CUDA_SPLIT_K`` so tiny test inputs span several blocks.
 They are not read on a GPU because compiled kernels are cached on disk and the cache does
 not record the values of such constants.
 
@@ -98,6 +99,7 @@ THREADS = _block_size("RNNPIPE_CUDA_THREADS", 128)  # threads per block of 1-D k
 # threads along the hidden units of a recurrence block
 ROWS = _block_size("RNNPIPE_CUDA_ROWS", 4)  # sequences per recurrence block
 TILE = _block_size("RNNPIPE_CUDA_TILE", 16)  # edge of a matrix-product tile
+SPLIT_K = _block_size("RNNPIPE_CUDA_SPLIT_K", 512)  # k per part when a product splits over k
 SHARED_BYTES = 48 * 1024  # dynamic shared memory a block may use without opting in
 
 _ZERO = F32(0.0)
@@ -526,7 +528,7 @@ def _matmul(
     gm, gn = _blocks(M, TILE), _blocks(N, TILE)
     if splits is None:
         # a small output (a weight gradient) over many tokens would use a handful of blocks
-        splits = max(1, min(_blocks(K, 512), 1024 // max(1, gm * gn)))
+        splits = max(1, min(_blocks(K, SPLIT_K), 1024 // max(1, gm * gn)))
     splits = max(1, min(splits, max(1, K)))
     kchunk = _blocks(max(K, 1), splits)
     kchunk = _blocks(kchunk, TILE) * TILE  # whole tiles per part
