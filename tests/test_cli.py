@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +105,8 @@ def test_train_score_evaluate_predict_info(trained, tmp_path):
 
 def _one_line_error(res, *needles: str, code: int = 2) -> None:
     assert res.exit_code == code, res.output
+    # CliRunner turns an uncaught exception into exit code 1 without printing it
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
     assert "Traceback" not in res.output
     err = [line for line in res.output.strip().splitlines() if line.startswith("error:")]
     assert len(err) == 1, res.output
@@ -277,3 +284,178 @@ def test_unknown_engine_is_a_usage_error_before_any_work(trained, tmp_path):
     res = run("score", data, "--model", model, "--out", tmp_path / "o.parquet", "--engine", "spark")
     assert res.exit_code == 2 and "unknown engine 'spark'" in res.output
     assert not (tmp_path / "o.parquet").exists()
+
+
+# ------------------------------------------------------------ exit 1: failures at run time
+
+
+def test_score_exits_1_when_the_disk_fills(trained, tmp_path, monkeypatch):
+    # a full disk as the Parquet writer meets it (test_reliability.py fills a real tmpfs
+    # where the machine allows user namespaces; this runs everywhere)
+    model, data = trained
+
+    def no_space(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", no_space)
+    monkeypatch.setattr(pq.ParquetWriter, "write_batch", no_space)
+    out = tmp_path / "scores"
+    res = run("score", data, "--model", model, "--out", out, "--quiet")
+    _one_line_error(res, "no space left on device", code=1)
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_train_exits_1_when_training_diverges(trained, tmp_path):
+    _, data = trained
+    out = tmp_path / "m"
+    res = run(
+        "train", data, "--out", out, "--embed-dim", "8", "--hidden-dim", "8", "--epochs", "1",
+        "--optimizer", "sgd", "--lr", "1e30", "--clip-norm", "0", "--quiet",
+    )  # fmt: skip
+    _one_line_error(res, "training diverged at epoch 1", "--lr", code=1)
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------ --threads
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_threads_holds_numba_and_blas_to_n_inside_the_run(trained, tmp_path, monkeypatch):
+    import numba
+
+    from pipeline.kernels.threads import set_threads
+    from pipeline.model import Model
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one core: --threads 1 would change nothing")
+    model, data = trained
+    seen: list[tuple[int, list[int]]] = []
+
+    def spy(name):
+        real = getattr(Model, name)
+
+        def inside(self, *args, **kwargs):
+            if not seen:
+                seen.append((numba.get_num_threads(), _blas_threads()))
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Model, name, inside)
+
+    before = numba.get_num_threads()
+    try:
+        spy("predict_proba")
+        spy("loss_and_grads")
+        for args in (
+            ("score", data, "--model", model, "--out", tmp_path / "s.parquet"),
+            ("train", data, "--out", tmp_path / "m", "--embed-dim", "4", "--hidden-dim", "4",
+             "--epochs", "1"),
+        ):  # fmt: skip
+            set_threads(None)  # all cores before the run, so that 1 is a change
+            seen.clear()
+            res = run(*args, "--threads", "1", "--quiet")
+            assert res.exit_code == 0, res.output
+            numba_threads, blas = seen[0]
+            assert numba_threads == 1, args[0]
+            assert blas and set(blas) == {1}, (args[0], blas)
+    finally:
+        set_threads(before)
+
+
+# ------------------------------------------------- same bits: Numba's cache, kill -9, --resume
+
+# ``rnnpipe train`` as a console run, optionally killed with SIGKILL as training step
+# $RNNPIPE_TEST_KILL_AT_STEP begins; at a normal exit it reports how many steps it trained
+_TRAIN_CHILD = """
+import atexit, os, signal, sys
+from pipeline.model import Model
+kill_at = int(os.environ.get("RNNPIPE_TEST_KILL_AT_STEP", "0"))
+real, steps = Model.loss_and_grads, [0]
+def step(self, *args, **kwargs):
+    steps[0] += 1
+    if steps[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(self, *args, **kwargs)
+Model.loss_and_grads = step
+atexit.register(lambda: print(f"training steps: {steps[0]}", file=sys.stderr))
+from pipeline.cli import main
+sys.argv = ["rnnpipe", *sys.argv[1:]]
+main()
+"""
+# 200 reviews, 20 held out: 180 in batches of 16 is 12 steps an epoch
+_TRAIN_ARGS = ("--embed-dim", "8", "--hidden-dim", "8", "--epochs", "2", "--batch-size", "16")
+_TRAIN_ARGS += ("--max-len", "20", "--lr", "0.01", "--quiet")
+_STEPS_PER_EPOCH = 12
+
+
+def _cache_files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    with np.load(a / "weights.npz") as x, np.load(b / "weights.npz") as y:
+        assert sorted(x.files) == sorted(y.files)
+        for k in x.files:
+            assert x[k].dtype == y[k].dtype and x[k].tobytes() == y[k].tobytes(), k
+
+
+def _history(model_dir: Path) -> list[dict[str, str]]:
+    import csv
+
+    timing = ("seconds", "tokens_per_s")
+    with (model_dir / "history.csv").open() as f:
+        return [{k: v for k, v in row.items() if k not in timing} for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_train_gives_the_same_bits_cold_or_warm_cache_and_after_kill_and_resume(tmp_path):
+    data = tmp_path / "train.parquet"
+    pq.write_table(_reviews(200, seed=3), data)
+    cache = tmp_path / "numba-cache"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+
+    def train(out: Path, *extra: str, kill_at: int = 0) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-c", _TRAIN_CHILD, "train", str(data), "--out", str(out)]
+        return subprocess.run(
+            [*cmd, *_TRAIN_ARGS, *extra],
+            env={**env, "RNNPIPE_TEST_KILL_AT_STEP": str(kill_at)},
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=600,
+        )
+
+    def steps(proc: subprocess.CompletedProcess) -> int:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return int(re.search(r"training steps: (\d+)", proc.stderr).group(1))
+
+    # an empty cache: the run compiles every kernel and leaves them in the cache
+    assert steps(train(tmp_path / "cold")) == 2 * _STEPS_PER_EPOCH
+    compiled = _cache_files(cache)
+    assert compiled
+    # the cache it left: the same command loads every kernel, compiles none, same bits
+    assert steps(train(tmp_path / "warm")) == 2 * _STEPS_PER_EPOCH
+    assert _cache_files(cache) == compiled
+    _assert_same_weights(tmp_path / "cold", tmp_path / "warm")
+
+    # killed -9 three steps into epoch 2, then --resume: the straight run's bits
+    out = tmp_path / "resumed"
+    killed = train(out, kill_at=_STEPS_PER_EPOCH + 3)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not out.exists()
+    checkpoint = json.loads((out.parent / "resumed.checkpoint" / "state.json").read_text())
+    assert checkpoint["epoch"] == 1
+    assert steps(train(out, "--resume")) == _STEPS_PER_EPOCH  # epoch 2 only
+    _assert_same_weights(tmp_path / "cold", out)
+    assert _history(out) == _history(tmp_path / "cold")
+    assert _cache_files(cache) == compiled
