@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 
-__all__ = ["length_bucketed_batches", "sorted_batches", "stratified_split"]
+__all__ = ["group_split", "length_bucketed_batches", "sorted_batches", "stratified_split"]
 
 
 def length_bucketed_batches(
@@ -100,3 +100,53 @@ def stratified_split(y: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray,
     mask = np.ones(y.size, dtype=bool)
     mask[valid_idx] = False
     return np.flatnonzero(mask).astype(np.int64), valid_idx.astype(np.int64)
+
+
+def group_split(
+    groups: np.ndarray, y: np.ndarray, frac: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split rows into (train, valid) index arrays so that no group is on both sides.
+
+    For data where rows come in groups that share words a model could memorise (the reviews
+    of one film, the posts of one user), a random split rewards that memory and overstates
+    accuracy on new groups. Whole groups go to validation, visited in an order fixed by
+    ``seed``; a group is taken when it keeps every class at or under ``frac`` of its rows, so
+    each class's share is kept as far as the groups' sizes allow. A class that would
+    otherwise have no validation row gets its smallest group. Both arrays come back sorted.
+
+    Parameters: ``groups`` a key per row (any type ``np.unique`` sorts); ``y`` int class
+    index per row; ``frac`` in (0, 1); ``seed``.
+
+    Raises ConfigError for a ``frac`` outside (0, 1) or fewer than two groups.
+
+    Example::
+
+        train_idx, valid_idx = group_split(np.array(["a", "a", "b", "c"]), np.array([0, 1, 0, 1]),
+                                           0.5, seed=0)
+    """
+    if not 0 < frac < 1:
+        raise ConfigError(f"validation fraction must be in (0, 1), got {frac}")
+    y = np.asarray(y, dtype=np.int64)
+    keys, g = np.unique(np.asarray(groups), return_inverse=True)
+    g = g.reshape(-1)
+    n_groups, n_classes = keys.size, int(y.max()) + 1 if y.size else 0
+    if n_groups < 2:
+        raise ConfigError(f"a group split needs at least two groups, found {n_groups}")
+    counts = np.zeros((n_groups, n_classes), dtype=np.int64)  # rows of each class per group
+    np.add.at(counts, (g, y), 1)
+    target = frac * counts.sum(axis=0)  # (C,) validation rows wanted per class
+    taken = np.zeros(n_groups, dtype=bool)
+    have = np.zeros(n_classes, dtype=np.int64)
+    for k in np.random.default_rng(seed).permutation(n_groups):
+        if np.all(have + counts[k] <= target):
+            taken[k] = True
+            have += counts[k]
+    for c in range(n_classes):
+        if have[c] == 0 and counts[:, c].sum() >= 2:
+            candidates = np.flatnonzero((counts[:, c] > 0) & ~taken)
+            if candidates.size:
+                k = candidates[np.argmin(counts[candidates].sum(axis=1))]
+                taken[k] = True
+                have += counts[k]
+    valid = taken[g]
+    return np.flatnonzero(~valid).astype(np.int64), np.flatnonzero(valid).astype(np.int64)

@@ -149,6 +149,15 @@ def train(
     bidirectional: Annotated[bool, typer.Option(help="Also run each review backwards.")] = True,
     pooling: Annotated[str, typer.Option(help="last, max, mean or a '+' mix.")] = "max+mean",
     dropout: Annotated[float, typer.Option(help="Dropout before the dense layer.")] = 0.4,
+    word_dropout: Annotated[
+        float, typer.Option(help="Share of token occurrences dropped in training.")
+    ] = 0.0,
+    embed_dropout: Annotated[
+        float, typer.Option(help="Share of a batch's distinct words dropped in training.")
+    ] = 0.0,
+    weight_drop: Annotated[
+        float, typer.Option(help="DropConnect on the recurrent weights in training.")
+    ] = 0.0,
     max_len: Annotated[int, typer.Option(help="Tokens kept per review (the last).")] = 400,
     num_words: Annotated[int, typer.Option(help="Vocabulary size.")] = 30000,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 3,
@@ -166,7 +175,21 @@ def train(
             "best epoch (0: run every epoch, keep the last)."
         ),
     ] = 0,
-    valid_frac: Annotated[float, typer.Option(help="Held-out share for validation.")] = 0.1,
+    valid_frac: Annotated[
+        float, typer.Option(help="Held-out share for validation (0: train on every row).")
+    ] = 0.1,
+    valid_group: Annotated[
+        str | None,
+        typer.Option(
+            help="Hold out whole groups of this column (a film, a user): none on both sides."
+        ),
+    ] = None,
+    average: Annotated[
+        float, typer.Option(help="Moving average of the weights, its decay (0: off).")
+    ] = 0.0,
+    calibrate: Annotated[
+        bool, typer.Option(help="Fit the scores' temperature on the validation rows.")
+    ] = True,
     valid: Annotated[list[str] | None, typer.Option(help="Validation file(s) instead.")] = None,
     classes: Annotated[
         str | None, typer.Option(help="Class names in order, comma-separated.")
@@ -202,6 +225,9 @@ def train(
         lr_schedule=lr_schedule,
         patience=patience,
         valid_frac=valid_frac,
+        valid_group=valid_group,
+        average=average,
+        calibrate=calibrate,
         seed=seed,
         class_weights=class_weights,
         num_words=num_words,
@@ -216,6 +242,9 @@ def train(
         "bidirectional": bidirectional,
         "pooling": pooling,
         "dropout": dropout,
+        "word_dropout": word_dropout,
+        "embed_dropout": embed_dropout,
+        "weight_drop": weight_drop,
         "max_len": max_len,
     }
     declared = [c.strip() for c in classes.split(",")] if classes else None
@@ -239,10 +268,12 @@ def train(
     m = result.metrics
     cov = result.embedding_coverage
     extra = f", embedding coverage {cov:.1%}" if cov is not None else ""
+    if not m.get("n"):
+        typer.echo(f"saved {result.model_dir}: epoch {result.best_epoch}, no validation rows")
+        return
     typer.echo(
-        f"saved {result.model_dir}: best epoch {result.best_epoch}, validation accuracy "
-        f"{m.get('accuracy', float('nan')):.4f}, log loss {m.get('log_loss', float('nan')):.4f}"
-        f"{extra}"
+        f"saved {result.model_dir}: epoch {result.best_epoch}, validation accuracy "
+        f"{m['accuracy']:.4f}, log loss {m['log_loss']:.4f}, ECE {m['ece']:.4f}{extra}"
     )
 
 

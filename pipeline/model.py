@@ -61,12 +61,19 @@ __all__ = [
     "expected_shapes",
     "init_params",
     "is_model_dir",
+    "probabilities",
 ]
 
 FORMAT_VERSION = 1
 POOLINGS = ("last", "max", "mean", "last+max", "last+mean", "max+mean", "last+max+mean")
 DIRECTIONS = ("fwd", "bwd")
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "weights.npz"
+
+
+# training-only regularisers
+_REGULARISERS = ("word_dropout", "embed_dropout", "weight_drop")
+# fields added after format version 1 first shipped, and their value for older models
+_ADDED_LATER = {**dict.fromkeys(_REGULARISERS, 0.0), "temperature": 1.0}
 
 
 def _is_int(x: Any) -> bool:
@@ -81,7 +88,13 @@ class ModelConfig:
     ``bidirectional``; ``pooling`` one of ``POOLINGS`` ("last+max" pools both ways and
     concatenates); ``dropout`` in [0, 1), applied between layers and before the dense layer;
     ``vocab_size`` V including pad (0) and OOV (1); ``max_len`` tokens kept per review (the
-    last ones); ``classes`` the class names, >= 2, in label-index order.
+    last ones); ``classes`` the class names, >= 2, in label-index order. Regularisers that
+    act in training only, each a probability in [0, 1): ``word_dropout`` drops token
+    occurrences (the step reads a zero input), ``embed_dropout`` drops whole words from a
+    batch (every occurrence, the rest scaled by 1/(1-p); Gal & Ghahramani 2016),
+    ``weight_drop`` DropConnect on the recurrent weights ``W_hh``, one mask per batch
+    (Merity et al. 2018, AWD-LSTM). ``temperature`` > 0 divides the logits before the
+    sigmoid or softmax (set by training's calibration on the validation split; 1 is none).
 
     Raises ConfigError for any invalid value.
 
@@ -98,6 +111,10 @@ class ModelConfig:
     vocab_size: int = 20002
     max_len: int = 256
     classes: tuple[str, ...] = ("negative", "positive")
+    word_dropout: float = 0.0
+    embed_dropout: float = 0.0
+    weight_drop: float = 0.0
+    temperature: float = 1.0
 
     format_version = FORMAT_VERSION  # class constant, not a field
 
@@ -117,13 +134,15 @@ class ModelConfig:
             raise ConfigError(
                 f"unknown pooling {self.pooling!r}: expected one of {', '.join(POOLINGS)}"
             )
-        if (
-            isinstance(self.dropout, bool)
-            or not isinstance(self.dropout, int | float)
-            or not 0 <= self.dropout < 1
-        ):
-            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        object.__setattr__(self, "dropout", float(self.dropout))
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < math.inf:
+            raise ConfigError(f"temperature must be a positive number, got {t!r}")
+        object.__setattr__(self, "temperature", float(t))
+        for name in ("dropout", *_REGULARISERS):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+                raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
+            object.__setattr__(self, name, float(value))
         if isinstance(self.classes, str) or not isinstance(self.classes, tuple | list):
             raise ConfigError(f"classes must be a list of names, got {self.classes!r}")
         classes = tuple(str(c) for c in self.classes)
@@ -170,10 +189,11 @@ class ModelConfig:
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise ConfigError(f"unknown model option {unknown[0]!r}: expected some of {names}")
-        missing = [n for n in names if n not in d]
+        # models saved before the training-only regularisers existed were trained without them
+        missing = [n for n in names if n not in d and n not in _ADDED_LATER]
         if missing:
             raise ConfigError(f"model config lacks {missing[0]!r}")
-        return cls(**{n: d[n] for n in names})
+        return cls(**{n: d.get(n, _ADDED_LATER.get(n)) for n in names})
 
 
 def _layer_names(config: ModelConfig) -> Iterator[tuple[int, str, str]]:
@@ -255,6 +275,20 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
+def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities float32 [n, C] from logits [n, C'] divided by ``temperature``: the
+    sigmoid of the single logit as column 1 (and its complement as column 0) for a binary
+    model, the softmax otherwise.
+
+    Example: ``probabilities(np.array([[0.0]]))`` is ``[[0.5, 0.5]]``.
+    """
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    if z.shape[1] == 1:
+        p1 = _sigmoid(z[:, 0])
+        return np.stack([1.0 - p1, p1], axis=1).astype(np.float32)
+    return np.exp(_log_softmax(z)).astype(np.float32)
+
+
 def _dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype) -> np.ndarray:
     """Inverted dropout: kept units are scaled by 1/(1-p) so inference needs no rescaling."""
     return ((rng.random(shape) >= p) / (1.0 - p)).astype(dtype)
@@ -306,6 +340,8 @@ class _ForwardCache:
     last_hs: dict[str, np.ndarray]  # direction -> (nnz, H) states of the last layer
     feats: np.ndarray  # (n, F) pooled features after dropout
     feat_mask: np.ndarray | None  # (n, F) dropout mask on the features
+    embed_mask: np.ndarray | None = None  # (U,) embedding dropout's scale per distinct id
+    hh_masks: dict[str, np.ndarray] | None = None  # "l{l}.{dir}" -> DropConnect mask on W_hh
 
 
 # --------------------------------------------------------------------------- model
@@ -393,15 +429,25 @@ class Model:
         """
         cfg, k, p = self.config, self.kernels, self.params
         p_drop = cfg.dropout if training else 0.0
-        if p_drop > 0 and rng is None:
+        p_word = cfg.word_dropout if training else 0.0
+        p_embed = cfg.embed_dropout if training else 0.0
+        p_weight = cfg.weight_drop if training else 0.0
+        if max(p_drop, p_word, p_embed, p_weight) > 0 and rng is None:
             raise ValueError("forward(training=True) with dropout needs an rng")
         ids, offsets = tokens.ids, tokens.offsets
+        if p_word > 0:  # a dropped occurrence reads the padding row: a zero input
+            ids = np.where(rng.random(ids.size) < p_word, PAD_ID, ids).astype(np.int32)
         # The first layer reads each distinct id's embedding row once: its input projection
         # (and, in backward, its two input-side gradient products) then costs one row per
         # distinct id instead of one per token (a batch of 64 IMDB reviews, 30,000 words,
         # last 400 tokens, has 3.9-4.6x as many tokens as distinct ids).
         distinct, rows = _distinct_ids(ids, cfg.vocab_size)
         x = p["embedding"][distinct]  # (U, E)
+        embed_mask = None
+        if p_embed > 0:  # whole words: one scale per distinct id, shared by its occurrences
+            embed_mask = _dropout_mask(rng, distinct.shape, p_embed, x.dtype)
+            x = x * embed_mask[:, None]
+        hh_masks: dict[str, np.ndarray] = {}
         layer_caches: list[dict[str, Any]] = []
         input_masks: list[np.ndarray | None] = []
         hs: dict[str, np.ndarray] = {}
@@ -415,12 +461,16 @@ class Model:
             hs = {}
             for d in cfg.directions:
                 pre = f"l{layer}.{d}"
+                W_hh = p[f"{pre}.W_hh"]
+                if p_weight > 0:  # DropConnect: this batch runs on a thinned W_hh
+                    hh_masks[pre] = _dropout_mask(rng, W_hh.shape, p_weight, W_hh.dtype)
+                    W_hh = W_hh * hh_masks[pre]
                 hs[d], caches[d] = k.layer_forward(
                     cfg.cell,
                     x,
                     offsets,
                     p[f"{pre}.W_ih"],
-                    p[f"{pre}.W_hh"],
+                    W_hh,
                     p[f"{pre}.b_ih"],
                     p[f"{pre}.b_hh"],
                     reverse=d == "bwd",
@@ -445,7 +495,10 @@ class Model:
         logits = feats @ p["out.W"].T + p["out.b"]  # (n, C')
         if not training:
             return logits, None
-        cache = _ForwardCache(distinct, offsets, layer_caches, input_masks, hs, feats, feat_mask)
+        cache = _ForwardCache(
+            distinct, offsets, layer_caches, input_masks, hs, feats, feat_mask, embed_mask,
+            hh_masks or None,
+        )  # fmt: skip
         return logits, cache
 
     def backward(
@@ -495,6 +548,8 @@ class Model:
                 dx_d, dW_ih, dW_hh, db_ih, db_hh = k.layer_backward(
                     cache.layer_caches[layer][d], dhs[d], finals[d]
                 )
+                if cache.hh_masks is not None:
+                    dW_hh = dW_hh * cache.hh_masks[pre]
                 grads[f"{pre}.W_ih"], grads[f"{pre}.W_hh"] = dW_ih, dW_hh
                 grads[f"{pre}.b_ih"], grads[f"{pre}.b_hh"] = db_ih, db_hh
                 dx = dx_d if dx is None else dx + dx_d  # both directions read the same input
@@ -506,7 +561,10 @@ class Model:
                     d: np.ascontiguousarray(dx[:, j * H : (j + 1) * H]) for j, d in enumerate(dirs)
                 }
                 finals = {d: None for d in dirs}
-            elif sparse_embedding:  # dx (U, E): already summed over each distinct id's tokens
+                continue
+            if cache.embed_mask is not None:
+                dx *= cache.embed_mask[:, None]
+            if sparse_embedding:  # dx (U, E): already summed over each distinct id's tokens
                 from pipeline.optim import RowGrad
 
                 # padding never learns; ids ascend, so it can only be the first row, and
@@ -625,14 +683,20 @@ class Model:
         n = len(tokens)
         out = np.zeros((n, len(self.config.classes)), dtype=np.float32)
         for idx in sorted_batches(tokens.lengths, batch_size):
-            z = self.logits(tokens.take(idx)).astype(np.float64)
-            if self.config.binary:
-                p1 = _sigmoid(z[:, 0])
-                out[idx, 0], out[idx, 1] = 1.0 - p1, p1
-            else:
-                out[idx] = np.exp(_log_softmax(z))
+            out[idx] = probabilities(self.logits(tokens.take(idx)), self.config.temperature)
         if not np.all(np.isfinite(out)):
             raise RuntimeError("model produced non-finite probabilities")
+        return out
+
+    def predict_logits(self, tokens: TokenIds, batch_size: int = 1024) -> np.ndarray:
+        """Raw logits float32 [n, C'] in input order, before the temperature (C' = 1 for a
+        binary model). ``probabilities(logits, T)`` turns them into ``predict_proba``'s.
+
+        Example: ``z = model.predict_logits(model.encode(texts))``.
+        """
+        out = np.zeros((len(tokens), self.config.num_outputs), dtype=np.float32)
+        for idx in sorted_batches(tokens.lengths, batch_size):
+            out[idx] = self.logits(tokens.take(idx))
         return out
 
     # ------------------------------------------------------------------ artifact

@@ -75,10 +75,14 @@ class TrainProgress:
             )
         elif kind == "epoch_end":
             mark = " *" if event.improved else ""
+            valid = (
+                f"valid loss {event.valid_loss:.4f}, valid acc {event.valid_acc:.4f}"
+                if event.valid_loss == event.valid_loss  # NaN: no validation rows
+                else "no validation"
+            )
             _console.print(
                 f"epoch {event.epoch}/{event.epochs}: train loss {event.train_loss:.4f}, "
-                f"valid loss {event.valid_loss:.4f}, valid acc {event.valid_acc:.4f}, "
-                f"{event.seconds:.0f} s, {event.tokens_per_s:,.0f} tok/s{mark}"
+                f"{valid}, {event.seconds:.0f} s, {event.tokens_per_s:,.0f} tok/s{mark}"
             )
 
 

@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -30,7 +31,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import io, kernels
-from pipeline.batching import length_bucketed_batches, stratified_split
+from pipeline.batching import group_split, length_bucketed_batches, stratified_split
 from pipeline.errors import ConfigError, InputError, RunError
-from pipeline.metrics import accuracy, evaluate_probs, log_loss
-from pipeline.model import Model, ModelConfig, check_model_target, init_params
-from pipeline.optim import SCHEDULES, LRSchedule, clip_global_norm, make_optimizer
+from pipeline.metrics import accuracy, evaluate_probs, fit_temperature, log_loss
+from pipeline.model import Model, ModelConfig, check_model_target, init_params, probabilities
+from pipeline.optim import (
+    SCHEDULES,
+    LRSchedule,
+    WeightAverage,
+    clip_global_norm,
+    make_optimizer,
+)
 from pipeline.text import TokenIds, Tokenizer
 
 __all__ = [
@@ -76,9 +83,15 @@ class TrainConfig:
     (decay to ``lr_floor`` * lr at the end of the last epoch); ``patience`` epochs without a
     better validation loss before stopping and restoring the best epoch's weights (0: never
     stop early and keep the last epoch's weights); ``valid_frac`` held-out
-    share when no validation files are given; ``seed`` for the split, initialisation and
-    shuffling; ``class_weights`` none|balanced; ``num_words`` tokenizer vocabulary size;
-    ``threads`` for the kernels (None: leave as is); ``backend`` cpu|reference|cuda.
+    share when no validation files are given (0: train on every row, no validation);
+    ``valid_group`` a column whose groups (a film, a user) are held out whole, so no group is
+    on both sides (None: rows are held out one by one, stratified by class); ``seed`` for
+    the split, initialisation and shuffling; ``class_weights`` none|balanced;
+    ``num_words`` tokenizer vocabulary size; ``average`` the decay of an exponential moving
+    average of the weights, which validation and the saved model use (0: off; 0.998
+    averages about the last 500 steps); ``calibrate`` fit the model's temperature on the
+    validation rows after training; ``threads`` for the kernels (None: leave as is);
+    ``backend`` cpu|reference|cuda.
 
     Raises ConfigError for invalid values.
 
@@ -96,9 +109,12 @@ class TrainConfig:
     lr_floor: float = 0.0
     patience: int = 2
     valid_frac: float = 0.1
+    valid_group: str | None = None
     seed: int = 0
     class_weights: str = "none"
     num_words: int = 20000
+    average: float = 0.0
+    calibrate: bool = True
     threads: int | None = None
     backend: str = "cpu"
 
@@ -120,8 +136,18 @@ class TrainConfig:
             )
         if not 0 <= self.lr_floor <= 1:
             raise ConfigError(f"lr_floor must be in [0, 1], got {self.lr_floor}")
-        if not 0 < self.valid_frac < 1:
-            raise ConfigError(f"valid_frac must be in (0, 1), got {self.valid_frac}")
+        if not 0 <= self.valid_frac < 1:
+            raise ConfigError(f"valid_frac must be in [0, 1), got {self.valid_frac}")
+        if self.valid_frac == 0 and self.patience > 0:
+            raise ConfigError(
+                "early stopping (patience > 0) needs a validation split: set valid_frac > 0"
+            )
+        if self.valid_group is not None and (
+            not isinstance(self.valid_group, str) or not self.valid_group
+        ):
+            raise ConfigError(f"valid_group must be a column name, got {self.valid_group!r}")
+        if not (isinstance(self.average, int | float) and 0 <= self.average < 1):
+            raise ConfigError(f"average must be in [0, 1) (0: off), got {self.average!r}")
         if self.class_weights not in ("none", "balanced"):
             raise ConfigError(f"class_weights must be none or balanced, got {self.class_weights!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -210,27 +236,35 @@ class _Labelled:
     texts: pa.ChunkedArray
     labels: np.ndarray  # (n,) str
     origin: list[tuple[Path, int]]  # (file, first global row) per file, for error messages
+    groups: np.ndarray | None = None  # (n,) str: the --valid-group column, when asked for
 
 
-def _read_labelled(paths: Sequence[Path], text_col: str | None, label_col: str) -> _Labelled:
-    """Text and label columns of every file, labels as strings; InputError on bad labels."""
+def _read_labelled(
+    paths: Sequence[Path], text_col: str | None, label_col: str, group_col: str | None = None
+) -> _Labelled:
+    """Text and label columns of every file, labels as strings; InputError on bad labels.
+    With ``group_col``, that column too, as strings (InputError on a null)."""
     texts: list[pa.Array] = []
     labels: list[np.ndarray] = []
+    groups: list[np.ndarray] = []
     origin: list[tuple[Path, int]] = []
     start = 0
     for path in paths:
         schema = io.parquet_schema(path)
         column = io.detect_text_column(schema, text_col, path)
-        if label_col not in schema.names:
-            raise InputError(
-                f"{path}: no column '{label_col}' (columns: {', '.join(schema.names)}): "
-                f"pass --label-col"
-            )
-        table = io.read_columns([path], [column, label_col], text_col=column)
+        for col, option in ((label_col, "--label-col"), (group_col, "--valid-group")):
+            if col is not None and col not in schema.names:
+                raise InputError(
+                    f"{path}: no column '{col}' (columns: {', '.join(schema.names)}): pass {option}"
+                )
+        wanted = [column, label_col] + ([group_col] if group_col not in (None, column) else [])
+        table = io.read_columns([path], wanted, text_col=column)
         origin.append((Path(path), start))
         start += table.num_rows
         texts.extend(table.column(column).cast(pa.large_string()).chunks)
         labels.append(_label_strings(table.column(label_col), path, label_col))
+        if group_col is not None:
+            groups.append(_group_strings(table.column(group_col), path, group_col))
     if start == 0:
         raise InputError(f"{', '.join(map(str, paths))}: no rows (empty input)")
     text = pa.chunked_array(texts, type=pa.large_string())
@@ -239,7 +273,22 @@ def _read_labelled(paths: Sequence[Path], text_col: str | None, label_col: str) 
             f"{', '.join(map(str, paths))}: the text column is null or empty in every row "
             f"(pass --text-col if the text is in another column)"
         )
-    return _Labelled(text, np.concatenate(labels), origin)
+    return _Labelled(
+        text, np.concatenate(labels), origin, np.concatenate(groups) if groups else None
+    )
+
+
+def _group_strings(col: pa.ChunkedArray, path: Path, group_col: str) -> np.ndarray:
+    """A group key per row as strings; InputError naming the first null row."""
+    if col.null_count:
+        row = int(pc.index(pc.is_null(col), True).as_py())
+        raise InputError(
+            f"{path}: column '{group_col}' is null at row {row} (0-based): every row needs a "
+            f"group for --valid-group"
+        )
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    return col.cast(pa.string()).to_numpy(zero_copy_only=False).astype(str)
 
 
 def _label_strings(col: pa.ChunkedArray, path: Path, label_col: str) -> np.ndarray:
@@ -523,6 +572,7 @@ class _Split:
     classes: tuple[str, ...]
     files: list[Path]
     valid_files: list[Path] | None
+    how: dict[str, Any] | None = None  # how the validation rows were chosen (metrics.json)
 
 
 def _load_split(
@@ -535,7 +585,8 @@ def _load_split(
 ) -> _Split:
     """Read, validate labels, and split (or read the validation files)."""
     files = io.resolve_inputs(data_paths)
-    data = _read_labelled(files, text_col, label_col)
+    group_col = tc.valid_group if valid_paths is None and tc.valid_frac > 0 else None
+    data = _read_labelled(files, text_col, label_col, group_col)
     if classes is None:
         _check_label_case(data.labels, files[0], label_col)
     declared = classes if classes is not None else _sorted_classes(data.labels)
@@ -551,11 +602,24 @@ def _load_split(
         vdata = _read_labelled(valid_files, text_col, label_col)
         y_valid = _label_indices(vdata, declared, label_col)
         split = _Split(data.texts, y_all, vdata.texts, y_valid, declared, files, valid_files)
+    elif tc.valid_frac == 0:  # train on everything; no validation
+        split = _Split(data.texts, y_all, data.texts.slice(0, 0), y_all[:0], declared, files, None)
     else:
-        train_idx, valid_idx = stratified_split(y_all, tc.valid_frac, tc.seed)
+        if data.groups is not None:
+            train_idx, valid_idx = group_split(data.groups, y_all, tc.valid_frac, tc.seed)
+            split_info = {
+                "kind": "group",
+                "column": tc.valid_group,
+                "train_groups": int(np.unique(data.groups[train_idx]).size),
+                "valid_groups": int(np.unique(data.groups[valid_idx]).size),
+            }
+        else:
+            train_idx, valid_idx = stratified_split(y_all, tc.valid_frac, tc.seed)
+            split_info = {"kind": "stratified"}
         split = _Split(
             data.texts.take(train_idx), y_all[train_idx],
             data.texts.take(valid_idx), y_all[valid_idx], declared, files, None,
+            {**split_info, "frac": tc.valid_frac, "seed": tc.seed},
         )  # fmt: skip
     if split.y_train.size < tc.batch_size:
         raise InputError(
@@ -579,15 +643,17 @@ def _build_config(
 
 
 def _warm_config(warm: Model, overrides: Mapping[str, Any], source: Any) -> ModelConfig:
-    """The warm-start model's config; only dropout and max_len may change."""
-    allowed = {"dropout", "max_len"}
+    """The warm-start model's config; only the regularisers and max_len may change, and the
+    temperature starts again from 1 (training fits it anew)."""
+    allowed = {"dropout", "word_dropout", "embed_dropout", "weight_drop", "max_len"}
     for key, value in overrides.items():
         if key not in allowed and getattr(warm.config, key, value) != value:
             raise ConfigError(
                 f"model option {key}={value!r} differs from {source} "
                 f"({getattr(warm.config, key)!r}): a warm start keeps the architecture"
             )
-    return dataclasses.replace(warm.config, **{k: overrides[k] for k in allowed & set(overrides)})
+    kept = {k: overrides[k] for k in allowed & set(overrides)}
+    return dataclasses.replace(warm.config, **kept, temperature=1.0)
 
 
 @dataclass
@@ -604,6 +670,10 @@ class _LoopState:
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["best_loss"] = self.best_loss if math.isfinite(self.best_loss) else None
+        d["history"] = [
+            {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()}
+            for r in self.history
+        ]
         return d
 
     @classmethod
@@ -611,60 +681,90 @@ class _LoopState:
         names = [f.name for f in dataclasses.fields(cls)]
         state = cls(**{n: d[n] for n in names})
         state.best_loss = math.inf if state.best_loss is None else float(state.best_loss)
+        state.history = [
+            {k: (math.nan if v is None else v) for k, v in r.items()} for r in state.history
+        ]
         return state
 
 
-def _save_checkpoint(ckpt, identity, loop, rng, model, best, optimizer) -> None:
-    arrays = {f"param/{k}": v for k, v in model.params.items()}
-    arrays.update({f"best/{k}": v for k, v in best.items()})
-    arrays.update({f"optim/{k}": v for k, v in optimizer.state_dict().items()})
+@dataclass
+class _Run:
+    """One training run, built by ``_build``: the model and everything ``_fit`` works on."""
+
+    tc: TrainConfig
+    model: Model
+    split: _Split
+    train_tokens: TokenIds
+    valid_tokens: TokenIds
+    optimizer: Any
+    schedule: LRSchedule
+    average: WeightAverage | None
+    class_weights: np.ndarray | None
+    rng: np.random.Generator
+    best: dict[str, np.ndarray]  # the kept weights of the best epoch so far
+    identity: dict[str, Any]  # what a checkpoint must match to be resumed
+    ckpt: Path
+    coverage: float | None
+    loop: _LoopState = field(default_factory=_LoopState)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(self.split.y_train.size / self.tc.batch_size)
+
+
+def _save_checkpoint(run: _Run) -> None:
+    arrays = {f"param/{k}": v for k, v in run.model.params.items()}
+    arrays.update({f"best/{k}": v for k, v in run.best.items()})
+    arrays.update({f"optim/{k}": v for k, v in run.optimizer.state_dict().items()})
+    if run.average is not None:
+        arrays.update({f"average/{k}": v for k, v in run.average.state_dict().items()})
     state = {
         "version": CHECKPOINT_VERSION,
-        **identity,
-        **loop.to_json(),
-        "rng": rng.bit_generator.state,
+        **run.identity,
+        **run.loop.to_json(),
+        "rng": run.rng.bit_generator.state,
     }
-    _write_checkpoint(ckpt, state, arrays, model.tokenizer)
+    _write_checkpoint(run.ckpt, state, arrays, run.model.tokenizer)
 
 
-def _restore_checkpoint(ckpt, state, arrays, identity, rng, model, best, optimizer) -> _LoopState:
-    _check_resumable(ckpt, state, identity)
+def _restore_checkpoint(run: _Run, state: Mapping[str, Any], arrays: Mapping[str, Any]) -> None:
+    ckpt = run.ckpt
+    _check_resumable(ckpt, state, run.identity)
+
+    def part(prefix: str) -> dict[str, np.ndarray]:
+        return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
     try:
-        for k, p in model.params.items():
+        for k, p in run.model.params.items():
             np.copyto(p, arrays[f"param/{k}"], casting="no")
-            np.copyto(best[k], arrays[f"best/{k}"], casting="no")
-        optimizer.load_state_dict(
-            {k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")}
-        )
-        rng.bit_generator.state = state["rng"]
-        return _LoopState.from_json(state)
+            np.copyto(run.best[k], arrays[f"best/{k}"], casting="no")
+        run.optimizer.load_state_dict(part("optim/"))
+        if run.average is not None:
+            run.average.load_state_dict(part("average/"))
+        run.rng.bit_generator.state = state["rng"]
+        run.loop = _LoopState.from_json(state)
     except (KeyError, ValueError, TypeError) as e:
         raise ConfigError(f"{ckpt}: checkpoint does not fit this run ({e})") from None
+    if run.tc.epochs < run.loop.epoch:
+        raise ConfigError(f"{ckpt}: the checkpoint is at epoch {run.loop.epoch} > epochs")
 
 
-def _train_epoch(
-    epoch: int,
-    tc: TrainConfig,
-    model: Model,
-    optimizer: Any,
-    schedule: LRSchedule,
-    tokens: TokenIds,
-    y: np.ndarray,
-    class_weights: np.ndarray | None,
-    rng: np.random.Generator,
-    emit: Callable[[ProgressEvent], None],
-) -> tuple[float, int]:
+def _train_epoch(run: _Run, emit: Callable[[ProgressEvent], None]) -> tuple[float, int]:
     """One pass over shuffled length-bucketed batches; returns (mean loss, tokens seen)."""
-    batches = length_bucketed_batches(tokens.lengths, tc.batch_size, rng)
+    tc, model, optimizer, y = run.tc, run.model, run.optimizer, run.split.y_train
+    tokens, epoch = run.train_tokens, run.loop.epoch
+    batches = length_bucketed_batches(tokens.lengths, tc.batch_size, run.rng)
     emit(EpochStart(epoch, tc.epochs, len(batches)))
     loss_sum, tokens_done = 0.0, 0
     for b, idx in enumerate(batches, start=1):
         t0 = time.perf_counter()
         batch = tokens.take(idx)
-        lr = schedule(optimizer.step_count)
+        lr = run.schedule(optimizer.step_count)
         # the embedding's gradient as its batch rows: the optimizer's update is the same bits
         # as with the dense [V, E] array, without writing and reading that array every step
-        loss, grads = model.loss_and_grads(batch, y[idx], class_weights, rng, sparse_embedding=True)
+        loss, grads = model.loss_and_grads(
+            batch, y[idx], run.class_weights, run.rng, sparse_embedding=True
+        )
         if not math.isfinite(loss):
             raise RunError(
                 f"training diverged at epoch {epoch}, batch {b} (loss {loss}): "
@@ -673,6 +773,8 @@ def _train_epoch(
         if tc.clip_norm > 0:
             clip_global_norm(grads, tc.clip_norm)
         optimizer.step(grads, lr)
+        if run.average is not None:
+            run.average.update(optimizer.step_count)
         loss_sum += loss * idx.size
         tokens_done += batch.nnz
         speed = batch.nnz / max(time.perf_counter() - t0, 1e-9)
@@ -680,52 +782,45 @@ def _train_epoch(
     return loss_sum / y.size, tokens_done
 
 
-def train(
+@contextlib.contextmanager
+def _evaluated_weights(run: _Run) -> Iterator[None]:
+    """The weights validation and the saved model use: the average when averaging is on."""
+    if run.average is not None:
+        run.average.swap()
+    run.model.clear_cache()
+    try:
+        yield
+    finally:
+        if run.average is not None:
+            run.average.swap()
+        run.model.clear_cache()
+
+
+def _validate(run: _Run) -> tuple[float, float]:
+    """(log loss, accuracy) of the evaluated weights on the validation rows (NaN: none)."""
+    y = run.split.y_valid
+    if y.size == 0:
+        return math.nan, math.nan
+    with _evaluated_weights(run):
+        probs = run.model.predict_proba(run.valid_tokens)
+    return log_loss(y, probs), accuracy(y, probs.argmax(axis=1))
+
+
+def _build(
     data_paths: Any,
-    out_dir: str | Path,
-    model_config_overrides: Mapping[str, Any] | None = None,
-    train_config: TrainConfig | None = None,
-    text_col: str | None = None,
-    label_col: str = "label",
-    valid_paths: Any = None,
-    classes: Sequence[str] | None = None,
-    resume: bool = False,
-    init_from: str | Path | None = None,
-    init_embeddings: str | Path | None = None,
-    progress: Callable[[ProgressEvent], None] | None = None,
-) -> TrainResult:
-    """Train a classifier on labelled Parquet and save it to ``out_dir``.
-
-    Parameters: ``data_paths`` file, directory, glob or a list of them; ``out_dir`` the model
-    directory to write; ``model_config_overrides`` ``ModelConfig`` fields (not vocab_size or
-    classes, which come from the data); ``train_config``; ``text_col`` (auto-detected when
-    None); ``label_col``; ``valid_paths`` validation files instead of a held-out split;
-    ``classes`` the class names in index order (default: the sorted distinct labels, numeric
-    order for integer labels); ``resume`` continue from ``<out_dir>.checkpoint``;
-    ``init_from`` a model directory to warm-start from (same architecture and vocabulary);
-    ``init_embeddings`` a word2vec/GloVe text file; ``progress`` receives events.
-
-    Returns a ``TrainResult``.
-
-    Raises InputError for unreadable or bad data (null or undeclared labels with file,
-    column and row; a single class; fewer rows than one batch; an empty input), ConfigError
-    for bad options or an incompatible checkpoint, RunError if the loss diverges.
-
-    Example::
-
-        result = train("train.parquet", "model/", {"cell": "lstm"}, TrainConfig(epochs=2))
-    """
-    tc = train_config or TrainConfig()
-    overrides = dict(model_config_overrides or {})
-    emit = progress or (lambda event: None)
-    out_dir = Path(os.path.abspath(os.path.expanduser(str(out_dir))))
-    ckpt = checkpoint_dir_for(out_dir)
-    if init_from is not None and (init_embeddings is not None or resume):
-        raise ConfigError("init_from cannot be combined with init_embeddings or resume")
-    _check_outputs(out_dir, ckpt, data_paths, valid_paths)
-    _set_threads(tc.threads)
-
-    # ---- data, tokenizer, model
+    valid_paths: Any,
+    overrides: Mapping[str, Any],
+    tc: TrainConfig,
+    ckpt: Path,
+    text_col: str | None,
+    label_col: str,
+    classes: Sequence[str] | None,
+    resume: bool,
+    init_from: str | Path | None,
+    init_embeddings: str | Path | None,
+) -> _Run:
+    """Read and split the data, fit (or take) the tokenizer, build the model and the
+    optimisation state; restore the checkpoint when resuming."""
     warm = Model.load(init_from, backend=tc.backend) if init_from is not None else None
     declared = tuple(str(c) for c in classes) if classes is not None else None
     if warm is not None:
@@ -755,70 +850,76 @@ def train(
     model = Model(config, params, tokenizer=tokenizer, backend=tc.backend)
     train_tokens = tokenizer.encode(split.train_texts).truncate(config.max_len)
     valid_tokens = tokenizer.encode(split.valid_texts).truncate(config.max_len)
-    y_train, y_valid = split.y_train, split.y_valid
+    y_train = split.y_train
 
-    # ---- optimisation state, possibly restored
     class_weights = None
     if tc.class_weights == "balanced":
         counts = np.bincount(y_train, minlength=len(config.classes)).astype(np.float64)
         class_weights = np.where(counts > 0, y_train.size / (len(counts) * counts), 0.0)
-    batches_per_epoch = math.ceil(y_train.size / tc.batch_size)
-    optimizer = make_optimizer(tc.optimizer, model.params, tc.lr, tc.weight_decay)
+    steps = tc.epochs * math.ceil(y_train.size / tc.batch_size)
     schedule = LRSchedule(
         tc.lr,
         # a small dataset may have fewer steps than the warm-up asks for: warm up for at most
         # a tenth of the run rather than refuse the defaults
-        min(tc.warmup_steps, tc.epochs * batches_per_epoch // 10),
+        min(tc.warmup_steps, steps // 10),
         tc.lr_schedule,
-        tc.epochs * batches_per_epoch,
+        steps,
         tc.lr_floor,
     )
-    rng = np.random.default_rng(tc.seed)
-    best = {k: v.copy() for k, v in model.params.items()}
-    identity = {
-        "model_config": config.to_dict(),
-        "train_config": tc.to_dict(),
-        "classes": list(config.classes),
-        "data_fingerprint": _fingerprint_data(train_tokens, y_train),
-        "valid_fingerprint": _fingerprint_data(valid_tokens, y_valid),
-    }
-    loop = _LoopState()
+    run = _Run(
+        tc=tc,
+        model=model,
+        split=split,
+        train_tokens=train_tokens,
+        valid_tokens=valid_tokens,
+        optimizer=make_optimizer(tc.optimizer, model.params, tc.lr, tc.weight_decay),
+        schedule=schedule,
+        average=WeightAverage(model.params, tc.average) if tc.average > 0 else None,
+        class_weights=class_weights,
+        rng=np.random.default_rng(tc.seed),
+        best={k: v.copy() for k, v in model.params.items()},
+        identity={
+            "model_config": config.to_dict(),
+            "train_config": tc.to_dict(),
+            "classes": list(config.classes),
+            "data_fingerprint": _fingerprint_data(train_tokens, y_train),
+            "valid_fingerprint": _fingerprint_data(valid_tokens, split.y_valid),
+        },
+        ckpt=ckpt,
+        coverage=coverage,
+    )
     if state is not None:
-        loop = _restore_checkpoint(ckpt, state, arrays, identity, rng, model, best, optimizer)
-        if tc.epochs < loop.epoch:
-            raise ConfigError(f"{ckpt}: the checkpoint is at epoch {loop.epoch} > epochs")
+        _restore_checkpoint(run, state, arrays)
+    return run
 
+
+def _fit(run: _Run, emit: Callable[[ProgressEvent], None]) -> None:
+    """Run the epochs left, validating and checkpointing after each."""
+    tc, loop = run.tc, run.loop
     emit(
         DataReady(
-            n_train=int(y_train.size), n_valid=int(y_valid.size), classes=config.classes,
-            vocab_size=config.vocab_size, epochs=tc.epochs, batches_per_epoch=batches_per_epoch,
-            start_epoch=loop.epoch, embedding_coverage=coverage,
+            n_train=int(run.split.y_train.size), n_valid=int(run.split.y_valid.size),
+            classes=run.model.config.classes, vocab_size=run.model.config.vocab_size,
+            epochs=tc.epochs, batches_per_epoch=run.batches_per_epoch, start_epoch=loop.epoch,
+            embedding_coverage=run.coverage,
         )
     )  # fmt: skip
-
-    # ---- epochs
     while loop.epoch < tc.epochs and not loop.stopped:
         loop.epoch += 1
-        epoch = loop.epoch
         t0 = time.perf_counter()
-        train_loss, tokens_done = _train_epoch(
-            epoch, tc, model, optimizer, schedule, train_tokens, y_train, class_weights, rng, emit
-        )
+        train_loss, tokens_done = _train_epoch(run, emit)
         train_seconds = time.perf_counter() - t0
-
-        model.clear_cache()
-        probs = model.predict_proba(valid_tokens)
-        valid_loss = log_loss(y_valid, probs)
-        valid_acc = accuracy(y_valid, probs.argmax(axis=1))
+        valid_loss, valid_acc = _validate(run)
         improved = valid_loss < loop.best_loss
         if improved:
-            loop.best_loss, loop.best_epoch, loop.bad_epochs = valid_loss, epoch, 0
-            for k, p in model.params.items():
-                np.copyto(best[k], p)
+            loop.best_loss, loop.best_epoch, loop.bad_epochs = valid_loss, loop.epoch, 0
+            with _evaluated_weights(run):
+                for k, p in run.model.params.items():
+                    np.copyto(run.best[k], p)
         else:
             loop.bad_epochs += 1
         row = {
-            "epoch": epoch,
+            "epoch": loop.epoch,
             "train_loss": train_loss,
             "valid_loss": valid_loss,
             "valid_acc": valid_acc,
@@ -826,43 +927,129 @@ def train(
             "tokens_per_s": round(tokens_done / max(train_seconds, 1e-9), 1),
         }
         loop.history.append(row)
-        loop.stopped = tc.patience > 0 and loop.bad_epochs >= tc.patience and epoch < tc.epochs
-        _save_checkpoint(ckpt, identity, loop, rng, model, best, optimizer)
+        loop.stopped = tc.patience > 0 and loop.bad_epochs >= tc.patience and loop.epoch < tc.epochs
+        _save_checkpoint(run)
         emit(
             EpochEnd(
-                epoch, tc.epochs, row["train_loss"], valid_loss, valid_acc, row["seconds"],
+                loop.epoch, tc.epochs, train_loss, valid_loss, valid_acc, row["seconds"],
                 row["tokens_per_s"], improved,
             )
         )  # fmt: skip
 
-    # ---- the weights to keep, final metrics, artifact. With early stopping on, the best
-    # epoch's (lowest validation loss); with it off (patience 0), the last epoch's: the one
-    # the learning-rate schedule was planned to end on (Keras' restore_best_weights=False).
-    kept_epoch = loop.best_epoch
+
+def _keep_and_calibrate(run: _Run) -> tuple[int, dict[str, Any]]:
+    """Put the weights to keep into the model and fit its temperature on the validation
+    rows. Returns (the epoch kept, the validation metrics of the final model).
+
+    With early stopping on, the best epoch's weights (lowest validation loss); with it off
+    (patience 0), the last epoch's: the one the learning-rate schedule was planned to end on
+    (Keras' restore_best_weights=False). Either is the average when averaging is on."""
+    tc, loop, model, split = run.tc, run.loop, run.model, run.split
     if tc.patience > 0:
+        kept = loop.best_epoch
         for k, p in model.params.items():
-            np.copyto(p, best[k])
-    elif loop.history:
-        kept_epoch = int(loop.history[-1]["epoch"])
+            np.copyto(p, run.best[k])
+    else:
+        kept = int(loop.history[-1]["epoch"]) if loop.history else 0
+        if run.average is not None:
+            for k, p in model.params.items():
+                np.copyto(p, run.average.average[k])
     model.clear_cache()
-    metrics = evaluate_probs(y_valid, model.predict_proba(valid_tokens), config.classes)
+    if split.y_valid.size == 0:
+        return kept, {"n": 0, "note": "no validation rows (valid_frac 0): nothing measured"}
+    logits = model.predict_logits(run.valid_tokens)
+    before = evaluate_probs(split.y_valid, probabilities(logits), model.config.classes)
+    if not tc.calibrate:
+        return kept, before
+    temperature = fit_temperature(split.y_valid, logits)
+    model.config = dataclasses.replace(model.config, temperature=temperature)
+    metrics = evaluate_probs(
+        split.y_valid, probabilities(logits, temperature), model.config.classes
+    )
+    metrics["calibration"] = {
+        "temperature": temperature,
+        "log_loss_before": before["log_loss"],
+        "ece_before": before["ece"],
+    }
+    return kept, metrics
+
+
+def train(
+    data_paths: Any,
+    out_dir: str | Path,
+    model_config_overrides: Mapping[str, Any] | None = None,
+    train_config: TrainConfig | None = None,
+    text_col: str | None = None,
+    label_col: str = "label",
+    valid_paths: Any = None,
+    classes: Sequence[str] | None = None,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    init_embeddings: str | Path | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+) -> TrainResult:
+    """Train a classifier on labelled Parquet and save it to ``out_dir``.
+
+    Parameters: ``data_paths`` file, directory, glob or a list of them; ``out_dir`` the model
+    directory to write (new, or an rnnpipe model directory, which is replaced);
+    ``model_config_overrides`` ``ModelConfig`` fields (not vocab_size or classes, which come
+    from the data); ``train_config``; ``text_col`` (auto-detected when None); ``label_col``;
+    ``valid_paths`` validation files instead of a held-out split; ``classes`` the class
+    names in index order (default: the sorted distinct labels, numeric order for integer
+    labels); ``resume`` continue from ``<out_dir>.checkpoint``; ``init_from`` a model
+    directory to warm-start from (same architecture and vocabulary); ``init_embeddings`` a
+    word2vec/GloVe text file; ``progress`` receives events.
+
+    After the last epoch the model's temperature is fitted on the validation rows (see
+    ``TrainConfig.calibrate``) and the model is saved with ``metrics.json`` (validation
+    metrics after calibration, and before it under ``calibration``) and ``history.csv``.
+
+    Returns a ``TrainResult``.
+
+    Raises InputError for unreadable or bad data (null or undeclared labels with file,
+    column and row; a single class; fewer rows than one batch; an empty input), ConfigError
+    for bad options, an ``out_dir`` that is not a model directory, or an incompatible
+    checkpoint, RunError if the loss diverges, OutputError when the model cannot be written.
+
+    Example::
+
+        result = train("train.parquet", "model/", {"cell": "lstm"}, TrainConfig(epochs=2))
+    """
+    tc = train_config or TrainConfig()
+    emit = progress or (lambda event: None)
+    out_dir = Path(os.path.abspath(os.path.expanduser(str(out_dir))))
+    ckpt = checkpoint_dir_for(out_dir)
+    if init_from is not None and (init_embeddings is not None or resume):
+        raise ConfigError("init_from cannot be combined with init_embeddings or resume")
+    _check_outputs(out_dir, ckpt, data_paths, valid_paths)
+    _set_threads(tc.threads)
+
+    run = _build(
+        data_paths, valid_paths, dict(model_config_overrides or {}), tc, ckpt, text_col,
+        label_col, classes, resume, init_from, init_embeddings,
+    )  # fmt: skip
+    _fit(run, emit)
+    kept_epoch, metrics = _keep_and_calibrate(run)
     metrics["best_epoch"] = kept_epoch
+    split, loop = run.split, run.loop
     training_info = {
         "train_config": tc.to_dict(),
         "data": [str(p) for p in split.files],
         "valid_data": [str(p) for p in split.valid_files] if split.valid_files else None,
+        "validation": split.how,
         "text_col": text_col,
         "label_col": label_col,
-        "n_train": int(y_train.size),
-        "n_valid": int(y_valid.size),
-        "data_fingerprint": identity["data_fingerprint"],
+        "n_train": int(split.y_train.size),
+        "n_valid": int(split.y_valid.size),
+        "data_fingerprint": run.identity["data_fingerprint"],
         "epochs_run": len(loop.history),
         "best_epoch": kept_epoch,
         "stopped_early": loop.stopped,
         "init_from": str(init_from) if init_from is not None else None,
         "init_embeddings": str(init_embeddings) if init_embeddings is not None else None,
-        "embedding_coverage": coverage,
+        "embedding_coverage": run.coverage,
     }
+    metrics["validation"] = split.how
     extra: dict[str, bytes | str] = {
         "metrics.json": json.dumps(metrics, indent=2) + "\n",
         "history.csv": _history_csv(loop.history),
@@ -870,16 +1057,16 @@ def train(
     png = _curve_png(loop.history)
     if png is not None:
         extra["training_curve.png"] = png
-    model.save(out_dir, training=training_info, metrics=metrics, extra_files=extra)
+    run.model.save(out_dir, training=training_info, metrics=metrics, extra_files=extra)
     return TrainResult(
         model_dir=out_dir,
-        model=model,
+        model=run.model,
         metrics=metrics,
         history=loop.history,
         best_epoch=kept_epoch,
         stopped_early=loop.stopped,
         checkpoint_dir=ckpt,
-        embedding_coverage=coverage,
+        embedding_coverage=run.coverage,
     )
 
 

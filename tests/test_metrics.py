@@ -100,3 +100,32 @@ def test_bad_shapes_raise():
         m.evaluate_probs(np.array([0, 1]), np.zeros((3, 2)), ["a", "b"])
     with pytest.raises(ValueError):
         m.evaluate_probs(np.array([0, 2]), np.full((2, 2), 0.5), ["a", "b"])
+
+
+@pytest.mark.parametrize("true_t", [0.5, 1.0, 2.5])
+def test_fit_temperature_recovers_the_scale_of_the_logits(true_t):
+    rng = np.random.default_rng(0)
+    z = rng.normal(scale=3.0, size=(20000, 1))
+    y = (rng.random(20000) < 1 / (1 + np.exp(-z[:, 0] / true_t))).astype(np.int64)
+    t = m.fit_temperature(y, z)
+    assert t == pytest.approx(true_t, rel=0.08)
+    probs = np.stack([1 / (1 + np.exp(z[:, 0] / t)), 1 / (1 + np.exp(-z[:, 0] / t))], axis=1)
+    raw = np.stack([1 / (1 + np.exp(z[:, 0])), 1 / (1 + np.exp(-z[:, 0]))], axis=1)
+    assert m.log_loss(y, probs) <= m.log_loss(y, raw) + 1e-12
+    if true_t != 1.0:
+        assert m.expected_calibration_error(y, probs) < m.expected_calibration_error(y, raw)
+
+
+def test_fit_temperature_multiclass_and_bounds():
+    rng = np.random.default_rng(1)
+    z = rng.normal(scale=4.0, size=(6000, 3))
+    p = np.exp(z / 2) / np.exp(z / 2).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    assert m.fit_temperature(y, z) == pytest.approx(2.0, rel=0.1)
+    # a separable set would push T to zero; the search stops at 0.25
+    assert m.fit_temperature(np.array([0, 1, 1]), np.array([[-5.0], [5.0], [6.0]])) == (
+        pytest.approx(0.25, rel=1e-4)
+    )
+    assert m.fit_temperature(np.zeros(0, np.int64), np.zeros((0, 1))) == 1.0
+    with pytest.raises(ValueError):
+        m.fit_temperature(np.array([0, 1]), np.zeros((3, 1)))

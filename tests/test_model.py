@@ -209,6 +209,38 @@ def test_gradients_two_layers_multiclass_weighted_dropout(cell):
     _numeric_grad_check(model, tokens, np.array([2, 0, 1, 2]), np.array([0.5, 1.0, 2.0]))
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradients_with_word_embedding_and_weight_dropout(cell):
+    rng = np.random.default_rng(4)
+    cfg = ModelConfig(
+        cell=cell, embed_dim=3, hidden_dim=2, bidirectional=True, pooling="last+mean",
+        vocab_size=6, classes=("a", "b"), word_dropout=0.3, embed_dropout=0.4, weight_drop=0.3,
+    )  # fmt: skip
+    model = Model(cfg, backend="reference", seed=4)
+    tokens = _ragged(rng, [5, 1, 0, 4], 6)
+    _numeric_grad_check(model, tokens, np.array([1, 0, 1, 0]))
+
+
+@pytest.mark.parametrize("name", ["word_dropout", "embed_dropout", "weight_drop"])
+def test_training_regularisers_act_in_training_only(name):
+    tokens = _ragged(np.random.default_rng(7), [6, 3, 8, 5], 10)
+    plain = Model(_cfg(bidirectional=True), backend="reference", seed=1)
+    noisy = Model(_cfg(bidirectional=True, **{name: 0.5}), plain.params, backend="reference")
+    a, _ = plain.forward(tokens, training=True, rng=np.random.default_rng(0))
+    b, _ = noisy.forward(tokens, training=True, rng=np.random.default_rng(0))
+    assert not np.allclose(a, b)  # the regulariser changed the training pass
+    c, _ = noisy.forward(tokens, training=False)
+    assert np.array_equal(c, plain.forward(tokens, training=False)[0])  # and not inference
+    assert np.array_equal(noisy.predict_proba(tokens), plain.predict_proba(tokens))
+
+
+def test_configs_saved_without_the_regularisers_still_load():
+    d = _cfg().to_dict()
+    for name in ("word_dropout", "embed_dropout", "weight_drop"):
+        del d[name]
+    assert ModelConfig.from_dict(d) == _cfg()
+
+
 @pytest.mark.parametrize("backend", _available_backends())
 def test_sparse_embedding_gradient_is_the_dense_one_by_rows(backend):
     from pipeline.optim import RowGrad
@@ -500,3 +532,20 @@ def test_failed_save_leaves_nothing(tmp_path):
 def test_config_dataclass_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         _cfg().cell = "gru"  # type: ignore[misc]
+
+
+def test_temperature_divides_the_logits_and_survives_save_load(tmp_path):
+    model = Model(_cfg(classes=("a", "b", "c")), tokenizer=_tokenizer(), seed=3)
+    tokens = _ragged(np.random.default_rng(2), [4, 1, 6], 10)
+    z = model.predict_logits(tokens)
+    hot = Model(dataclasses.replace(model.config, temperature=2.0), model.params,
+                tokenizer=model.tokenizer)  # fmt: skip
+    expected = np.exp(z / 2.0) / np.exp(z / 2.0).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(hot.predict_proba(tokens), expected, rtol=1e-5)
+    assert not np.allclose(hot.predict_proba(tokens), model.predict_proba(tokens))
+    hot.save(tmp_path / "m")
+    back = Model.load(tmp_path / "m")
+    assert back.config.temperature == 2.0
+    np.testing.assert_array_equal(back.predict_proba(tokens), hot.predict_proba(tokens))
+    with pytest.raises(ConfigError, match="temperature"):
+        _cfg(temperature=0.0)

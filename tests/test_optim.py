@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.optim import SGD, Adam, LRSchedule, RowGrad, clip_global_norm, make_optimizer
+from pipeline.optim import (
+    SGD,
+    Adam,
+    LRSchedule,
+    RowGrad,
+    WeightAverage,
+    clip_global_norm,
+    make_optimizer,
+)
 
 
 def _params(dtype=np.float32):
@@ -206,3 +214,33 @@ def test_make_optimizer():
         make_optimizer("rmsprop", _params(), 1e-3)
     with pytest.raises(ConfigError):
         Adam(_params(), lr=-1)
+
+
+def test_weight_average_by_hand_and_swap():
+    params = _params(np.float64)
+    start = {k: v.copy() for k, v in params.items()}
+    avg = WeightAverage(params, decay=0.99)
+    expected = {k: v.copy() for k, v in params.items()}
+    for step in range(1, 40):
+        for v in params.values():
+            v += 1.0  # a parameter that moves by 1 each step
+        d = min(0.99, (1 + step) / (10 + step))  # the warm-up decay, then 0.99
+        for k in expected:
+            expected[k] = d * expected[k] + (1 - d) * params[k]
+        avg.update(step)
+    for k in params:
+        np.testing.assert_allclose(avg.average[k], expected[k], rtol=1e-12)
+        assert np.all(avg.average[k] < params[k]) and np.all(avg.average[k] > start[k])
+    now = {k: v.copy() for k, v in params.items()}
+    avg.swap()
+    for k in params:
+        np.testing.assert_array_equal(params[k], expected[k])
+    avg.swap()
+    for k in params:
+        np.testing.assert_array_equal(params[k], now[k])
+    again = WeightAverage(params, decay=0.99)
+    again.load_state_dict(avg.state_dict())
+    for k in params:
+        np.testing.assert_array_equal(again.average[k], avg.average[k])
+    with pytest.raises(ConfigError):
+        WeightAverage(params, decay=1.0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.batching import group_split
 from pipeline.errors import ConfigError, InputError, RunError
 from pipeline.model import Model, init_params
 from pipeline.train import (
@@ -110,14 +112,21 @@ def test_train_binary_end_to_end(binary_file, tmp_path, backend):
     # evaluate() on the training file knows the classes and reports every row
     report = evaluate(binary_file, loaded)
     assert report["n"] == 240 and report["accuracy"] >= 0.95
-    # best weights are the saved ones: the final metrics equal the best epoch's validation loss
+    # best weights are the saved ones: before calibration the final metrics equal the best
+    # epoch's validation loss; the fitted temperature can only lower it
     best = min(float(r["valid_loss"]) for r in rows)
-    assert result.metrics["log_loss"] == pytest.approx(best, rel=1e-5)
+    calibration = result.metrics["calibration"]
+    assert calibration["log_loss_before"] == pytest.approx(best, rel=1e-5)
+    assert result.metrics["log_loss"] <= calibration["log_loss_before"] + 1e-12
+    assert loaded.config.temperature == calibration["temperature"] != 1.0
 
 
-def test_resume_is_bit_identical(binary_file, tmp_path):
-    overrides = {**TINY, "dropout": 0.2, "cell": "gru"}  # dropout: the rng state matters
-    cfg = _config(lr_schedule="cosine", warmup_steps=5)
+@pytest.mark.parametrize("extra", [{}, {"word_dropout": 0.1, "embed_dropout": 0.1,
+                                         "weight_drop": 0.2, "average": 0.9}])  # fmt: skip
+def test_resume_is_bit_identical(binary_file, tmp_path, extra):
+    average = extra.pop("average", 0.0)
+    overrides = {**TINY, "dropout": 0.2, "cell": "gru", **extra}  # the rng state matters
+    cfg = _config(lr_schedule="cosine", warmup_steps=5, average=average)
     straight = train(binary_file, tmp_path / "a", overrides, cfg)
 
     class Interrupt(Exception):
@@ -230,7 +239,7 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     assert result.stopped_early and len(result.history) < 8
     losses = [r["valid_loss"] for r in result.history]
     assert result.best_epoch == 1 + int(np.argmin(losses))
-    assert result.metrics["log_loss"] == pytest.approx(min(losses), rel=1e-5)
+    assert result.metrics["calibration"]["log_loss_before"] == pytest.approx(min(losses), rel=1e-5)
     # the checkpoint remembers that training stopped: resuming trains no further
     again = train(path, tmp_path / "m", TINY, _config(epochs=8, lr=0.05, patience=1), resume=True)
     assert again.history == result.history
@@ -246,7 +255,7 @@ def test_without_early_stopping_the_last_epoch_is_kept(tmp_path):
     losses = [r["valid_loss"] for r in result.history]
     assert len(result.history) == 4 and not result.stopped_early
     assert result.best_epoch == 4 and int(np.argmin(losses)) != 3
-    assert result.metrics["log_loss"] == pytest.approx(losses[-1], rel=1e-5)
+    assert result.metrics["calibration"]["log_loss_before"] == pytest.approx(losses[-1], rel=1e-5)
 
 
 def test_divergence_is_a_run_error(binary_file, tmp_path, monkeypatch):
@@ -398,3 +407,70 @@ def test_unknown_model_option(binary_file, tmp_path):
         train(binary_file, tmp_path / "m", {"colour": "red"}, _config())
     with pytest.raises(ConfigError, match="vocab_size"):
         train(binary_file, tmp_path / "m", {"vocab_size": 5}, _config())
+
+
+def _grouped_file(tmp_path: Path, n_groups: int = 30, seed: int = 3) -> Path:
+    """Reviews in groups (a film each) whose filler words are the group's own, so a random
+    split lets a model memorise groups and a group split does not."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in range(n_groups):
+        own = [f"film{g}x{k}" for k in range(3)]
+        for _ in range(int(rng.integers(4, 12))):
+            y = int(rng.integers(0, 2))
+            words = list(rng.choice(own + FILLER, 6)) + [
+                str(rng.choice(POSITIVE if y else NEGATIVE))
+            ]
+            rows.append((" ".join(words), y, f"tt{g:04d}"))
+    texts, labels, groups = zip(*rows, strict=True)
+    path = tmp_path / "grouped.parquet"
+    pq.write_table(
+        pa.table({"text": list(texts), "label": list(labels), "movie": list(groups)}), path
+    )
+    return path
+
+
+def test_valid_group_holds_out_whole_groups(tmp_path):
+    path = _grouped_file(tmp_path)
+    result = train(path, tmp_path / "m", TINY, _config(valid_group="movie", valid_frac=0.25))
+    how = result.metrics["validation"]
+    assert how["kind"] == "group" and how["column"] == "movie" and how["valid_groups"] >= 2
+    info = json.loads((tmp_path / "m" / "config.json").read_text())["training"]
+    assert info["validation"] == how
+    # the same split by hand: no film on both sides, both labels on both sides
+    table = pq.read_table(path)
+    y = np.array(table["label"].to_pylist())
+    groups = np.array(table["movie"].to_pylist())
+    tr, va = group_split(groups, y, 0.25, seed=0)
+    assert not set(groups[tr]) & set(groups[va])
+    assert set(y[tr]) == set(y[va]) == {0, 1}
+    assert info["n_valid"] == va.size and result.metrics["n"] == va.size
+    with pytest.raises(InputError, match="no column 'film'"):
+        train(path, tmp_path / "m2", TINY, _config(valid_group="film"))
+
+
+def test_valid_frac_zero_trains_on_everything(binary_file, tmp_path):
+    result = train(binary_file, tmp_path / "m", TINY, _config(valid_frac=0.0))
+    assert result.metrics["n"] == 0 and "accuracy" not in result.metrics
+    info = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert info["training"]["n_train"] == 240 and info["temperature"] == 1.0
+    assert all(math.isnan(r["valid_loss"]) for r in result.history)
+    with pytest.raises(ConfigError, match="needs a validation split"):
+        TrainConfig(valid_frac=0.0, patience=1)
+
+
+def test_averaging_saves_the_averaged_weights(binary_file, tmp_path):
+    cfg = _config(epochs=2, average=0.9, calibrate=False)
+    train(binary_file, tmp_path / "avg", TINY, cfg)
+    train(binary_file, tmp_path / "last", TINY, _config(epochs=2, calibrate=False))
+    with np.load(checkpoint_dir_for(tmp_path / "avg") / "arrays.npz") as npz:
+        average = {k[len("average/") :]: npz[k] for k in npz.files if k.startswith("average/")}
+        last = {k[len("param/") :]: npz[k] for k in npz.files if k.startswith("param/")}
+    saved = _weights(tmp_path / "avg")
+    for k in saved:  # the model holds the average, which is not the last step's weights
+        np.testing.assert_array_equal(saved[k], average[k], err_msg=k)
+    assert not np.array_equal(saved["out.W"], last["out.W"])
+    # the optimisation itself is the same run: the last step's weights equal plain training's
+    plain = _weights(tmp_path / "last")
+    for k in plain:
+        np.testing.assert_array_equal(plain[k], last[k], err_msg=k)
