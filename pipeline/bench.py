@@ -185,8 +185,8 @@ def train_product_fn(shape: Shape, offsets, ids, params) -> Callable[[], object]
     length-sorted blocks and shrinking active set) with its small-product routine; and
     ``dW_hh`` in 128-token windows per block with ``gemm_tn``, as the backward kernel stages
     them. Operands are fixed random values (speed does not depend on them)."""
+    from pipeline.encoder import distinct_ids
     from pipeline.kernels import cpu, gemm
-    from pipeline.model import _distinct_ids
 
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     _, lens_s, _, blocks = cpu._plan(offsets)
@@ -194,7 +194,7 @@ def train_product_fn(shape: Shape, offsets, ids, params) -> Callable[[], object]
     H, E = shape.hidden_dim, shape.embed_dim
     GH = gates(shape.cell) * H
     W_ih, W_hh = params["W_ih"], params["W_hh"]
-    rows = _distinct_ids(ids, shape.vocab)[0].size
+    rows = distinct_ids(ids, shape.vocab)[0].size
     rng = np.random.default_rng(0)
 
     def draw(*dims):  # on 64-byte boundaries, as the kernels' arrays are
@@ -251,7 +251,7 @@ def train_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callab
     the batch's distinct embedding rows, the layer reading them through ``rows``,
     last-state pooling, the embedding's gradient as the rows the trainer hands to the
     optimizer), as a callable."""
-    from pipeline.model import _distinct_ids, _skip_padding
+    from pipeline.encoder import distinct_ids, skip_padding
     from pipeline.optim import RowGrad
 
     be = get_backend(backend)
@@ -259,7 +259,7 @@ def train_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callab
     dfeat = np.ones((n, H), np.float32) / n
 
     def step():
-        distinct, rows = _distinct_ids(ids, shape.vocab)
+        distinct, rows = distinct_ids(ids, shape.vocab)
         x = params["emb"][distinct]
         hs, cache = be.layer_forward(
             shape.cell,
@@ -273,7 +273,7 @@ def train_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callab
         )
         be.pool_forward(hs, offsets, "last")
         dx = be.layer_backward(cache, None, dfeat)[0]  # last-state gradient, as Model does
-        k = _skip_padding(distinct)
+        k = skip_padding(distinct)
         RowGrad(distinct[k:], dx[k:], params["emb"].shape)
 
     return step

@@ -38,7 +38,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -48,9 +48,18 @@ import numba
 import numpy as np
 
 from pipeline.batching import sorted_batches
+from pipeline.encoder import (
+    EncoderCache,
+    dropout_mask,
+    encoder_backward,
+    encoder_forward,
+    encoder_shapes,
+    glorot,
+    init_encoder_params,
+)
 from pipeline.errors import ConfigError, ModelFormatError, RnnpipeError
-from pipeline.kernels import BACKENDS, CELLS, gates, get_backend
-from pipeline.text import PAD_ID, TokenIds
+from pipeline.kernels import BACKENDS, CELLS, get_backend
+from pipeline.text import TokenIds
 
 __all__ = [
     "FORMAT_VERSION",
@@ -196,68 +205,30 @@ class ModelConfig:
         return cls(**{n: d.get(n, _ADDED_LATER.get(n)) for n in names})
 
 
-def _layer_names(config: ModelConfig) -> Iterator[tuple[int, str, str]]:
-    """(layer, direction, name prefix) for every recurrent layer and direction."""
-    for layer in range(config.num_layers):
-        for direction in config.directions:
-            yield layer, direction, f"l{layer}.{direction}"
-
-
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter name and the shape ``config`` implies, in a fixed order.
+    """Every parameter name and the shape ``config`` implies, in a fixed order: the
+    encoder's (``pipeline.encoder.encoder_shapes``), then the dense layer's.
 
     Example: ``expected_shapes(cfg)["l0.fwd.W_hh"] == (4 * cfg.hidden_dim, cfg.hidden_dim)``.
     """
-    G, H, E = gates(config.cell), config.hidden_dim, config.embed_dim
-    dirs = len(config.directions)
-    shapes: dict[str, tuple[int, ...]] = {"embedding": (config.vocab_size, E)}
-    for layer, _, prefix in _layer_names(config):
-        in_dim = E if layer == 0 else dirs * H
-        shapes[f"{prefix}.W_ih"] = (G * H, in_dim)
-        shapes[f"{prefix}.W_hh"] = (G * H, H)
-        shapes[f"{prefix}.b_ih"] = (G * H,)
-        shapes[f"{prefix}.b_hh"] = (G * H,)
+    shapes = encoder_shapes(config)
     shapes["out.W"] = (config.num_outputs, config.feature_dim)
     shapes["out.b"] = (config.num_outputs,)
     return shapes
 
 
-def _glorot(rng: np.random.Generator, fan_out: int, fan_in: int) -> np.ndarray:
-    limit = math.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, size=(fan_out, fan_in))
-
-
-def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
-    # QR of a Gaussian, signs fixed by diag(R) so the result is uniform over orthogonal matrices
-    q, r = np.linalg.qr(rng.standard_normal((n, n)))
-    return q * np.sign(np.diag(r))
-
-
 def init_params(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Fresh float32 parameters with Keras' initialisation (worth points of accuracy on IMDB).
 
-    Embedding U(-0.05, 0.05) with the pad row zero; ``W_ih`` Glorot-uniform per gate block;
-    ``W_hh`` orthogonal per gate block; biases zero except the LSTM forget gate's ``b_ih``
-    block, which is 1; dense layer Glorot-uniform, bias zero. Same seed, same parameters.
+    The encoder's as ``pipeline.encoder.init_encoder_params`` draws them; the dense layer
+    Glorot-uniform, bias zero. Same seed, same parameters.
 
     Example: ``params = init_params(ModelConfig(vocab_size=100), seed=1)``.
     """
     rng = np.random.default_rng(seed)
-    G, H = gates(config.cell), config.hidden_dim
+    params = init_encoder_params(config, rng)
     shapes = expected_shapes(config)
-    params: dict[str, np.ndarray] = {}
-    emb = rng.uniform(-0.05, 0.05, size=shapes["embedding"])
-    emb[PAD_ID] = 0.0
-    params["embedding"] = emb
-    for _, _, prefix in _layer_names(config):
-        in_dim = shapes[f"{prefix}.W_ih"][1]
-        params[f"{prefix}.W_ih"] = np.concatenate([_glorot(rng, H, in_dim) for _ in range(G)])
-        params[f"{prefix}.W_hh"] = np.concatenate([_orthogonal(rng, H) for _ in range(G)])
-        params[f"{prefix}.b_ih"] = np.zeros(G * H)
-        params[f"{prefix}.b_hh"] = np.zeros(G * H)
-        if config.cell == "lstm":
-            params[f"{prefix}.b_ih"][H : 2 * H] = 1.0  # forget gate: remember by default
-    params["out.W"] = _glorot(rng, *shapes["out.W"])
+    params["out.W"] = glorot(rng, *shapes["out.W"])
     params["out.b"] = np.zeros(shapes["out.b"])
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
 
@@ -289,11 +260,6 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return np.exp(_log_softmax(z)).astype(np.float32)
 
 
-def _dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype) -> np.ndarray:
-    """Inverted dropout: kept units are scaled by 1/(1-p) so inference needs no rescaling."""
-    return ((rng.random(shape) >= p) / (1.0 - p)).astype(dtype)
-
-
 @numba.njit(cache=True)
 def _dense_kernel(feats, W, b, out):  # pragma: no cover
     # One row at a time in a fixed order: a row's logits never depend on the batch around
@@ -313,35 +279,13 @@ def _dense(feats: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def _distinct_ids(ids: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(distinct, rows)``: the distinct ids in ascending order, and for each token the
-    index of its id in ``distinct`` (``distinct[rows] == ids``). O(V + nnz), no sort."""
-    seen = np.zeros(vocab_size, dtype=bool)
-    seen[ids] = True
-    distinct = np.flatnonzero(seen)
-    index = np.empty(vocab_size, dtype=np.int64)
-    index[distinct] = np.arange(distinct.size)
-    return distinct, index[ids]
-
-
-def _skip_padding(distinct: np.ndarray) -> int:
-    """1 when the ascending ``distinct`` ids start with the padding id, else 0."""
-    return int(distinct.size > 0 and distinct[0] == PAD_ID)
-
-
 @dataclass
 class _ForwardCache:
     """What ``Model.backward`` needs from one training forward pass."""
 
-    distinct: np.ndarray  # (U,) the batch's distinct ids, ascending: the first layer's rows
-    offsets: np.ndarray  # (n+1,) int64
-    layer_caches: list[dict[str, Any]]  # per layer: direction -> kernel cache
-    input_masks: list[np.ndarray | None]  # per layer > 0: dropout mask on its input
-    last_hs: dict[str, np.ndarray]  # direction -> (nnz, H) states of the last layer
+    encoder: EncoderCache  # the embedding and recurrent layers'
     feats: np.ndarray  # (n, F) pooled features after dropout
     feat_mask: np.ndarray | None  # (n, F) dropout mask on the features
-    embed_mask: np.ndarray | None = None  # (U,) embedding dropout's scale per distinct id
-    hh_masks: dict[str, np.ndarray] | None = None  # "l{l}.{dir}" -> DropConnect mask on W_hh
 
 
 # --------------------------------------------------------------------------- model
@@ -428,58 +372,8 @@ class Model:
         Example: ``logits, _ = model.forward(tokens, training=False)``.
         """
         cfg, k, p = self.config, self.kernels, self.params
-        p_drop = cfg.dropout if training else 0.0
-        p_word = cfg.word_dropout if training else 0.0
-        p_embed = cfg.embed_dropout if training else 0.0
-        p_weight = cfg.weight_drop if training else 0.0
-        if max(p_drop, p_word, p_embed, p_weight) > 0 and rng is None:
-            raise ValueError("forward(training=True) with dropout needs an rng")
-        ids, offsets = tokens.ids, tokens.offsets
-        if p_word > 0:  # a dropped occurrence reads the padding row: a zero input
-            ids = np.where(rng.random(ids.size) < p_word, PAD_ID, ids).astype(np.int32)
-        # The first layer reads each distinct id's embedding row once: its input projection
-        # (and, in backward, its two input-side gradient products) then costs one row per
-        # distinct id instead of one per token (a batch of 64 IMDB reviews, 30,000 words,
-        # last 400 tokens, has 3.9-4.6x as many tokens as distinct ids).
-        distinct, rows = _distinct_ids(ids, cfg.vocab_size)
-        x = p["embedding"][distinct]  # (U, E)
-        embed_mask = None
-        if p_embed > 0:  # whole words: one scale per distinct id, shared by its occurrences
-            embed_mask = _dropout_mask(rng, distinct.shape, p_embed, x.dtype)
-            x = x * embed_mask[:, None]
-        hh_masks: dict[str, np.ndarray] = {}
-        layer_caches: list[dict[str, Any]] = []
-        input_masks: list[np.ndarray | None] = []
-        hs: dict[str, np.ndarray] = {}
-        for layer in range(cfg.num_layers):
-            if layer > 0:
-                mask = _dropout_mask(rng, x.shape, p_drop, x.dtype) if p_drop > 0 else None
-                if mask is not None:
-                    x = x * mask
-                input_masks.append(mask)
-            caches: dict[str, Any] = {}
-            hs = {}
-            for d in cfg.directions:
-                pre = f"l{layer}.{d}"
-                W_hh = p[f"{pre}.W_hh"]
-                if p_weight > 0:  # DropConnect: this batch runs on a thinned W_hh
-                    hh_masks[pre] = _dropout_mask(rng, W_hh.shape, p_weight, W_hh.dtype)
-                    W_hh = W_hh * hh_masks[pre]
-                hs[d], caches[d] = k.layer_forward(
-                    cfg.cell,
-                    x,
-                    offsets,
-                    p[f"{pre}.W_ih"],
-                    W_hh,
-                    p[f"{pre}.b_ih"],
-                    p[f"{pre}.b_hh"],
-                    reverse=d == "bwd",
-                    training=training,
-                    rows=rows if layer == 0 else None,
-                )
-            layer_caches.append(caches)
-            if layer + 1 < cfg.num_layers:  # the next layer's input (nnz, dirs*H)
-                x = np.concatenate([hs[d] for d in cfg.directions], axis=1)
+        hs, enc = encoder_forward(cfg, p, k, tokens, training, rng)
+        offsets = tokens.offsets
         feats = np.concatenate(
             [
                 k.pool_forward(hs[d], offsets, mode, reverse=d == "bwd")
@@ -489,17 +383,13 @@ class Model:
             axis=1,
         )  # (n, F)
         feat_mask = None
-        if p_drop > 0:
-            feat_mask = _dropout_mask(rng, feats.shape, p_drop, feats.dtype)
+        if training and cfg.dropout > 0:
+            feat_mask = dropout_mask(rng, feats.shape, cfg.dropout, feats.dtype)
             feats = feats * feat_mask
         logits = feats @ p["out.W"].T + p["out.b"]  # (n, C')
         if not training:
             return logits, None
-        cache = _ForwardCache(
-            distinct, offsets, layer_caches, input_masks, hs, feats, feat_mask, embed_mask,
-            hh_masks or None,
-        )  # fmt: skip
-        return logits, cache
+        return logits, _ForwardCache(enc, feats, feat_mask)
 
     def backward(
         self, cache: _ForwardCache, dlogits: np.ndarray, sparse_embedding: bool = False
@@ -515,7 +405,7 @@ class Model:
             logits, cache = model.forward(tokens, training=True, rng=rng)
             grads = model.backward(cache, dlogits)
         """
-        cfg, k, p = self.config, self.kernels, self.params
+        cfg, k, p, enc = self.config, self.kernels, self.params, cache.encoder
         H, dirs = cfg.hidden_dim, cfg.directions
         dlogits = np.asarray(dlogits, dtype=self.dtype)
         grads: dict[str, np.ndarray] = {
@@ -539,44 +429,9 @@ class Model:
                     finals[d] = part
                 else:  # a second pooling of the same states adds into the first one's
                     dhs[d] = k.pool_backward(
-                        part, cache.last_hs[d], cache.offsets, mode, reverse=d == "bwd", out=dhs[d]
+                        part, enc.hs[d], enc.offsets, mode, reverse=d == "bwd", out=dhs[d]
                     )
-        for layer in reversed(range(cfg.num_layers)):
-            dx = None
-            for d in dirs:
-                pre = f"l{layer}.{d}"
-                dx_d, dW_ih, dW_hh, db_ih, db_hh = k.layer_backward(
-                    cache.layer_caches[layer][d], dhs[d], finals[d]
-                )
-                if cache.hh_masks is not None:
-                    dW_hh = dW_hh * cache.hh_masks[pre]
-                grads[f"{pre}.W_ih"], grads[f"{pre}.W_hh"] = dW_ih, dW_hh
-                grads[f"{pre}.b_ih"], grads[f"{pre}.b_hh"] = db_ih, db_hh
-                dx = dx_d if dx is None else dx + dx_d  # both directions read the same input
-            if layer > 0:
-                mask = cache.input_masks[layer - 1]
-                if mask is not None:
-                    dx *= mask
-                dhs = {
-                    d: np.ascontiguousarray(dx[:, j * H : (j + 1) * H]) for j, d in enumerate(dirs)
-                }
-                finals = {d: None for d in dirs}
-                continue
-            if cache.embed_mask is not None:
-                dx *= cache.embed_mask[:, None]
-            if sparse_embedding:  # dx (U, E): already summed over each distinct id's tokens
-                from pipeline.optim import RowGrad
-
-                # padding never learns; ids ascend, so it can only be the first row, and
-                # slicing it off keeps dx's rows in place (a mask copied 1.4 MB a batch)
-                k = _skip_padding(cache.distinct)
-                values = np.ascontiguousarray(dx[k:], dtype=self.dtype)
-                grads["embedding"] = RowGrad(cache.distinct[k:], values, p["embedding"].shape)
-            else:
-                demb = np.zeros_like(p["embedding"])
-                demb[cache.distinct] = dx
-                demb[PAD_ID] = 0.0  # padding never learns
-                grads["embedding"] = demb
+        grads.update(encoder_backward(cfg, p, k, cache.encoder, dhs, finals, sparse_embedding))
         as_rows = {"embedding"} if sparse_embedding else set()  # already a RowGrad
         return {
             name: grads[name] if name in as_rows else np.ascontiguousarray(grads[name], self.dtype)

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.encoder import distinct_ids
 from pipeline.errors import ConfigError, ModelFormatError
 from pipeline.model import (
     FORMAT_VERSION,
     Model,
     ModelConfig,
-    _distinct_ids,
     expected_shapes,
     init_params,
 )
@@ -309,11 +309,11 @@ def test_binary_loss_is_stable_for_huge_logits():
 def test_distinct_ids_map_every_token_to_its_row():
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 20, 500).astype(np.int32)
-    distinct, rows = _distinct_ids(ids, 25)
+    distinct, rows = distinct_ids(ids, 25)
     np.testing.assert_array_equal(distinct, np.unique(ids))
     np.testing.assert_array_equal(distinct[rows], ids)
     assert rows.dtype == np.int64
-    empty, no_rows = _distinct_ids(ids[:0], 25)
+    empty, no_rows = distinct_ids(ids[:0], 25)
     assert empty.size == 0 and no_rows.size == 0
 
 
