@@ -552,6 +552,8 @@ def _scorer(spec: JobSpec):
     if spec.engine == "local":
         return score_file
     try:
+        import ray  # noqa: F401  (the engine module imports it lazily: check it here)
+
         from pipeline.engines.ray import score_on_ray
     except ImportError as e:
         raise ConfigError(

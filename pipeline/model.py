@@ -57,7 +57,7 @@ from pipeline.encoder import (
     glorot,
     init_encoder_params,
 )
-from pipeline.errors import ConfigError, ModelFormatError, RnnpipeError
+from pipeline.errors import ConfigError, ModelFormatError, RnnpipeError, RunError
 from pipeline.kernels import BACKENDS, CELLS, get_backend
 from pipeline.text import TokenIds
 
@@ -531,7 +531,7 @@ class Model:
         positive class (the sigmoid of the single logit). ``tokens`` should already be
         truncated (``model.encode`` does it).
 
-        Raises RuntimeError if the result is not finite (a bug or corrupt weights).
+        Raises RunError if the result is not finite (weights that overflow).
 
         Example: ``probs = model.predict_proba(model.encode(texts))``.
         """
@@ -540,7 +540,10 @@ class Model:
         for idx in sorted_batches(tokens.lengths, batch_size):
             out[idx] = probabilities(self.logits(tokens.take(idx)), self.config.temperature)
         if not np.all(np.isfinite(out)):
-            raise RuntimeError("model produced non-finite probabilities")
+            raise RunError(
+                "the model produced probabilities that are not finite: its weights are broken "
+                "(retrain it, or check where the model directory came from)"
+            )
         return out
 
     def predict_logits(self, tokens: TokenIds, batch_size: int = 1024) -> np.ndarray:

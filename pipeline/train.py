@@ -751,35 +751,45 @@ def _restore_checkpoint(run: _Run, state: Mapping[str, Any], arrays: Mapping[str
 
 def _train_epoch(run: _Run, emit: Callable[[ProgressEvent], None]) -> tuple[float, int]:
     """One pass over shuffled length-bucketed batches; returns (mean loss, tokens seen)."""
-    tc, model, optimizer, y = run.tc, run.model, run.optimizer, run.split.y_train
-    tokens, epoch = run.train_tokens, run.loop.epoch
-    batches = length_bucketed_batches(tokens.lengths, tc.batch_size, run.rng)
-    emit(EpochStart(epoch, tc.epochs, len(batches)))
+    tc, y = run.tc, run.split.y_train
+    batches = length_bucketed_batches(run.train_tokens.lengths, tc.batch_size, run.rng)
+    emit(EpochStart(run.loop.epoch, tc.epochs, len(batches)))
     loss_sum, tokens_done = 0.0, 0
-    for b, idx in enumerate(batches, start=1):
-        t0 = time.perf_counter()
-        batch = tokens.take(idx)
-        lr = run.schedule(optimizer.step_count)
-        # the embedding's gradient as its batch rows: the optimizer's update is the same bits
-        # as with the dense [V, E] array, without writing and reading that array every step
-        loss, grads = model.loss_and_grads(
-            batch, y[idx], run.class_weights, run.rng, sparse_embedding=True
-        )
-        if not math.isfinite(loss):
-            raise RunError(
-                f"training diverged at epoch {epoch}, batch {b} (loss {loss}): "
-                f"lower --lr or keep clipping on"
-            )
-        if tc.clip_norm > 0:
-            clip_global_norm(grads, tc.clip_norm)
-        optimizer.step(grads, lr)
-        if run.average is not None:
-            run.average.update(optimizer.step_count)
-        loss_sum += loss * idx.size
-        tokens_done += batch.nnz
-        speed = batch.nnz / max(time.perf_counter() - t0, 1e-9)
-        emit(BatchDone(epoch, b, len(batches), loss, speed, lr))
+    # a diverging run is caught by its non-finite loss below: NumPy's overflow warnings on
+    # the way there would only put noise before that one error line
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for b, idx in enumerate(batches, start=1):
+            loss, n_tokens = _train_step(run, batches, b, idx, emit)
+            loss_sum += loss * idx.size
+            tokens_done += n_tokens
     return loss_sum / y.size, tokens_done
+
+
+def _train_step(
+    run: _Run, batches: list[np.ndarray], b: int, idx: np.ndarray, emit: Callable
+) -> tuple[float, int]:
+    """One optimizer step on the batch ``idx`` (the ``b``-th); returns (loss, tokens)."""
+    tc, model, optimizer, epoch = run.tc, run.model, run.optimizer, run.loop.epoch
+    t0 = time.perf_counter()
+    batch = run.train_tokens.take(idx)
+    lr = run.schedule(optimizer.step_count)
+    # the embedding's gradient as its batch rows: the optimizer's update is the same bits
+    # as with the dense [V, E] array, without writing and reading that array every step
+    y = run.split.y_train[idx]
+    loss, grads = model.loss_and_grads(batch, y, run.class_weights, run.rng, sparse_embedding=True)
+    if not math.isfinite(loss):
+        raise RunError(
+            f"training diverged at epoch {epoch}, batch {b} (loss {loss}): "
+            f"lower --lr or keep clipping on"
+        )
+    if tc.clip_norm > 0:
+        clip_global_norm(grads, tc.clip_norm)
+    optimizer.step(grads, lr)
+    if run.average is not None:
+        run.average.update(optimizer.step_count)
+    speed = batch.nnz / max(time.perf_counter() - t0, 1e-9)
+    emit(BatchDone(epoch, b, len(batches), loss, speed, lr))
+    return loss, batch.nnz
 
 
 @contextlib.contextmanager

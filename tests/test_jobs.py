@@ -284,13 +284,6 @@ def test_shipped_examples_point_at_the_example_job():
         assert code in readme
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug found by issue 22: jobs._scorer only checks that "
-    "pipeline.engines.ray imports, not ray itself, so a job with engine = 'ray' and no Ray "
-    "records every input as failed and exits 1 instead of refusing the spec (exit 2); "
-    "remove this mark with the fix",
-)
 def test_ray_engine_without_ray_is_a_clear_run_error(tmp_path, model_dir, monkeypatch):
     # CI always installs Ray, so hide it here rather than skip: the path must still run
     import builtins

@@ -549,3 +549,16 @@ def test_temperature_divides_the_logits_and_survives_save_load(tmp_path):
     np.testing.assert_array_equal(back.predict_proba(tokens), hot.predict_proba(tokens))
     with pytest.raises(ConfigError, match="temperature"):
         _cfg(temperature=0.0)
+
+
+def test_weights_that_overflow_are_a_run_error_not_a_crash():
+    from pipeline.errors import RunError
+
+    cfg = _cfg(classes=("a", "b", "c"))
+    params = init_params(cfg, seed=0)
+    # finite weights whose logits overflow: +/-inf for every class, so inf - inf in softmax
+    params["out.W"][:] = 3e38 * np.sign(np.random.default_rng(1).normal(size=cfg.feature_dim))
+    params["out.b"][:] = 3.3e38
+    model = Model(cfg, params, tokenizer=_tokenizer())
+    with pytest.raises(RunError, match="not finite"), np.errstate(all="ignore"):
+        model.predict_proba(_ragged(np.random.default_rng(0), [3, 2, 5, 1, 4, 6, 2, 3], 10))
