@@ -364,6 +364,9 @@ def run_machine_bench(
         hidden_dim=hidden_dim,
         vocab_size=tok.vocab_size,
         max_len=256,
+        bidirectional=False,
+        pooling="last",
+        dropout=0.0,
     )
     model = Model(config, tokenizer=tok, backend=backend, seed=0)
     tokens = model.encode(texts)

@@ -24,6 +24,11 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+# the defaults live once, in the config dataclasses; every option below reads them there
+from pipeline.config import EncoderConfig as _E
+from pipeline.config import ModelConfig as _M
+from pipeline.config import PretrainConfig as _P
+from pipeline.config import TrainConfig as _T
 from pipeline.errors import DeviceError, RnnpipeError
 
 
@@ -142,60 +147,66 @@ def _load_model(path: Path, device: str):
 def train(
     data: Annotated[list[str], typer.Argument(help="Parquet file(s), directories or globs.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
-    cell: Annotated[str, typer.Option(help="lstm, gru or rnn.")] = "gru",
-    embed_dim: Annotated[int, typer.Option(help="Embedding size E.")] = 128,
-    hidden_dim: Annotated[int, typer.Option(help="Hidden size H.")] = 64,
-    num_layers: Annotated[int, typer.Option(help="Stacked recurrent layers.")] = 1,
-    bidirectional: Annotated[bool, typer.Option(help="Also run each review backwards.")] = True,
-    pooling: Annotated[str, typer.Option(help="last, max, mean or a '+' mix.")] = "max+mean",
-    dropout: Annotated[float, typer.Option(help="Dropout before the dense layer.")] = 0.4,
+    cell: Annotated[str, typer.Option(help="lstm, gru or rnn.")] = _M.cell,
+    embed_dim: Annotated[int, typer.Option(help="Embedding size E.")] = _M.embed_dim,
+    hidden_dim: Annotated[int, typer.Option(help="Hidden size H.")] = _M.hidden_dim,
+    num_layers: Annotated[int, typer.Option(help="Stacked recurrent layers.")] = _M.num_layers,
+    bidirectional: Annotated[
+        bool, typer.Option(help="Also run each review backwards.")
+    ] = _M.bidirectional,
+    pooling: Annotated[str, typer.Option(help="last, max, mean or a '+' mix.")] = _M.pooling,
+    dropout: Annotated[float, typer.Option(help="Dropout before the dense layer.")] = _M.dropout,
     word_dropout: Annotated[
         float, typer.Option(help="Share of token occurrences dropped in training.")
-    ] = 0.0,
+    ] = _M.word_dropout,
     embed_dropout: Annotated[
         float, typer.Option(help="Share of a batch's distinct words dropped in training.")
-    ] = 0.0,
+    ] = _M.embed_dropout,
     weight_drop: Annotated[
         float, typer.Option(help="DropConnect on the recurrent weights in training.")
-    ] = 0.0,
-    max_len: Annotated[int, typer.Option(help="Tokens kept per review (the last).")] = 400,
-    num_words: Annotated[int, typer.Option(help="Vocabulary size.")] = 30000,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 3,
-    batch_size: Annotated[int, typer.Option(help="Reviews per minibatch.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
-    optimizer: Annotated[str, typer.Option(help="adam, adamw or sgd.")] = "adam",
-    clip_norm: Annotated[float, typer.Option(help="Global gradient-norm clip (0: off).")] = 5.0,
-    weight_decay: Annotated[float, typer.Option(help="Decoupled weight decay.")] = 0.0,
-    warmup_steps: Annotated[int, typer.Option(help="Linear learning-rate warm-up.")] = 100,
-    lr_schedule: Annotated[str, typer.Option(help="constant, linear or cosine.")] = "linear",
+    ] = _M.weight_drop,
+    max_len: Annotated[int, typer.Option(help="Tokens kept per review (the last).")] = _M.max_len,
+    num_words: Annotated[int, typer.Option(help="Vocabulary size.")] = _T.num_words,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = _T.epochs,
+    batch_size: Annotated[int, typer.Option(help="Reviews per minibatch.")] = _T.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = _T.lr,
+    optimizer: Annotated[str, typer.Option(help="adam, adamw or sgd.")] = _T.optimizer,
+    clip_norm: Annotated[
+        float, typer.Option(help="Global gradient-norm clip (0: off).")
+    ] = _T.clip_norm,
+    weight_decay: Annotated[float, typer.Option(help="Decoupled weight decay.")] = _T.weight_decay,
+    warmup_steps: Annotated[
+        int, typer.Option(help="Linear learning-rate warm-up.")
+    ] = _T.warmup_steps,
+    lr_schedule: Annotated[str, typer.Option(help="constant, linear or cosine.")] = _T.lr_schedule,
     patience: Annotated[
         int,
         typer.Option(
             help="Stop after N epochs without a better validation loss and keep the "
             "best epoch (0: run every epoch, keep the last)."
         ),
-    ] = 0,
+    ] = _T.patience,
     valid_frac: Annotated[
         float, typer.Option(help="Held-out share for validation (0: train on every row).")
-    ] = 0.1,
+    ] = _T.valid_frac,
     valid_group: Annotated[
         str | None,
         typer.Option(
             help="Hold out whole groups of this column (a film, a user): none on both sides."
         ),
-    ] = None,
+    ] = _T.valid_group,
     average: Annotated[
         float, typer.Option(help="Moving average of the weights, its decay (0: off).")
-    ] = 0.0,
+    ] = _T.average,
     calibrate: Annotated[
         bool, typer.Option(help="Fit the scores' temperature on the validation rows.")
-    ] = True,
+    ] = _T.calibrate,
     valid: Annotated[list[str] | None, typer.Option(help="Validation file(s) instead.")] = None,
     classes: Annotated[
         str | None, typer.Option(help="Class names in order, comma-separated.")
     ] = None,
-    class_weights: Annotated[str, typer.Option(help="none or balanced.")] = "none",
-    seed: Annotated[int, typer.Option(help="Seed for split, init and shuffling.")] = 0,
+    class_weights: Annotated[str, typer.Option(help="none or balanced.")] = _T.class_weights,
+    seed: Annotated[int, typer.Option(help="Seed for split, init and shuffling.")] = _T.seed,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     init_from: Annotated[Path | None, typer.Option(help="Warm-start from a model.")] = None,
     init_embeddings: Annotated[Path | None, typer.Option(help="word2vec/GloVe text file.")] = None,
@@ -275,6 +286,62 @@ def train(
         f"saved {result.model_dir}: epoch {result.best_epoch}, validation accuracy "
         f"{m['accuracy']:.4f}, log loss {m['log_loss']:.4f}, ECE {m['ece']:.4f}{extra}"
     )
+
+
+# -------------------------------------------------------------------------------- pretrain
+
+
+@app.command()
+@_expected_errors
+def pretrain(
+    data: Annotated[
+        list[str], typer.Argument(help="Unlabeled Parquet file(s), directories or globs.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Encoder directory to write.")],
+    cell: Annotated[str, typer.Option(help="lstm, gru or rnn.")] = _E.cell,
+    embed_dim: Annotated[int, typer.Option(help="Embedding size E.")] = _E.embed_dim,
+    hidden_dim: Annotated[int, typer.Option(help="Hidden size H.")] = _E.hidden_dim,
+    bidirectional: Annotated[
+        bool, typer.Option(help="Also learn to predict each previous token backwards.")
+    ] = _E.bidirectional,
+    max_len: Annotated[int, typer.Option(help="Tokens per training window.")] = _E.max_len,
+    num_words: Annotated[int, typer.Option(help="Vocabulary size.")] = _P.num_words,
+    epochs: Annotated[int, typer.Option(help="Passes over the text.")] = _P.epochs,
+    batch_size: Annotated[int, typer.Option(help="Windows per step.")] = _P.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (Adam).")] = _P.lr,
+    samples: Annotated[
+        int, typer.Option(help="Candidate words per step (sampled softmax).")
+    ] = _P.samples,
+    seed: Annotated[int, typer.Option(help="Seed for init, held-out rows, shuffling.")] = _P.seed,
+    resume: Annotated[bool, typer.Option(help="Continue after the last whole epoch.")] = False,
+    text_col: TextCol = None,
+    threads: Threads = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Pretrain an encoder as a language model on unlabeled reviews (no labels needed).
+
+    The encoder (tokenizer, embedding, recurrent layer) then warm-starts a classifier:
+    rnnpipe train labelled.parquet --init-from ENCODER. Never pretrain on text you will
+    evaluate on. Example: rnnpipe pretrain unlabeled.parquet train.parquet --out enc/
+    """
+    from pipeline.pretrain import EncoderConfig, PretrainConfig
+    from pipeline.pretrain import pretrain as run_pretrain
+    from pipeline.progress import TrainProgress
+
+    ec = EncoderConfig(
+        cell=cell, embed_dim=embed_dim, hidden_dim=hidden_dim, bidirectional=bidirectional,
+        max_len=max_len,
+    )  # fmt: skip
+    pc = PretrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, samples=samples, num_words=num_words,
+        seed=seed, threads=threads or None,
+    )  # fmt: skip
+    with TrainProgress(enabled=not quiet) as progress:
+        result = run_pretrain(data, out, ec, pc, text_col=text_col, resume=resume,
+                              progress=progress)  # fmt: skip
+    last = result.history[-1] if result.history else {}
+    ppl = ", ".join(f"{d} {v:,.1f}" for d, v in (last.get("perplexity") or {}).items())
+    typer.echo(f"saved {result.encoder_dir}: held-out perplexity {ppl or 'not measured'}")
 
 
 # ----------------------------------------------------------------------------------- score

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ import numba
 import numpy as np
 
 from pipeline.batching import sorted_batches
+from pipeline.config import FORMAT_VERSION, POOLINGS, ModelConfig
 from pipeline.encoder import (
     EncoderCache,
     dropout_mask,
@@ -58,7 +58,7 @@ from pipeline.encoder import (
     init_encoder_params,
 )
 from pipeline.errors import ConfigError, ModelFormatError, RnnpipeError, RunError
-from pipeline.kernels import BACKENDS, CELLS, get_backend
+from pipeline.kernels import BACKENDS, get_backend
 from pipeline.text import TokenIds
 
 __all__ = [
@@ -73,136 +73,7 @@ __all__ = [
     "probabilities",
 ]
 
-FORMAT_VERSION = 1
-POOLINGS = ("last", "max", "mean", "last+max", "last+mean", "max+mean", "last+max+mean")
-DIRECTIONS = ("fwd", "bwd")
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "weights.npz"
-
-
-# training-only regularisers
-_REGULARISERS = ("word_dropout", "embed_dropout", "weight_drop")
-# fields added after format version 1 first shipped, and their value for older models
-_ADDED_LATER = {**dict.fromkeys(_REGULARISERS, 0.0), "temperature": 1.0}
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int | np.integer) and not isinstance(x, bool)
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything that fixes the model's shapes and behaviour; stored in ``config.json``.
-
-    Fields: ``cell`` lstm|gru|rnn; ``embed_dim`` E; ``hidden_dim`` H; ``num_layers`` >= 1;
-    ``bidirectional``; ``pooling`` one of ``POOLINGS`` ("last+max" pools both ways and
-    concatenates); ``dropout`` in [0, 1), applied between layers and before the dense layer;
-    ``vocab_size`` V including pad (0) and OOV (1); ``max_len`` tokens kept per review (the
-    last ones); ``classes`` the class names, >= 2, in label-index order. Regularisers that
-    act in training only, each a probability in [0, 1): ``word_dropout`` drops token
-    occurrences (the step reads a zero input), ``embed_dropout`` drops whole words from a
-    batch (every occurrence, the rest scaled by 1/(1-p); Gal & Ghahramani 2016),
-    ``weight_drop`` DropConnect on the recurrent weights ``W_hh``, one mask per batch
-    (Merity et al. 2018, AWD-LSTM). ``temperature`` > 0 divides the logits before the
-    sigmoid or softmax (set by training's calibration on the validation split; 1 is none).
-
-    Raises ConfigError for any invalid value.
-
-    Example: ``ModelConfig(cell="gru", hidden_dim=64, pooling="last+max", vocab_size=20002)``.
-    """
-
-    cell: str = "lstm"
-    embed_dim: int = 64
-    hidden_dim: int = 32
-    num_layers: int = 1
-    bidirectional: bool = False
-    pooling: str = "last"
-    dropout: float = 0.0
-    vocab_size: int = 20002
-    max_len: int = 256
-    classes: tuple[str, ...] = ("negative", "positive")
-    word_dropout: float = 0.0
-    embed_dropout: float = 0.0
-    weight_drop: float = 0.0
-    temperature: float = 1.0
-
-    format_version = FORMAT_VERSION  # class constant, not a field
-
-    def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise ConfigError(f"unknown cell {self.cell!r}: expected one of lstm, gru, rnn")
-        minimums = {"embed_dim": 1, "hidden_dim": 1, "num_layers": 1, "vocab_size": 2, "max_len": 1}
-        for name, low in minimums.items():
-            value = getattr(self, name)
-            if not _is_int(value) or value < low:
-                raise ConfigError(f"model option {name} must be an integer >= {low}, got {value!r}")
-            object.__setattr__(self, name, int(value))
-        if not isinstance(self.bidirectional, bool | np.bool_):
-            raise ConfigError(f"bidirectional must be true or false, got {self.bidirectional!r}")
-        object.__setattr__(self, "bidirectional", bool(self.bidirectional))
-        if self.pooling not in POOLINGS:
-            raise ConfigError(
-                f"unknown pooling {self.pooling!r}: expected one of {', '.join(POOLINGS)}"
-            )
-        t = self.temperature
-        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < math.inf:
-            raise ConfigError(f"temperature must be a positive number, got {t!r}")
-        object.__setattr__(self, "temperature", float(t))
-        for name in ("dropout", *_REGULARISERS):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-                raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if isinstance(self.classes, str) or not isinstance(self.classes, tuple | list):
-            raise ConfigError(f"classes must be a list of names, got {self.classes!r}")
-        classes = tuple(str(c) for c in self.classes)
-        if len(classes) < 2 or len(set(classes)) != len(classes) or "" in classes:
-            raise ConfigError(f"classes must be >= 2 distinct non-empty names, got {list(classes)}")
-        object.__setattr__(self, "classes", classes)
-
-    @property
-    def modes(self) -> tuple[str, ...]:
-        """The pooling modes, e.g. ``("last", "max")`` for ``"last+max"``."""
-        return tuple(self.pooling.split("+"))
-
-    @property
-    def directions(self) -> tuple[str, ...]:
-        return DIRECTIONS if self.bidirectional else DIRECTIONS[:1]
-
-    @property
-    def binary(self) -> bool:
-        return len(self.classes) == 2
-
-    @property
-    def num_outputs(self) -> int:
-        """C': 1 logit for two classes (sigmoid), else one per class (softmax)."""
-        return 1 if self.binary else len(self.classes)
-
-    @property
-    def feature_dim(self) -> int:
-        """F = dirs * H * len(modes), the input width of the dense layer."""
-        return len(self.directions) * self.hidden_dim * len(self.modes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field (``classes`` as a list)."""
-        d = dataclasses.asdict(self)
-        d["classes"] = list(self.classes)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
-        """Build from ``to_dict`` output. Raises ConfigError on missing or unknown keys.
-
-        Example: ``ModelConfig.from_dict(cfg.to_dict()) == cfg``.
-        """
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ConfigError(f"unknown model option {unknown[0]!r}: expected some of {names}")
-        # models saved before the training-only regularisers existed were trained without them
-        missing = [n for n in names if n not in d and n not in _ADDED_LATER]
-        if missing:
-            raise ConfigError(f"model config lacks {missing[0]!r}")
-        return cls(**{n: d.get(n, _ADDED_LATER.get(n)) for n in names})
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

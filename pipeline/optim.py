@@ -42,7 +42,7 @@ __all__ = [
     "make_optimizer",
 ]
 
-SCHEDULES = ("constant", "linear", "cosine")
+from pipeline.config import SCHEDULES
 
 
 def default_decay_filter(name: str, param: np.ndarray) -> bool:

@@ -22,7 +22,8 @@ _console = Console(stderr=True)
 
 
 class TrainProgress:
-    """Callback for ``train``: a bar per epoch (loss, tokens/s, ETA) and a line per epoch."""
+    """Callback for ``train`` and ``pretrain``: a bar per epoch (loss, tokens/s, ETA) and a
+    line per epoch."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.quiet = not enabled  # --quiet: no bar and no summary lines
@@ -58,6 +59,19 @@ class TrainProgress:
                 f"{event.n_train:,} training and {event.n_valid:,} validation reviews, "
                 f"classes {list(event.classes)}, vocabulary {event.vocab_size:,}"
                 + (f", resuming after epoch {event.start_epoch}" if event.start_epoch else "")
+            )
+        elif kind == "pretrain_ready":
+            _console.print(
+                f"{event.n_reviews:,} reviews ({event.tokens:,} tokens in {event.windows:,} "
+                f"windows) and {event.n_valid:,} held out, vocabulary {event.vocab_size:,}"
+                + (f", resuming after epoch {event.start_epoch}" if event.start_epoch else "")
+            )
+        elif kind == "pretrain_epoch_end":
+            ppl = ", ".join(f"{d} {v:,.1f}" for d, v in event.perplexity.items())
+            _console.print(
+                f"epoch {event.epoch}/{event.epochs}: train loss {event.train_loss:.4f}, "
+                f"held-out perplexity {ppl}, {event.seconds:.0f} s, "
+                f"{event.tokens_per_s:,.0f} tok/s"
             )
         elif kind == "epoch_start" and self.progress is not None:
             if self.task is not None:

@@ -42,16 +42,18 @@ import pyarrow.compute as pc
 
 from pipeline import io, kernels
 from pipeline.batching import group_split, length_bucketed_batches, stratified_split
+from pipeline.config import ModelConfig, TrainConfig
 from pipeline.errors import ConfigError, InputError, RunError
+from pipeline.events import BatchDone, DataReady, EpochEnd, EpochStart, ProgressEvent
 from pipeline.metrics import accuracy, evaluate_probs, fit_temperature, log_loss
-from pipeline.model import Model, ModelConfig, check_model_target, init_params, probabilities
+from pipeline.model import Model, check_model_target, init_params, probabilities
 from pipeline.optim import (
-    SCHEDULES,
     LRSchedule,
     WeightAverage,
     clip_global_norm,
     make_optimizer,
 )
+from pipeline.pretrain import Encoder, is_encoder_dir, load_encoder
 from pipeline.text import TokenIds, Tokenizer
 
 __all__ = [
@@ -71,147 +73,6 @@ CHECKPOINT_VERSION = 1
 # options that may change between a run and its resumption without changing the result
 # of the epochs already done
 _RESUMABLE_CHANGES = {"epochs", "patience", "threads"}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training options (model shape options live in ``ModelConfig``).
-
-    Fields: ``epochs``; ``batch_size``; ``lr`` peak learning rate; ``optimizer`` adam|adamw|sgd;
-    ``clip_norm`` global gradient-norm limit (0 turns clipping off); ``weight_decay`` decoupled,
-    matrices only; ``warmup_steps`` linear warm-up; ``lr_schedule`` constant|linear|cosine
-    (decay to ``lr_floor`` * lr at the end of the last epoch); ``patience`` epochs without a
-    better validation loss before stopping and restoring the best epoch's weights (0: never
-    stop early and keep the last epoch's weights); ``valid_frac`` held-out
-    share when no validation files are given (0: train on every row, no validation);
-    ``valid_group`` a column whose groups (a film, a user) are held out whole, so no group is
-    on both sides (None: rows are held out one by one, stratified by class); ``seed`` for
-    the split, initialisation and shuffling; ``class_weights`` none|balanced;
-    ``num_words`` tokenizer vocabulary size; ``average`` the decay of an exponential moving
-    average of the weights, which validation and the saved model use (0: off; 0.998
-    averages about the last 500 steps); ``calibrate`` fit the model's temperature on the
-    validation rows after training; ``threads`` for the kernels (None: leave as is);
-    ``backend`` cpu|reference|cuda.
-
-    Raises ConfigError for invalid values.
-
-    Example: ``TrainConfig(epochs=5, lr=2e-3, lr_schedule="cosine", warmup_steps=100)``.
-    """
-
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    clip_norm: float = 5.0
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    lr_schedule: str = "constant"
-    lr_floor: float = 0.0
-    patience: int = 2
-    valid_frac: float = 0.1
-    valid_group: str | None = None
-    seed: int = 0
-    class_weights: str = "none"
-    num_words: int = 20000
-    average: float = 0.0
-    calibrate: bool = True
-    threads: int | None = None
-    backend: str = "cpu"
-
-    def __post_init__(self) -> None:
-        ints = {"epochs": 1, "batch_size": 1, "warmup_steps": 0, "patience": 0, "num_words": 1}
-        for name, low in ints.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not (isinstance(self.lr, int | float) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if self.optimizer.lower() not in ("adam", "adamw", "sgd"):
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}: expected adam, adamw or sgd")
-        if not self.clip_norm >= 0 or not self.weight_decay >= 0:
-            raise ConfigError("clip_norm and weight_decay must be >= 0")
-        if self.lr_schedule not in SCHEDULES:
-            raise ConfigError(
-                f"unknown lr schedule {self.lr_schedule!r}: expected one of {', '.join(SCHEDULES)}"
-            )
-        if not 0 <= self.lr_floor <= 1:
-            raise ConfigError(f"lr_floor must be in [0, 1], got {self.lr_floor}")
-        if not 0 <= self.valid_frac < 1:
-            raise ConfigError(f"valid_frac must be in [0, 1), got {self.valid_frac}")
-        if self.valid_frac == 0 and self.patience > 0:
-            raise ConfigError(
-                "early stopping (patience > 0) needs a validation split: set valid_frac > 0"
-            )
-        if self.valid_group is not None and (
-            not isinstance(self.valid_group, str) or not self.valid_group
-        ):
-            raise ConfigError(f"valid_group must be a column name, got {self.valid_group!r}")
-        if not (isinstance(self.average, int | float) and 0 <= self.average < 1):
-            raise ConfigError(f"average must be in [0, 1) (0: off), got {self.average!r}")
-        if self.class_weights not in ("none", "balanced"):
-            raise ConfigError(f"class_weights must be none or balanced, got {self.class_weights!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
-        if self.backend not in kernels.BACKENDS:
-            raise ConfigError(
-                f"unknown backend {self.backend!r}: expected one of {', '.join(kernels.BACKENDS)}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# --------------------------------------------------------------------------- progress events
-
-
-@dataclass(frozen=True)
-class DataReady:
-    """Data read, tokenizer fitted, model built; training is about to start."""
-
-    n_train: int
-    n_valid: int
-    classes: tuple[str, ...]
-    vocab_size: int
-    epochs: int
-    batches_per_epoch: int
-    start_epoch: int  # > 0 when resuming
-    embedding_coverage: float | None
-    kind: str = "data_ready"
-
-
-@dataclass(frozen=True)
-class EpochStart:
-    epoch: int  # 1-based
-    epochs: int
-    batches: int
-    kind: str = "epoch_start"
-
-
-@dataclass(frozen=True)
-class BatchDone:
-    epoch: int
-    batch: int  # 1-based within the epoch
-    batches: int
-    loss: float
-    tokens_per_s: float
-    lr: float
-    kind: str = "batch"
-
-
-@dataclass(frozen=True)
-class EpochEnd:
-    epoch: int
-    epochs: int
-    train_loss: float
-    valid_loss: float
-    valid_acc: float
-    seconds: float
-    tokens_per_s: float
-    improved: bool
-    kind: str = "epoch_end"
-
-
-ProgressEvent = DataReady | EpochStart | BatchDone | EpochEnd
 
 
 @dataclass
@@ -656,6 +517,31 @@ def _warm_config(warm: Model, overrides: Mapping[str, Any], source: Any) -> Mode
     return dataclasses.replace(warm.config, **kept, temperature=1.0)
 
 
+def _from_encoder(
+    encoder: Encoder, overrides: Mapping[str, Any], classes: tuple[str, ...], seed: int, source
+) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+    """A classifier on a pretrained encoder: its shape and weights, a new dense layer (and
+    pooling, dropout, max_len from ``overrides`` or the defaults)."""
+    shape = {
+        "cell": encoder.config.cell,
+        "embed_dim": encoder.config.embed_dim,
+        "hidden_dim": encoder.config.hidden_dim,
+        "num_layers": encoder.config.num_layers,
+        "bidirectional": encoder.config.bidirectional,
+    }
+    for key, value in shape.items():
+        if key in overrides and overrides[key] != value:
+            raise ConfigError(
+                f"model option {key}={overrides[key]!r} differs from the encoder {source} "
+                f"({value!r}): a classifier on an encoder keeps its shape"
+            )
+    config = _build_config({**overrides, **shape}, encoder.config.vocab_size, classes)
+    params = init_params(config, seed)  # the dense layer's draws; the encoder's replace theirs
+    for name, value in encoder.encoder_params.items():
+        params[name] = value.copy()
+    return config, params
+
+
 @dataclass
 class _LoopState:
     """Everything besides parameters and optimizer that a checkpoint must carry."""
@@ -831,7 +717,12 @@ def _build(
 ) -> _Run:
     """Read and split the data, fit (or take) the tokenizer, build the model and the
     optimisation state; restore the checkpoint when resuming."""
-    warm = Model.load(init_from, backend=tc.backend) if init_from is not None else None
+    encoder = None
+    if init_from is not None and is_encoder_dir(init_from):
+        encoder, init_from_model = load_encoder(init_from), None
+    else:
+        init_from_model = init_from
+    warm = Model.load(init_from_model, backend=tc.backend) if init_from_model is not None else None
     declared = tuple(str(c) for c in classes) if classes is not None else None
     if warm is not None:
         if declared is not None and declared != warm.config.classes:
@@ -841,13 +732,15 @@ def _build(
     state, arrays = None, {}
     if resume:
         state, arrays, tokenizer = _read_checkpoint(ckpt)
-    elif warm is not None:
-        tokenizer = warm.tokenizer
+    elif warm is not None or encoder is not None:
+        tokenizer = (warm or encoder).tokenizer
     else:
         tokenizer = Tokenizer(num_words=tc.num_words).fit(split.train_texts)
     if warm is not None:
         config = _warm_config(warm, overrides, init_from)
         params = {k: v.copy() for k, v in warm.params.items()}
+    elif encoder is not None:
+        config, params = _from_encoder(encoder, overrides, split.classes, tc.seed, init_from)
     else:
         config = _build_config(overrides, tokenizer.vocab_size, split.classes)
         params = init_params(config, tc.seed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -459,3 +460,25 @@ def test_train_gives_the_same_bits_cold_or_warm_cache_and_after_kill_and_resume(
     _assert_same_weights(tmp_path / "cold", out)
     assert _history(out) == _history(tmp_path / "cold")
     assert _cache_files(cache) == compiled
+
+
+def test_cli_and_library_defaults_are_the_same(tmp_path, monkeypatch):
+    # one source of defaults: `rnnpipe train` with no options builds the model and training
+    # configs that pipeline.train.train() builds when given none
+    import pipeline.train as train_module
+    from pipeline.config import ModelConfig, TrainConfig
+
+    seen = {}
+
+    def capture(data, out, overrides, tc, **kw):
+        seen.update(overrides=overrides, tc=tc)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train_module, "train", capture)
+    data = tmp_path / "d.parquet"
+    pq.write_table(_reviews(40, seed=3), data)
+    run("train", data, "--out", tmp_path / "m")
+    assert ModelConfig(**seen["overrides"]) == ModelConfig()
+    library = TrainConfig()
+    cli_tc = seen["tc"]
+    assert dataclasses.replace(cli_tc, threads=None) == library

@@ -39,8 +39,9 @@ SENTENCES = [
 def make_model(classes=("negative", "positive"), seed=0, **kw) -> Model:
     tok = Tokenizer(num_words=100).fit(SENTENCES)
     cfg = ModelConfig(
-        embed_dim=8, hidden_dim=8, vocab_size=tok.vocab_size, max_len=24, classes=classes, **kw
-    )
+        **{"cell": "lstm", "bidirectional": False, "pooling": "last", "dropout": 0.0, **kw},
+        embed_dim=8, hidden_dim=8, vocab_size=tok.vocab_size, max_len=24, classes=classes,
+    )  # fmt: skip
     params = init_params(cfg, seed)
     params["embedding"] *= 40  # spread the probabilities away from 0.5
     params["out.W"] *= 4

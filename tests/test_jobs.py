@@ -59,7 +59,10 @@ def write_input(path: Path, n: int, seed: int) -> Path:
 
 def _save_model(directory: Path, seed: int) -> Path:
     tok = Tokenizer(num_words=50).fit(_texts(200, 99)[1:])
-    config = ModelConfig(cell="lstm", embed_dim=4, hidden_dim=4, vocab_size=tok.vocab_size)
+    config = ModelConfig(
+        cell="lstm", embed_dim=4, hidden_dim=4, vocab_size=tok.vocab_size, bidirectional=False,
+        pooling="last", dropout=0.0,
+    )  # fmt: skip
     Model(config, tokenizer=tok, seed=seed).save(directory)
     return directory
 

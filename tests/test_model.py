@@ -65,7 +65,10 @@ def _separable(n: int = 200, seed: int = 0) -> tuple[TokenIds, np.ndarray]:
 
 
 def _cfg(**kw) -> ModelConfig:
-    base = dict(embed_dim=8, hidden_dim=8, vocab_size=10, classes=("neg", "pos"))
+    base = dict(
+        cell="lstm", embed_dim=8, hidden_dim=8, vocab_size=10, classes=("neg", "pos"),
+        bidirectional=False, pooling="last", dropout=0.0, max_len=256,
+    )  # fmt: skip
     return ModelConfig(**{**base, **kw})
 
 
@@ -189,7 +192,7 @@ def test_gradients_bidirectional_last_max(cell):
     rng = np.random.default_rng(1)
     cfg = ModelConfig(
         cell=cell, embed_dim=3, hidden_dim=2, bidirectional=True, pooling="last+max",
-        vocab_size=7, classes=("a", "b"),
+        vocab_size=7, classes=("a", "b"), dropout=0.0,
     )  # fmt: skip
     model = Model(cfg, backend="reference", seed=2)
     tokens = _ragged(rng, [3, 0, 1, 5, 2], 7)
@@ -215,6 +218,7 @@ def test_gradients_with_word_embedding_and_weight_dropout(cell):
     cfg = ModelConfig(
         cell=cell, embed_dim=3, hidden_dim=2, bidirectional=True, pooling="last+mean",
         vocab_size=6, classes=("a", "b"), word_dropout=0.3, embed_dropout=0.4, weight_drop=0.3,
+        dropout=0.0,
     )  # fmt: skip
     model = Model(cfg, backend="reference", seed=4)
     tokens = _ragged(rng, [5, 1, 0, 4], 6)
@@ -266,7 +270,7 @@ def test_sparse_embedding_gradient_is_the_dense_one_by_rows(backend):
 def test_cpu_backend_gradients_match_reference(cell):
     cfg = ModelConfig(
         cell=cell, embed_dim=4, hidden_dim=3, num_layers=2, bidirectional=True,
-        pooling="last+max+mean", vocab_size=9, classes=("a", "b", "c"),
+        pooling="last+max+mean", vocab_size=9, classes=("a", "b", "c"), dropout=0.0,
     )  # fmt: skip
     tokens = _ragged(np.random.default_rng(4), [0, 1, 6, 2, 9], 9)
     y = np.array([0, 1, 2, 2, 1])

@@ -53,13 +53,14 @@ def make_model(
     seed: int = 0,
     **kw,
 ) -> Model:
+    base = {"cell": "lstm", "bidirectional": False, "pooling": "last", "dropout": 0.0}
     cfg = ModelConfig(
+        **{**base, **kw},
         embed_dim=8,
         hidden_dim=8,
         vocab_size=tokenizer.vocab_size,
         max_len=24,
         classes=classes,
-        **kw,
     )
     params = init_params(cfg, seed)
     # larger embeddings and output weights spread the probabilities away from 0.5

@@ -98,7 +98,7 @@ def test_train_binary_end_to_end(binary_file, tmp_path, backend):
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     config = json.loads((out / "config.json").read_text())
     assert config["classes"] == ["0", "1"] and config["training"]["n_train"] == 216
-    assert config["tokenizer"]["num_words"] == 20000
+    assert config["tokenizer"]["num_words"] == TrainConfig().num_words
 
     kinds = [type(e) for e in events]
     assert kinds[0] is DataReady and kinds[1] is EpochStart and kinds[-1] is EpochEnd
@@ -393,7 +393,9 @@ def test_evaluate_refuses_unknown_labels(binary_file, tmp_path):
 
 def test_bad_options():
     with pytest.raises(ConfigError):
-        TrainConfig(valid_frac=0)
+        TrainConfig(valid_frac=1.0)
+    with pytest.raises(ConfigError):
+        TrainConfig(valid_frac=-0.1)
     with pytest.raises(ConfigError):
         TrainConfig(lr_schedule="step")
     with pytest.raises(ConfigError):

@@ -66,8 +66,9 @@ def make_model(directory: Path) -> None:
     texts = pq.read_table(source, columns=[make_reviews.SOURCE_COLUMN])[make_reviews.SOURCE_COLUMN]
     tok = Tokenizer(num_words=20000).fit(texts)
     config = ModelConfig(
-        cell="lstm", embed_dim=128, hidden_dim=128, vocab_size=tok.vocab_size, max_len=256
-    )
+        cell="lstm", embed_dim=128, hidden_dim=128, vocab_size=tok.vocab_size, max_len=256,
+        bidirectional=False, pooling="last", dropout=0.0,
+    )  # fmt: skip
     Model(config, tokenizer=tok, seed=0).save(directory, training={"data": source.name})
 
 

@@ -127,7 +127,8 @@ def make_model(inputs: Path, cell: str) -> Path:
         return out
     tok = Tokenizer(num_words=NUM_WORDS).fit(io.read_columns([first], ["text"], "text")["text"])
     cfg = ModelConfig(cell=cell, embed_dim=EMBED_DIM, hidden_dim=HIDDEN_DIM,
-                      vocab_size=tok.vocab_size, max_len=MAX_LEN)  # fmt: skip
+                      vocab_size=tok.vocab_size, max_len=MAX_LEN, bidirectional=False,
+                      pooling="last", dropout=0.0)  # fmt: skip
     Model(cfg, tokenizer=tok, seed=0).save(out)
     return out
 

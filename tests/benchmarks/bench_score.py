@@ -193,6 +193,9 @@ def child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
             hidden_dim=HIDDEN_DIM,
             vocab_size=tok.vocab_size,
             max_len=MAX_LEN,
+            bidirectional=False,
+            pooling="last",
+            dropout=0.0,
         )
         Model(config, tokenizer=tok, seed=0).save(Path(spec["models"]) / cell)
     return {"vocab_size": tok.vocab_size, "fit_s": fit_s}

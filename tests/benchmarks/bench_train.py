@@ -87,7 +87,7 @@ LR = 3e-3
 CLIP = 5.0
 EPOCH_REVIEWS = 22_500  # IMDB train less the trainer's default 10 % validation split
 
-MODELS: dict[str, dict[str, Any]] = {
+MODELS: dict[str, dict[str, Any]] = {  # fmt: skip
     "default": {
         "cell": "gru",
         "embed_dim": 128,
@@ -96,8 +96,22 @@ MODELS: dict[str, dict[str, Any]] = {
         "pooling": "max+mean",
         "dropout": 0.4,
     },
-    "lstm128": {"cell": "lstm", "embed_dim": 128, "hidden_dim": 128, "pooling": "last"},
-    "lstm64x32": {"cell": "lstm", "embed_dim": 64, "hidden_dim": 32, "pooling": "last"},
+    "lstm128": {
+        "cell": "lstm",
+        "embed_dim": 128,
+        "hidden_dim": 128,
+        "pooling": "last",
+        "bidirectional": False,
+        "dropout": 0.0,
+    },
+    "lstm64x32": {
+        "cell": "lstm",
+        "embed_dim": 64,
+        "hidden_dim": 32,
+        "pooling": "last",
+        "bidirectional": False,
+        "dropout": 0.0,
+    },
 }
 
 

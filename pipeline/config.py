@@ -1,0 +1,370 @@
+"""Every option of the product, in one place: the frozen dataclasses whose defaults are
+rnnpipe's defaults, read alike by the CLI (``pipeline.cli``) and the library.
+
+``ModelConfig`` fixes a classifier's shape and behaviour (stored in its ``config.json``);
+``TrainConfig`` how it is trained; ``EncoderConfig`` and ``PretrainConfig`` the same for
+a pretrained encoder (``pipeline.pretrain``). Each validates itself in ``__post_init__``
+and raises ``ConfigError`` with a one-line message. This module imports nothing heavy (no
+Numba), so the CLI can read the defaults without paying for the kernels.
+
+Example::
+
+    from pipeline.config import ModelConfig, TrainConfig
+    ModelConfig().cell, TrainConfig().epochs
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ConfigError
+from pipeline.kernels import BACKENDS, CELLS
+
+__all__ = [
+    "DIRECTIONS",
+    "FORMAT_VERSION",
+    "POOLINGS",
+    "SCHEDULES",
+    "EncoderConfig",
+    "ModelConfig",
+    "PretrainConfig",
+    "TrainConfig",
+]
+
+SCHEDULES = ("constant", "linear", "cosine")
+FORMAT_VERSION = 1
+POOLINGS = ("last", "max", "mean", "last+max", "last+mean", "max+mean", "last+max+mean")
+DIRECTIONS = ("fwd", "bwd")
+
+
+# training-only regularisers
+_REGULARISERS = ("word_dropout", "embed_dropout", "weight_drop")
+# fields added after format version 1 first shipped, and their value for older models
+_ADDED_LATER = {**dict.fromkeys(_REGULARISERS, 0.0), "temperature": 1.0}
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes the model's shapes and behaviour; stored in ``config.json``.
+
+    Fields: ``cell`` lstm|gru|rnn; ``embed_dim`` E; ``hidden_dim`` H; ``num_layers`` >= 1;
+    ``bidirectional``; ``pooling`` one of ``POOLINGS`` ("last+max" pools both ways and
+    concatenates); ``dropout`` in [0, 1), applied between layers and before the dense layer;
+    ``vocab_size`` V including pad (0) and OOV (1); ``max_len`` tokens kept per review (the
+    last ones); ``classes`` the class names, >= 2, in label-index order. Regularisers that
+    act in training only, each a probability in [0, 1): ``word_dropout`` drops token
+    occurrences (the step reads a zero input), ``embed_dropout`` drops whole words from a
+    batch (every occurrence, the rest scaled by 1/(1-p); Gal & Ghahramani 2016),
+    ``weight_drop`` DropConnect on the recurrent weights ``W_hh``, one mask per batch
+    (Merity et al. 2018, AWD-LSTM). ``temperature`` > 0 divides the logits before the
+    sigmoid or softmax (set by training's calibration on the validation split; 1 is none).
+
+    Raises ConfigError for any invalid value.
+
+    Example: ``ModelConfig(cell="gru", hidden_dim=64, pooling="last+max", vocab_size=20002)``.
+    """
+
+    cell: str = "gru"
+    embed_dim: int = 128
+    hidden_dim: int = 64
+    num_layers: int = 1
+    bidirectional: bool = True
+    pooling: str = "max+mean"
+    dropout: float = 0.4
+    vocab_size: int = 20002
+    max_len: int = 400
+    classes: tuple[str, ...] = ("negative", "positive")
+    word_dropout: float = 0.0
+    embed_dropout: float = 0.0
+    weight_drop: float = 0.0
+    temperature: float = 1.0
+
+    format_version = FORMAT_VERSION  # class constant, not a field
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ConfigError(f"unknown cell {self.cell!r}: expected one of lstm, gru, rnn")
+        minimums = {"embed_dim": 1, "hidden_dim": 1, "num_layers": 1, "vocab_size": 2, "max_len": 1}
+        for name, low in minimums.items():
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise ConfigError(f"model option {name} must be an integer >= {low}, got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if not isinstance(self.bidirectional, bool | np.bool_):
+            raise ConfigError(f"bidirectional must be true or false, got {self.bidirectional!r}")
+        object.__setattr__(self, "bidirectional", bool(self.bidirectional))
+        if self.pooling not in POOLINGS:
+            raise ConfigError(
+                f"unknown pooling {self.pooling!r}: expected one of {', '.join(POOLINGS)}"
+            )
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < math.inf:
+            raise ConfigError(f"temperature must be a positive number, got {t!r}")
+        object.__setattr__(self, "temperature", float(t))
+        for name in ("dropout", *_REGULARISERS):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+                raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if isinstance(self.classes, str) or not isinstance(self.classes, tuple | list):
+            raise ConfigError(f"classes must be a list of names, got {self.classes!r}")
+        classes = tuple(str(c) for c in self.classes)
+        if len(classes) < 2 or len(set(classes)) != len(classes) or "" in classes:
+            raise ConfigError(f"classes must be >= 2 distinct non-empty names, got {list(classes)}")
+        object.__setattr__(self, "classes", classes)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The pooling modes, e.g. ``("last", "max")`` for ``"last+max"``."""
+        return tuple(self.pooling.split("+"))
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return DIRECTIONS if self.bidirectional else DIRECTIONS[:1]
+
+    @property
+    def binary(self) -> bool:
+        return len(self.classes) == 2
+
+    @property
+    def num_outputs(self) -> int:
+        """C': 1 logit for two classes (sigmoid), else one per class (softmax)."""
+        return 1 if self.binary else len(self.classes)
+
+    @property
+    def feature_dim(self) -> int:
+        """F = dirs * H * len(modes), the input width of the dense layer."""
+        return len(self.directions) * self.hidden_dim * len(self.modes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (``classes`` as a list)."""
+        d = dataclasses.asdict(self)
+        d["classes"] = list(self.classes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """Build from ``to_dict`` output. Raises ConfigError on missing or unknown keys.
+
+        Example: ``ModelConfig.from_dict(cfg.to_dict()) == cfg``.
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown model option {unknown[0]!r}: expected some of {names}")
+        # models saved before the training-only regularisers existed were trained without them
+        missing = [n for n in names if n not in d and n not in _ADDED_LATER]
+        if missing:
+            raise ConfigError(f"model config lacks {missing[0]!r}")
+        return cls(**{n: d.get(n, _ADDED_LATER.get(n)) for n in names})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training options (model shape options live in ``ModelConfig``).
+
+    Fields: ``epochs``; ``batch_size``; ``lr`` peak learning rate; ``optimizer`` adam|adamw|sgd;
+    ``clip_norm`` global gradient-norm limit (0 turns clipping off); ``weight_decay`` decoupled,
+    matrices only; ``warmup_steps`` linear warm-up; ``lr_schedule`` constant|linear|cosine
+    (decay to ``lr_floor`` * lr at the end of the last epoch); ``patience`` epochs without a
+    better validation loss before stopping and restoring the best epoch's weights (0: never
+    stop early and keep the last epoch's weights); ``valid_frac`` held-out
+    share when no validation files are given (0: train on every row, no validation);
+    ``valid_group`` a column whose groups (a film, a user) are held out whole, so no group is
+    on both sides (None: rows are held out one by one, stratified by class); ``seed`` for
+    the split, initialisation and shuffling; ``class_weights`` none|balanced;
+    ``num_words`` tokenizer vocabulary size; ``average`` the decay of an exponential moving
+    average of the weights, which validation and the saved model use (0: off; 0.998
+    averages about the last 500 steps); ``calibrate`` fit the model's temperature on the
+    validation rows after training; ``threads`` for the kernels (None: leave as is);
+    ``backend`` cpu|reference|cuda.
+
+    Raises ConfigError for invalid values.
+
+    Example: ``TrainConfig(epochs=5, lr=2e-3, lr_schedule="cosine", warmup_steps=100)``.
+    """
+
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 3e-3
+    optimizer: str = "adam"
+    clip_norm: float = 5.0
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_schedule: str = "linear"
+    lr_floor: float = 0.0
+    patience: int = 0
+    valid_frac: float = 0.1
+    valid_group: str | None = None
+    seed: int = 0
+    class_weights: str = "none"
+    num_words: int = 30000
+    average: float = 0.0
+    calibrate: bool = True
+    threads: int | None = None
+    backend: str = "cpu"
+
+    def __post_init__(self) -> None:
+        ints = {"epochs": 1, "batch_size": 1, "warmup_steps": 0, "patience": 0, "num_words": 1}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.lr, int | float) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if self.optimizer.lower() not in ("adam", "adamw", "sgd"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}: expected adam, adamw or sgd")
+        if not self.clip_norm >= 0 or not self.weight_decay >= 0:
+            raise ConfigError("clip_norm and weight_decay must be >= 0")
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(
+                f"unknown lr schedule {self.lr_schedule!r}: expected one of {', '.join(SCHEDULES)}"
+            )
+        if not 0 <= self.lr_floor <= 1:
+            raise ConfigError(f"lr_floor must be in [0, 1], got {self.lr_floor}")
+        if not 0 <= self.valid_frac < 1:
+            raise ConfigError(f"valid_frac must be in [0, 1), got {self.valid_frac}")
+        if self.valid_frac == 0 and self.patience > 0:
+            raise ConfigError(
+                "early stopping (patience > 0) needs a validation split: set valid_frac > 0"
+            )
+        if self.valid_group is not None and (
+            not isinstance(self.valid_group, str) or not self.valid_group
+        ):
+            raise ConfigError(f"valid_group must be a column name, got {self.valid_group!r}")
+        if not (isinstance(self.average, int | float) and 0 <= self.average < 1):
+            raise ConfigError(f"average must be in [0, 1) (0: off), got {self.average!r}")
+        if self.class_weights not in ("none", "balanced"):
+            raise ConfigError(f"class_weights must be none or balanced, got {self.class_weights!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The encoder's shape and its training-only regularisers; stored with the encoder.
+
+    Fields: ``cell`` lstm|gru|rnn; ``embed_dim`` E; ``hidden_dim`` H; ``num_layers`` (a
+    bidirectional encoder has one: stacked directions would let the forward model see the
+    future through the layer below); ``bidirectional``; ``vocab_size`` V (from the
+    tokenizer); ``max_len`` tokens per training window; ``dropout`` between layers,
+    ``word_dropout``, ``embed_dropout``, ``weight_drop`` as in ``ModelConfig``.
+
+    Example: ``EncoderConfig(cell="gru", embed_dim=128, hidden_dim=128)``.
+    """
+
+    cell: str = "gru"
+    embed_dim: int = 128
+    hidden_dim: int = 128
+    num_layers: int = 1
+    bidirectional: bool = True
+    vocab_size: int = 30002
+    max_len: int = 400
+    dropout: float = 0.0
+    word_dropout: float = 0.0
+    embed_dropout: float = 0.0
+    weight_drop: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ConfigError(f"unknown cell {self.cell!r}: expected one of lstm, gru, rnn")
+        for name, low in (("embed_dim", 1), ("hidden_dim", 1), ("num_layers", 1),
+                          ("vocab_size", 3), ("max_len", 2)):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+                raise ConfigError(
+                    f"encoder option {name} must be an integer >= {low}, got {value!r}"
+                )
+            object.__setattr__(self, name, int(value))
+        if not isinstance(self.bidirectional, bool | np.bool_):
+            raise ConfigError(f"bidirectional must be true or false, got {self.bidirectional!r}")
+        object.__setattr__(self, "bidirectional", bool(self.bidirectional))
+        if self.bidirectional and self.num_layers > 1:
+            raise ConfigError(
+                "a bidirectional encoder is pretrained with one layer: stacked directions "
+                "would let the forward language model see the future"
+            )
+        for name in ("dropout", "word_dropout", "embed_dropout", "weight_drop"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+                raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        return DIRECTIONS if self.bidirectional else DIRECTIONS[:1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EncoderConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown encoder option {unknown[0]!r}")
+        return cls(**dict(d))
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How to pretrain.
+
+    Fields: ``epochs``; ``batch_size`` windows per step; ``lr`` peak learning rate (Adam,
+    ``warmup_steps`` of linear warm-up, then linear decay to 0 over the run);
+    ``clip_norm``; ``samples`` candidate words per step for the sampled softmax; ``num_words``
+    the tokenizer's vocabulary; ``valid_frac`` share of the reviews held out for perplexity
+    (at most ``max_valid`` of them); ``seed``; ``threads`` (None: leave as is); ``backend``.
+
+    Example: ``PretrainConfig(epochs=4, samples=512)``.
+    """
+
+    epochs: int = 4
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    clip_norm: float = 1.0
+    samples: int = 512
+    num_words: int = 30000
+    valid_frac: float = 0.01
+    max_valid: int = 500
+    seed: int = 0
+    threads: int | None = None
+    backend: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name, low in (("epochs", 1), ("batch_size", 1), ("warmup_steps", 0),
+                          ("samples", 1), ("num_words", 1), ("max_valid", 0)):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.lr, int | float) and 0 < self.lr < math.inf):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.clip_norm < math.inf:
+            raise ConfigError(f"clip_norm must be >= 0, got {self.clip_norm!r}")
+        if not 0 <= self.valid_frac < 1:
+            raise ConfigError(f"valid_frac must be in [0, 1), got {self.valid_frac!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
