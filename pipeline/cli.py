@@ -195,6 +195,10 @@ def train(
             help="Hold out whole groups of this column (a film, a user): none on both sides."
         ),
     ] = _T.valid_group,
+    word_vectors: Annotated[
+        int,
+        typer.Option(help="Epochs of word vectors learned from the training text first (0: off)."),
+    ] = _T.word_vectors,
     average: Annotated[
         float, typer.Option(help="Moving average of the weights, its decay (0: off).")
     ] = _T.average,
@@ -237,6 +241,7 @@ def train(
         patience=patience,
         valid_frac=valid_frac,
         valid_group=valid_group,
+        word_vectors=word_vectors,
         average=average,
         calibrate=calibrate,
         seed=seed,

@@ -183,11 +183,13 @@ class TrainConfig:
     ``valid_group`` a column whose groups (a film, a user) are held out whole, so no group is
     on both sides (None: rows are held out one by one, stratified by class); ``seed`` for
     the split, initialisation and shuffling; ``class_weights`` none|balanced;
-    ``num_words`` tokenizer vocabulary size; ``average`` the decay of an exponential moving
-    average of the weights, which validation and the saved model use (0: off; 0.998
-    averages about the last 500 steps); ``calibrate`` fit the model's temperature on the
-    validation rows after training; ``threads`` for the kernels (None: leave as is);
-    ``backend`` cpu|reference|cuda.
+    ``num_words`` tokenizer vocabulary size; ``word_vectors`` epochs of skip-gram word
+    vectors learned from the training text before training, which then start the
+    embedding (``pipeline.word2vec``; 0: a random embedding); ``average`` the decay of an
+    exponential moving average of the weights, which validation and the saved model use
+    (0: off; 0.998 averages about the last 500 steps); ``calibrate`` fit the model's
+    temperature on the validation rows after training; ``threads`` for the kernels (None:
+    leave as is); ``backend`` cpu|reference|cuda.
 
     Raises ConfigError for invalid values.
 
@@ -209,13 +211,15 @@ class TrainConfig:
     seed: int = 0
     class_weights: str = "none"
     num_words: int = 30000
+    word_vectors: int = 0
     average: float = 0.0
     calibrate: bool = True
     threads: int | None = None
     backend: str = "cpu"
 
     def __post_init__(self) -> None:
-        ints = {"epochs": 1, "batch_size": 1, "warmup_steps": 0, "patience": 0, "num_words": 1}
+        ints = {"epochs": 1, "batch_size": 1, "warmup_steps": 0, "patience": 0, "num_words": 1,
+                "word_vectors": 0}  # fmt: skip
         for name, low in ints.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -16,6 +16,7 @@ __all__ = [
     "PretrainEpochEnd",
     "PretrainReady",
     "ProgressEvent",
+    "WordVectorsDone",
 ]
 
 
@@ -92,4 +93,22 @@ class PretrainEpochEnd:
     kind: str = "pretrain_epoch_end"
 
 
-ProgressEvent = DataReady | EpochStart | BatchDone | EpochEnd | PretrainReady | PretrainEpochEnd
+@dataclass(frozen=True)
+class WordVectorsDone:
+    """Word vectors learned from the training text before training (``pipeline.word2vec``)."""
+
+    epochs: int
+    tokens: int
+    seconds: float
+    kind: str = "word_vectors"
+
+
+ProgressEvent = (
+    DataReady
+    | EpochStart
+    | BatchDone
+    | EpochEnd
+    | PretrainReady
+    | PretrainEpochEnd
+    | WordVectorsDone
+)

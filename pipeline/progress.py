@@ -60,6 +60,11 @@ class TrainProgress:
                 f"classes {list(event.classes)}, vocabulary {event.vocab_size:,}"
                 + (f", resuming after epoch {event.start_epoch}" if event.start_epoch else "")
             )
+        elif kind == "word_vectors":
+            _console.print(
+                f"word vectors: {event.epochs} epochs over {event.tokens:,} tokens of the "
+                f"training text in {event.seconds:.0f} s"
+            )
         elif kind == "pretrain_ready":
             _console.print(
                 f"{event.n_reviews:,} reviews ({event.tokens:,} tokens in {event.windows:,} "

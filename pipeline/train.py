@@ -44,7 +44,14 @@ from pipeline import io, kernels
 from pipeline.batching import group_split, length_bucketed_batches, stratified_split
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.errors import ConfigError, InputError, RunError
-from pipeline.events import BatchDone, DataReady, EpochEnd, EpochStart, ProgressEvent
+from pipeline.events import (
+    BatchDone,
+    DataReady,
+    EpochEnd,
+    EpochStart,
+    ProgressEvent,
+    WordVectorsDone,
+)
 from pipeline.metrics import accuracy, evaluate_probs, fit_temperature, log_loss
 from pipeline.model import Model, check_model_target, init_params, probabilities
 from pipeline.optim import (
@@ -55,6 +62,7 @@ from pipeline.optim import (
 )
 from pipeline.pretrain import Encoder, is_encoder_dir, load_encoder
 from pipeline.text import TokenIds, Tokenizer
+from pipeline.word2vec import word_vectors
 
 __all__ = [
     "BatchDone",
@@ -714,6 +722,7 @@ def _build(
     resume: bool,
     init_from: str | Path | None,
     init_embeddings: str | Path | None,
+    emit: Callable[[ProgressEvent], None],
 ) -> _Run:
     """Read and split the data, fit (or take) the tokenizer, build the model and the
     optimisation state; restore the checkpoint when resuming."""
@@ -745,6 +754,15 @@ def _build(
         config = _build_config(overrides, tokenizer.vocab_size, split.classes)
         params = init_params(config, tc.seed)
     coverage = None
+    if tc.word_vectors > 0 and state is None and warm is None and encoder is None and (
+        init_embeddings is None
+    ):  # fmt: skip
+        t0 = time.perf_counter()
+        text = tokenizer.encode(split.train_texts)  # every token is context, untruncated
+        params["embedding"] = word_vectors(
+            text, tokenizer.vocab_size, config.embed_dim, tc.word_vectors, tc.seed
+        )
+        emit(WordVectorsDone(tc.word_vectors, text.nnz, time.perf_counter() - t0))
     if init_embeddings is not None:
         emb = params["embedding"].astype(np.float64)
         coverage = load_embeddings(init_embeddings, tokenizer, emb)
@@ -929,7 +947,7 @@ def train(
 
     run = _build(
         data_paths, valid_paths, dict(model_config_overrides or {}), tc, ckpt, text_col,
-        label_col, classes, resume, init_from, init_embeddings,
+        label_col, classes, resume, init_from, init_embeddings, emit,
     )  # fmt: skip
     _fit(run, emit)
     kept_epoch, metrics = _keep_and_calibrate(run)

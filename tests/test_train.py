@@ -476,3 +476,20 @@ def test_averaging_saves_the_averaged_weights(binary_file, tmp_path):
     plain = _weights(tmp_path / "last")
     for k in plain:
         np.testing.assert_array_equal(plain[k], last[k], err_msg=k)
+
+
+def test_word_vectors_start_the_embedding(binary_file, tmp_path, monkeypatch):
+    from pipeline.events import WordVectorsDone
+    from pipeline.text import Tokenizer
+    from pipeline.word2vec import word_vectors
+
+    start = _capture_starting_params(monkeypatch)
+    events = []
+    cfg = _config(epochs=1, valid_frac=0.0, word_vectors=2)
+    train(binary_file, tmp_path / "m", TINY, cfg, progress=events.append)
+    texts = pq.read_table(binary_file)["review"]
+    tok = Tokenizer(num_words=cfg.num_words).fit(texts)
+    expected = word_vectors(tok.encode(texts), tok.vocab_size, TINY["embed_dim"], 2, cfg.seed)
+    np.testing.assert_array_equal(start["embedding"], expected)
+    done = [e for e in events if isinstance(e, WordVectorsDone)]
+    assert len(done) == 1 and done[0].epochs == 2 and done[0].tokens == tok.encode(texts).nnz
