@@ -199,6 +199,12 @@ def train(
         int,
         typer.Option(help="Epochs of word vectors learned from the training text first (0: off)."),
     ] = _T.word_vectors,
+    encoder_lr: Annotated[
+        float, typer.Option(help="Learning-rate factor of the embedding and recurrent layers.")
+    ] = _T.encoder_lr,
+    freeze_epochs: Annotated[
+        int, typer.Option(help="First epochs in which only the dense layer learns.")
+    ] = _T.freeze_epochs,
     average: Annotated[
         float, typer.Option(help="Moving average of the weights, its decay (0: off).")
     ] = _T.average,
@@ -242,6 +248,8 @@ def train(
         valid_frac=valid_frac,
         valid_group=valid_group,
         word_vectors=word_vectors,
+        encoder_lr=encoder_lr,
+        freeze_epochs=freeze_epochs,
         average=average,
         calibrate=calibrate,
         seed=seed,

@@ -185,7 +185,10 @@ class TrainConfig:
     the split, initialisation and shuffling; ``class_weights`` none|balanced;
     ``num_words`` tokenizer vocabulary size; ``word_vectors`` epochs of skip-gram word
     vectors learned from the training text before training, which then start the
-    embedding (``pipeline.word2vec``; 0: a random embedding); ``average`` the decay of an
+    embedding (``pipeline.word2vec``; 0: a random embedding); ``encoder_lr`` multiplies the
+    learning rate of the embedding and recurrent layers (below 1: a warm-started encoder
+    moves less than the new dense layer, ULMFiT's discriminative rates); ``freeze_epochs``
+    epochs at the start in which only the dense layer learns; ``average`` the decay of an
     exponential moving average of the weights, which validation and the saved model use
     (0: off; 0.998 averages about the last 500 steps); ``calibrate`` fit the model's
     temperature on the validation rows after training; ``threads`` for the kernels (None:
@@ -212,6 +215,8 @@ class TrainConfig:
     class_weights: str = "none"
     num_words: int = 30000
     word_vectors: int = 0
+    encoder_lr: float = 1.0
+    freeze_epochs: int = 0
     average: float = 0.0
     calibrate: bool = True
     threads: int | None = None
@@ -219,7 +224,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         ints = {"epochs": 1, "batch_size": 1, "warmup_steps": 0, "patience": 0, "num_words": 1,
-                "word_vectors": 0}  # fmt: skip
+                "word_vectors": 0, "freeze_epochs": 0}  # fmt: skip
         for name, low in ints.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -246,6 +251,12 @@ class TrainConfig:
             not isinstance(self.valid_group, str) or not self.valid_group
         ):
             raise ConfigError(f"valid_group must be a column name, got {self.valid_group!r}")
+        if not (isinstance(self.encoder_lr, int | float) and 0 < self.encoder_lr < math.inf):
+            raise ConfigError(f"encoder_lr must be a positive number, got {self.encoder_lr!r}")
+        if self.freeze_epochs >= self.epochs:
+            raise ConfigError(
+                f"freeze_epochs ({self.freeze_epochs}) must be fewer than epochs ({self.epochs})"
+            )
         if not (isinstance(self.average, int | float) and 0 <= self.average < 1):
             raise ConfigError(f"average must be in [0, 1) (0: off), got {self.average!r}")
         if self.class_weights not in ("none", "balanced"):

@@ -208,17 +208,26 @@ class Optimizer:
         self.weight_decay = float(weight_decay)
         self.decays = {name: bool(decay_filter(name, p)) for name, p in params.items()}
         self.step_count = 0
+        self.updates = dict.fromkeys(params, 0)  # steps each parameter took part in
         self.state: dict[str, dict[str, np.ndarray]] = {
             slot: {name: np.zeros_like(p) for name, p in params.items()} for slot in self._slots
         }
         for p in params.values():
             _flat(p)  # fail early on a non-contiguous parameter
 
-    def step(self, grads: Mapping[str, np.ndarray | RowGrad], lr: float | None = None) -> None:
+    def step(
+        self,
+        grads: Mapping[str, np.ndarray | RowGrad],
+        lr: float | None = None,
+        scales: Mapping[str, float] | None = None,
+    ) -> None:
         """Update every bound parameter in place from ``grads`` (same keys and shapes; a
         ``RowGrad`` for a 2-D parameter updates it as its ``dense()`` would).
 
-        ``lr`` overrides the constructor's rate for this step (the schedule's value).
+        ``lr`` overrides the constructor's rate for this step (the schedule's value);
+        ``scales`` multiplies it per parameter (discriminative learning rates), and a scale
+        of 0 freezes a parameter for the step: neither it nor its state moves, and its
+        bias correction counts only the steps it took part in.
         Raises ValueError when a gradient is missing or has the wrong shape.
         """
         lr = self.lr if lr is None else float(lr)
@@ -229,15 +238,20 @@ class Optimizer:
                 raise ValueError(f"gradient for {name!r} is missing or shaped {got}, not {p.shape}")
         self.step_count += 1
         for name, p in self.params.items():
+            scale = 1.0 if scales is None else float(scales.get(name, 1.0))
+            if scale == 0.0:
+                continue
+            self.updates[name] += 1
             g = grads[name]
-            decay = 1.0 - lr * self.weight_decay if self.decays[name] else 1.0
+            param_lr = lr * scale
+            decay = 1.0 - param_lr * self.weight_decay if self.decays[name] else 1.0
             if isinstance(g, RowGrad):
                 values = np.ascontiguousarray(g.values, dtype=p.dtype)
                 _flat(p)  # contiguous, so the 2-D kernels write through
-                self._update_rows(name, p, g.where(), values, lr, decay)
+                self._update_rows(name, p, g.where(), values, param_lr, decay)
             else:
                 g = np.ascontiguousarray(g, dtype=p.dtype)
-                self._update(name, _flat(p), _flat(g), lr, decay)
+                self._update(name, _flat(p), _flat(g), param_lr, decay)
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float, decay: float) -> None:
         raise NotImplementedError
@@ -249,6 +263,7 @@ class Optimizer:
     def state_dict(self) -> dict[str, np.ndarray]:
         """The state as flat arrays: ``step`` and ``<slot>/<param name>`` (copies)."""
         out = {"step": np.array(self.step_count, dtype=np.int64)}
+        out["updates"] = np.array([self.updates[n] for n in self.params], dtype=np.int64)
         for slot, arrays in self.state.items():
             for name, a in arrays.items():
                 out[f"{slot}/{name}"] = a.copy()
@@ -260,7 +275,7 @@ class Optimizer:
         Raises ConfigError when keys, shapes or dtypes do not match (an incompatible
         checkpoint), leaving the current state untouched.
         """
-        expected = {"step"} | {f"{s}/{n}" for s in self._slots for n in self.params}
+        expected = {"step", "updates"} | {f"{s}/{n}" for s in self._slots for n in self.params}
         if set(state) != expected:
             missing = sorted(expected - set(state))
             extra = sorted(set(state) - expected)
@@ -280,6 +295,10 @@ class Optimizer:
             for name in self.params:
                 np.copyto(self.state[slot][name], state[f"{slot}/{name}"])
         self.step_count = int(state["step"])
+        counts = np.asarray(state["updates"]).reshape(-1)
+        if counts.size != len(self.params):
+            raise ConfigError("optimizer state counts the updates of other parameters")
+        self.updates = {n: int(c) for n, c in zip(self.params, counts, strict=True)}
 
 
 class Adam(Optimizer):
@@ -315,14 +334,14 @@ class Adam(Optimizer):
         self.eps = float(eps)
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float, decay: float) -> None:
-        t = self.step_count
+        t = self.updates[name]
         step_size = lr / (1.0 - self.beta1**t)
         bc2_sqrt = math.sqrt(1.0 - self.beta2**t)
         m, v = _flat(self.state["m"][name]), _flat(self.state["v"][name])
         _adam_kernel(p, g, m, v, self.beta1, self.beta2, step_size, bc2_sqrt, self.eps, decay)
 
     def _update_rows(self, name, p, where, values, lr, decay) -> None:
-        t = self.step_count
+        t = self.updates[name]
         step_size = lr / (1.0 - self.beta1**t)
         bc2_sqrt = math.sqrt(1.0 - self.beta2**t)
         m, v = self.state["m"][name], self.state["v"][name]
@@ -359,11 +378,11 @@ class SGD(Optimizer):
 
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: float, decay: float) -> None:
         buf = _flat(self.state["momentum"][name])
-        _sgd_kernel(p, g, buf, self.momentum, lr, decay, self.step_count == 1)
+        _sgd_kernel(p, g, buf, self.momentum, lr, decay, self.updates[name] == 1)
 
     def _update_rows(self, name, p, where, values, lr, decay) -> None:
         buf = self.state["momentum"][name]
-        _sgd_rows_kernel(p, where, values, buf, self.momentum, lr, decay, self.step_count == 1)
+        _sgd_rows_kernel(p, where, values, buf, self.momentum, lr, decay, self.updates[name] == 1)
 
 
 def make_optimizer(

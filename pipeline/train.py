@@ -678,12 +678,22 @@ def _train_step(
         )
     if tc.clip_norm > 0:
         clip_global_norm(grads, tc.clip_norm)
-    optimizer.step(grads, lr)
+    optimizer.step(grads, lr, _lr_scales(run))
     if run.average is not None:
         run.average.update(optimizer.step_count)
     speed = batch.nnz / max(time.perf_counter() - t0, 1e-9)
     emit(BatchDone(epoch, b, len(batches), loss, speed, lr))
     return loss, batch.nnz
+
+
+def _lr_scales(run: _Run) -> dict[str, float] | None:
+    """Per-parameter learning-rate factors: the encoder (embedding and recurrent layers) at
+    ``encoder_lr``, or frozen (0) during the first ``freeze_epochs`` epochs."""
+    tc = run.tc
+    if tc.encoder_lr == 1.0 and tc.freeze_epochs == 0:
+        return None
+    factor = 0.0 if run.loop.epoch <= tc.freeze_epochs else tc.encoder_lr
+    return {name: (1.0 if name.startswith("out.") else factor) for name in run.model.params}
 
 
 @contextlib.contextmanager

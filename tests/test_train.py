@@ -493,3 +493,15 @@ def test_word_vectors_start_the_embedding(binary_file, tmp_path, monkeypatch):
     np.testing.assert_array_equal(start["embedding"], expected)
     done = [e for e in events if isinstance(e, WordVectorsDone)]
     assert len(done) == 1 and done[0].epochs == 2 and done[0].tokens == tok.encode(texts).nnz
+
+
+def test_freeze_epochs_keep_the_encoder_still(binary_file, tmp_path):
+    cfg = _config(epochs=2, freeze_epochs=1, calibrate=False)
+    train(binary_file, tmp_path / "m", TINY, cfg)
+    with np.load(checkpoint_dir_for(tmp_path / "m") / "arrays.npz") as npz:
+        updates = dict(zip(_weights(tmp_path / "m"), npz["optim/updates"], strict=True))
+    steps = 14  # batches an epoch: only the second epoch moved the encoder
+    assert updates["out.W"] == 2 * steps and updates["embedding"] == steps
+    assert updates["l0.fwd.W_hh"] == steps
+    with pytest.raises(ConfigError, match="freeze_epochs"):
+        TrainConfig(epochs=2, freeze_epochs=2)

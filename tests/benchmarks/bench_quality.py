@@ -1,0 +1,192 @@
+"""Model quality on held-out data, against TF-IDF + logistic regression on the same splits.
+
+Run (IMDB and SST-2, rnnpipe's default and TF-IDF; about 10 minutes on 2 cores):
+
+    python tests/benchmarks/bench_quality.py
+    python tests/benchmarks/bench_quality.py --routes default,pretrained,tfidf --seeds 0,1,2
+
+What it measures. Two held-out sets that rnnpipe never trains or calibrates on:
+
+* **IMDB, movie-disjoint**: ``imdb_train.parquet`` split by film (``movie`` column) with
+  ``pipeline.batching.group_split`` (seed 0): the reviews of about 20 % of the films are held
+  out (5,000 reviews of 724 films), the rest (20,000) is the training file. A random split
+  would put the same films on both sides and reward memorising them.
+* **SST-2**: ``sst2_train.parquet`` to train, ``sst2_dev.parquet`` held out (the training
+  phrases are cut from the same sentences, so a random split of them would leak).
+
+For each set and route it runs the real commands in fresh processes, as a user would, and
+times them (wall clock):
+
+* ``default``: ``rnnpipe train TRAIN --out M`` with the product's defaults (for IMDB also
+  ``--valid-group movie``, so the calibration split is leak-free too), then
+  ``rnnpipe evaluate HELD_OUT --model M``;
+* ``pretrained``: ``rnnpipe pretrain UNLABELED TRAIN --out ENC`` (IMDB: the 50,000
+  unlabeled reviews of ``imdb_unsup.parquet`` and the training file's text; never the
+  held-out text), then ``rnnpipe train TRAIN --init-from ENC`` and evaluate;
+* ``tfidf``: scikit-learn's ``TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True,
+  min_df=2, max_features=200000)`` on lower-cased text without ``<br />``, and
+  ``LogisticRegression(C=4)`` (the baseline of ``shared/ANCHORS.md``), in this process.
+
+It prints accuracy, macro F1, log loss, expected calibration error (15 bins, as
+``rnnpipe evaluate``) and the wall time of each, per seed and as the mean over seeds.
+Splits and models go under ``tests/benchmarks/_gen/quality/`` (git-ignored). Needs the
+``bench`` extra (scikit-learn) and ``../shared/data`` (or ``$RNNPIPE_DATA_DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+GEN = HERE / "_gen" / "quality"
+sys.path.insert(0, str(REPO))
+
+from pipeline.batching import group_split  # noqa: E402
+from pipeline.metrics import evaluate_probs  # noqa: E402
+
+
+def data_dir() -> Path:
+    env = os.environ.get("RNNPIPE_DATA_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def imdb_split() -> tuple[Path, Path]:
+    """The fixed movie-disjoint split of imdb_train, written once under _gen/quality."""
+    train, held = GEN / "imdb_train_split.parquet", GEN / "imdb_heldout_films.parquet"
+    if not (train.is_file() and held.is_file()):
+        GEN.mkdir(parents=True, exist_ok=True)
+        table = pq.read_table(data_dir() / "imdb_train.parquet")
+        films = table["movie"].to_numpy(zero_copy_only=False).astype(str)
+        labels = table["label"].to_numpy().astype(np.int64)
+        tr, va = group_split(films, labels, 0.2, seed=0)
+        pq.write_table(table.take(tr), train)
+        pq.write_table(table.take(va), held)
+    return train, held
+
+
+def datasets(names: list[str]) -> dict[str, dict]:
+    out = {}
+    if "imdb" in names:
+        train, held = imdb_split()
+        out["imdb"] = {
+            "train": train, "held": held, "train_args": ["--valid-group", "movie"],
+            "unlabeled": [data_dir() / "imdb_unsup.parquet", train],
+        }  # fmt: skip
+    if "sst2" in names:
+        out["sst2"] = {
+            "train": data_dir() / "sst2_train.parquet",
+            "held": data_dir() / "sst2_dev.parquet",
+            "train_args": [],
+            "unlabeled": [data_dir() / "sst2_train.parquet"],
+        }
+    return out
+
+
+def rnnpipe(*args: object) -> float:
+    """Run ``python -m pipeline ARGS`` in a fresh process; returns its wall time."""
+    cmd = [sys.executable, "-m", "pipeline", *[str(a) for a in args]]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return time.perf_counter() - t0
+
+
+def evaluate(model: Path, held: Path) -> dict:
+    out = GEN / "eval.json"
+    cmd = [sys.executable, "-m", "pipeline", "evaluate", str(held), "--model", str(model)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.run([*cmd, "--json"], env=env, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"evaluate failed: {proc.stderr.strip()}")
+    out.write_text(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def run_rnnpipe(name: str, ds: dict, route: str, seed: int, threads: int) -> dict:
+    work = GEN / f"{name}-{route}-seed{seed}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    common = ["--threads", threads, "--quiet", "--seed", seed]
+    seconds = 0.0
+    train_args = [ds["train"], "--out", work / "model", *ds["train_args"], *common]
+    if route == "pretrained":
+        seconds += rnnpipe("pretrain", *ds["unlabeled"], "--out", work / "encoder", *common)
+        train_args += ["--init-from", work / "encoder"]
+    seconds += rnnpipe("train", *train_args)
+    report = evaluate(work / "model", ds["held"])
+    return {**_summary(report), "seconds": seconds}
+
+
+def _summary(report: dict) -> dict:
+    return {k: report[k] for k in ("n", "accuracy", "f1_macro", "log_loss", "ece")}
+
+
+def run_tfidf(ds: dict) -> dict:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    def load(path: Path):
+        table = pq.read_table(path, columns=["review", "label"])
+        texts = [t.replace("<br />", " ").lower() for t in table["review"].to_pylist()]
+        return texts, table["label"].to_numpy().astype(np.int64)
+
+    x_train, y_train = load(ds["train"])
+    x_held, y_held = load(ds["held"])
+    t0 = time.perf_counter()
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, max_features=200000)
+    clf = LogisticRegression(C=4, max_iter=2000).fit(vec.fit_transform(x_train), y_train)
+    seconds = time.perf_counter() - t0
+    probs = clf.predict_proba(vec.transform(x_held))
+    return {**_summary(evaluate_probs(y_held, probs, ["0", "1"])), "seconds": seconds}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", default="imdb,sst2", help="imdb, sst2 or both")
+    ap.add_argument("--routes", default="default,tfidf", help="default, pretrained, tfidf")
+    ap.add_argument("--seeds", default="0", help="rnnpipe seeds, e.g. 0,1,2 (TF-IDF: one run)")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    routes = args.routes.split(",")
+    rows = []
+    for name, ds in datasets(args.datasets.split(",")).items():
+        for route in routes:
+            runs = [run_tfidf(ds)] if route == "tfidf" else [
+                run_rnnpipe(name, ds, route, seed, args.threads) for seed in seeds
+            ]  # fmt: skip
+            for seed, r in zip(seeds, runs, strict=False):
+                print(json.dumps({"data": name, "route": route, "seed": seed, **r}), flush=True)
+            rows.append((name, route, runs))
+    print()
+    print("| held-out set | route | runs | accuracy | macro F1 | log loss | ECE | wall s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, route, runs in rows:
+        means = {k: statistics.mean(r[k] for r in runs) for k in runs[0] if k != "n"}
+        acc = [r["accuracy"] for r in runs]
+        spread = f" ({min(acc):.2%}-{max(acc):.2%})" if len(acc) > 1 else ""
+        print(
+            f"| {name} ({runs[0]['n']:,}) | {route} | {len(runs)} | {means['accuracy']:.2%}"
+            f"{spread} | {means['f1_macro']:.4f} | {means['log_loss']:.4f} | "
+            f"{means['ece']:.4f} | {means['seconds']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
