@@ -325,6 +325,9 @@ def pretrain(
     samples: Annotated[
         int, typer.Option(help="Candidate words per step (sampled softmax).")
     ] = _P.samples,
+    word_vectors: Annotated[
+        int, typer.Option(help="Epochs of word vectors that start the embedding (0: off).")
+    ] = _P.word_vectors,
     seed: Annotated[int, typer.Option(help="Seed for init, held-out rows, shuffling.")] = _P.seed,
     resume: Annotated[bool, typer.Option(help="Continue after the last whole epoch.")] = False,
     text_col: TextCol = None,
@@ -347,7 +350,7 @@ def pretrain(
     )  # fmt: skip
     pc = PretrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, samples=samples, num_words=num_words,
-        seed=seed, threads=threads or None,
+        word_vectors=word_vectors, seed=seed, threads=threads or None,
     )  # fmt: skip
     with TrainProgress(enabled=not quiet) as progress:
         result = run_pretrain(data, out, ec, pc, text_col=text_col, resume=resume,

@@ -344,7 +344,9 @@ class PretrainConfig:
 
     Fields: ``epochs``; ``batch_size`` windows per step; ``lr`` peak learning rate (Adam,
     ``warmup_steps`` of linear warm-up, then linear decay to 0 over the run);
-    ``clip_norm``; ``samples`` candidate words per step for the sampled softmax; ``num_words``
+    ``clip_norm``; ``samples`` candidate words per step for the sampled softmax;
+    ``word_vectors`` epochs of skip-gram word vectors over the text that start the
+    embedding before the language model trains (0: a random embedding); ``num_words``
     the tokenizer's vocabulary; ``valid_frac`` share of the reviews held out for perplexity
     (at most ``max_valid`` of them); ``seed``; ``threads`` (None: leave as is); ``backend``.
 
@@ -358,6 +360,7 @@ class PretrainConfig:
     clip_norm: float = 1.0
     samples: int = 512
     num_words: int = 30000
+    word_vectors: int = 5
     valid_frac: float = 0.01
     max_valid: int = 500
     seed: int = 0
@@ -366,7 +369,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         for name, low in (("epochs", 1), ("batch_size", 1), ("warmup_steps", 0),
-                          ("samples", 1), ("num_words", 1), ("max_valid", 0)):  # fmt: skip
+                          ("samples", 1), ("num_words", 1), ("max_valid", 0),
+                          ("word_vectors", 0)):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")

@@ -43,10 +43,12 @@ from pipeline.batching import length_bucketed_batches
 from pipeline.config import EncoderConfig, PretrainConfig
 from pipeline.encoder import encoder_backward, encoder_forward, encoder_shapes, init_encoder_params
 from pipeline.errors import ConfigError, InputError, ModelFormatError, RunError
+from pipeline.events import BatchDone, EpochStart, PretrainEpochEnd, PretrainReady, WordVectorsDone
 from pipeline.kernels import get_backend
 from pipeline.lm import UnigramSampler, full_softmax_nll, sampled_softmax
 from pipeline.optim import LRSchedule, RowGrad, clip_global_norm, make_optimizer
 from pipeline.text import PAD_ID, TokenIds, Tokenizer
+from pipeline.word2vec import word_vectors
 
 __all__ = [
     "ENCODER_KIND",
@@ -189,6 +191,11 @@ class _Store:
         ends = np.minimum(starts + max_len, self.offsets[review + 1])
         ok = ends - starts >= 2  # a window needs a token to predict
         return starts[ok], (ends - starts)[ok]
+
+    def rows(self, valid: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(start, length) of every whole training (or held-out) review."""
+        keep = np.flatnonzero(self.valid == valid)
+        return self.offsets[keep], np.diff(self.offsets)[keep]
 
     def gather(self, starts: np.ndarray, lens: np.ndarray) -> TokenIds:
         offsets = np.zeros(lens.size + 1, dtype=np.int64)
@@ -387,7 +394,6 @@ def pretrain(
 
         pretrain("unlabeled/", "enc/", EncoderConfig(hidden_dim=128), PretrainConfig(epochs=3))
     """
-    from pipeline.events import BatchDone, EpochStart, PretrainEpochEnd, PretrainReady
     from pipeline.kernels.threads import set_threads
 
     pc = config or PretrainConfig()
@@ -437,6 +443,14 @@ def pretrain(
         raise InputError(f"{files[0]}: no review has two tokens: nothing to pretrain on")
 
     params = _init_params(ec, store.counts, pc.seed)
+    if pc.word_vectors > 0 and state is None:
+        t0 = time.perf_counter()
+        text = store.gather(*store.rows(valid=False))
+        params["embedding"] = word_vectors(
+            text, ec.vocab_size, ec.embed_dim, pc.word_vectors, pc.seed
+        )
+        emit(WordVectorsDone(pc.word_vectors, text.nnz, time.perf_counter() - t0))
+        del text
     sampler = UnigramSampler(store.counts)
     optimizer = make_optimizer("adam", params, pc.lr, 0.0)
     batches_per_epoch = math.ceil(starts.size / pc.batch_size)

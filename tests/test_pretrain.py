@@ -101,6 +101,7 @@ def test_pretrain_learns_and_writes_an_encoder(corpus, tmp_path):
     events = []
     result = pretrain(corpus, tmp_path / "enc", TINY_ENC, _pc(epochs=3), progress=events.append)
     ends = [e for e in events if isinstance(e, PretrainEpochEnd)]
+    assert [e.kind for e in events[:2]] == ["word_vectors", "pretrain_ready"]
     assert [e.epoch for e in ends] == [1, 2, 3]
     ppl = [e.perplexity["fwd"] for e in ends]
     assert ppl[-1] < ppl[0] < 30  # below uniform over the 30 words, and falling
