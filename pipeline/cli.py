@@ -228,9 +228,11 @@ def train(
 ) -> None:
     """Train a classifier on labelled Parquet reviews and save it to --out.
 
-    The defaults (bidirectional GRU E=128 H=64, max+mean pooling, the last 400 tokens,
-    30,000 words, 3 epochs of Adam with linear decay) reach 90 % on IMDB reviews held out.
-    Example: rnnpipe train reviews.parquet --out model/ --cell lstm --epochs 2
+    By default: word vectors learned from the training text first (5 epochs of
+    skip-gram), then a bidirectional GRU (E=128, H=128) with max pooling over the last 400
+    tokens, 2 epochs of Adam, and the scores calibrated on the validation rows. Pass
+    --valid-group when rows come in groups (the reviews of a film) so validation is honest.
+    Example: rnnpipe train reviews.parquet --out model/ --valid-group movie
     """
     from pipeline.train import TrainConfig
     from pipeline.train import train as run_train

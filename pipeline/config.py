@@ -76,10 +76,10 @@ class ModelConfig:
 
     cell: str = "gru"
     embed_dim: int = 128
-    hidden_dim: int = 64
+    hidden_dim: int = 128
     num_layers: int = 1
     bidirectional: bool = True
-    pooling: str = "max+mean"
+    pooling: str = "max"
     dropout: float = 0.4
     vocab_size: int = 20002
     max_len: int = 400
@@ -199,7 +199,7 @@ class TrainConfig:
     Example: ``TrainConfig(epochs=5, lr=2e-3, lr_schedule="cosine", warmup_steps=100)``.
     """
 
-    epochs: int = 3
+    epochs: int = 2
     batch_size: int = 64
     lr: float = 3e-3
     optimizer: str = "adam"
@@ -214,7 +214,7 @@ class TrainConfig:
     seed: int = 0
     class_weights: str = "none"
     num_words: int = 30000
-    word_vectors: int = 0
+    word_vectors: int = 5
     encoder_lr: float = 1.0
     freeze_epochs: int = 0
     average: float = 0.0

@@ -18,6 +18,7 @@ import pytest
 
 from pipeline.batching import group_split
 from pipeline.errors import ConfigError, InputError, RunError
+from pipeline.events import WordVectorsDone
 from pipeline.model import Model, init_params
 from pipeline.train import (
     BatchDone,
@@ -101,7 +102,7 @@ def test_train_binary_end_to_end(binary_file, tmp_path, backend):
     assert config["tokenizer"]["num_words"] == TrainConfig().num_words
 
     kinds = [type(e) for e in events]
-    assert kinds[0] is DataReady and kinds[1] is EpochStart and kinds[-1] is EpochEnd
+    assert kinds[:3] == [WordVectorsDone, DataReady, EpochStart] and kinds[-1] is EpochEnd
     assert sum(k is EpochEnd for k in kinds) == 3 and sum(k is BatchDone for k in kinds) == 3 * 14
     batch = next(e for e in events if isinstance(e, BatchDone))
     assert batch.tokens_per_s > 0 and batch.loss > 0
