@@ -342,7 +342,8 @@ class EncoderConfig:
 class PretrainConfig:
     """How to pretrain.
 
-    Fields: ``epochs``; ``batch_size`` windows per step; ``lr`` peak learning rate (Adam,
+    Fields: ``epochs`` of the language model (0: word vectors only); ``batch_size`` windows
+    per step; ``lr`` peak learning rate (Adam,
     ``warmup_steps`` of linear warm-up, then linear decay to 0 over the run);
     ``clip_norm``; ``samples`` candidate words per step for the sampled softmax;
     ``word_vectors`` epochs of skip-gram word vectors over the text that start the
@@ -368,7 +369,7 @@ class PretrainConfig:
     backend: str = "cpu"
 
     def __post_init__(self) -> None:
-        for name, low in (("epochs", 1), ("batch_size", 1), ("warmup_steps", 0),
+        for name, low in (("epochs", 0), ("batch_size", 1), ("warmup_steps", 0),
                           ("samples", 1), ("num_words", 1), ("max_valid", 0),
                           ("word_vectors", 0)):  # fmt: skip
             value = getattr(self, name)
@@ -376,6 +377,8 @@ class PretrainConfig:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         if not (isinstance(self.lr, int | float) and 0 < self.lr < math.inf):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if self.epochs == 0 and self.word_vectors == 0:
+            raise ConfigError("nothing to pretrain: epochs and word_vectors are both 0")
         if not 0 <= self.clip_norm < math.inf:
             raise ConfigError(f"clip_norm must be >= 0, got {self.clip_norm!r}")
         if not 0 <= self.valid_frac < 1:

@@ -455,7 +455,7 @@ def pretrain(
     optimizer = make_optimizer("adam", params, pc.lr, 0.0)
     batches_per_epoch = math.ceil(starts.size / pc.batch_size)
     steps = pc.epochs * batches_per_epoch
-    schedule = LRSchedule(pc.lr, min(pc.warmup_steps, steps // 10), "linear", steps, 0.0)
+    schedule = LRSchedule(pc.lr, min(pc.warmup_steps, steps // 10), "linear", max(steps, 1), 0.0)
     rng = np.random.default_rng(pc.seed)
     history: list[dict[str, Any]] = []
     identity = {

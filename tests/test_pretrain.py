@@ -186,3 +186,16 @@ def test_bad_input_and_broken_encoders(corpus, tmp_path):
         EncoderConfig(num_layers=2, bidirectional=True)
     with pytest.raises(ModelFormatError, match="not an rnnpipe encoder"):
         load_encoder(tmp_path / "notes")
+
+
+def test_word_vectors_only(corpus, tmp_path):
+    result = pretrain(corpus, tmp_path / "enc", TINY_ENC, _pc(epochs=0, word_vectors=2))
+    assert result.history == []
+    enc = load_encoder(tmp_path / "enc")
+    from pipeline.word2vec import word_vectors
+
+    unlearned = word_vectors(TokenIds(np.zeros(1, np.int64), np.zeros(0, np.int32)),
+                             enc.config.vocab_size, enc.config.embed_dim, 2, seed=0)  # fmt: skip
+    assert not np.allclose(enc.params["embedding"], unlearned)  # the vectors learned
+    with pytest.raises(ConfigError, match="nothing to pretrain"):
+        PretrainConfig(epochs=0, word_vectors=0)
