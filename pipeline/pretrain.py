@@ -192,11 +192,6 @@ class _Store:
         ok = ends - starts >= 2  # a window needs a token to predict
         return starts[ok], (ends - starts)[ok]
 
-    def rows(self, valid: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(start, length) of every whole training (or held-out) review."""
-        keep = np.flatnonzero(self.valid == valid)
-        return self.offsets[keep], np.diff(self.offsets)[keep]
-
     def gather(self, starts: np.ndarray, lens: np.ndarray) -> TokenIds:
         offsets = np.zeros(lens.size + 1, dtype=np.int64)
         np.cumsum(lens, out=offsets[1:])
@@ -445,12 +440,13 @@ def pretrain(
     params = _init_params(ec, store.counts, pc.seed)
     if pc.word_vectors > 0 and state is None:
         t0 = time.perf_counter()
-        text = store.gather(*store.rows(valid=False))
+        # every review in place in the token store (a memory map): the held-out ones skipped
         params["embedding"] = word_vectors(
-            text, ec.vocab_size, ec.embed_dim, pc.word_vectors, pc.seed
-        )
-        emit(WordVectorsDone(pc.word_vectors, text.nnz, time.perf_counter() - t0))
-        del text
+            TokenIds(store.offsets, store.ids), ec.vocab_size, ec.embed_dim, pc.word_vectors,
+            pc.seed, skip=store.valid,
+        )  # fmt: skip
+        n_tokens = int(store.ids.size - np.diff(store.offsets)[store.valid].sum())
+        emit(WordVectorsDone(pc.word_vectors, n_tokens, time.perf_counter() - t0))
     sampler = UnigramSampler(store.counts)
     optimizer = make_optimizer("adam", params, pc.lr, 0.0)
     batches_per_epoch = math.ceil(starts.size / pc.batch_size)

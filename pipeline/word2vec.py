@@ -45,22 +45,9 @@ def _next(state):  # pragma: no cover
 
 @numba.njit(cache=True, fastmath=True, error_model="numpy")
 def _sgns(
-    ids,
-    offsets,
-    first,
-    last,
-    keep,
-    table,
-    syn0,
-    syn1,
-    window,
-    negative,
-    lr0,
-    done0,
-    stride,
-    total,
-    state,
-):  # pragma: no cover
+    ids, offsets, skip, first, last, keep, table, syn0, syn1, window, negative, lr0, done0,
+    stride, total, state,
+):  # pragma: no cover  # fmt: skip
     # One thread's pass over sentences first..last-1 on its own copy (syn0, syn1). done0 is
     # the run's progress when the pass starts and stride the number of threads, so the
     # learning rate decays as if the threads' words were one stream. Returns the new state.
@@ -70,6 +57,8 @@ def _sgns(
     done = 0
     lr = lr0
     for s in range(first, last):
+        if skip[s]:
+            continue
         # the sentence, subsampled: frequent words are kept with probability keep[w]
         m = 0
         for k in range(offsets[s], offsets[s + 1]):
@@ -122,14 +111,15 @@ def _sgns(
 
 @numba.njit(cache=True, parallel=True)
 def _round(
-    ids, offsets, bounds, keep, table, syn0s, syn1s, window, negative, lr0, done0, total, states
-):  # pragma: no cover
+    ids, offsets, skip, bounds, keep, table, syn0s, syn1s, window, negative, lr0, done0, total,
+    states,
+):  # pragma: no cover  # fmt: skip
     # every thread trains its own copy on its own slice of the round's sentences
     n_threads = syn0s.shape[0]
     for t in numba.prange(n_threads):
         states[t] = _sgns(
-            ids, offsets, bounds[t], bounds[t + 1], keep, table, syn0s[t], syn1s[t], window,
-            negative, lr0, done0, n_threads, total, states[t],
+            ids, offsets, skip, bounds[t], bounds[t + 1], keep, table, syn0s[t], syn1s[t],
+            window, negative, lr0, done0, n_threads, total, states[t],
         )  # fmt: skip
 
 
@@ -158,22 +148,30 @@ def word_vectors(
     sample: float = 1e-3,
     lr: float = 0.025,
     threads: int | None = None,
+    skip: np.ndarray | None = None,
 ) -> np.ndarray:
     """Skip-gram word vectors float32 [``vocab_size``, ``dim``] learned from ``tokens``.
 
     Parameters: ``tokens`` the text as token ids (untruncated: every token is context);
     ``vocab_size`` V; ``dim`` the vectors' size (the embedding's E); ``epochs`` passes over
     the text; ``seed``; ``window``, ``negative``, ``sample``, ``lr`` as in word2vec;
-    ``threads`` the copies trained side by side (None: Numba's thread count).
+    ``threads`` the copies trained side by side (None: Numba's thread count); ``skip``
+    bool per sequence, True for those to leave out (held-out text). ``tokens.ids`` may be a
+    memory map: it is read in place, never copied.
 
     Returns the input vectors. Rows of ids that never occur (padding, OOV, unseen words)
     keep word2vec's small uniform initialisation; the padding row is zero.
 
     Example: ``emb = word_vectors(tok.encode(texts), tok.vocab_size, 128)``.
     """
-    ids = np.ascontiguousarray(tokens.ids, dtype=np.int64)
-    offsets = np.ascontiguousarray(tokens.offsets, dtype=np.int64)
-    counts = np.bincount(ids, minlength=vocab_size).astype(np.float64)
+    ids, offsets = tokens.ids, tokens.offsets  # int32 (perhaps a memory map), int64
+    n = offsets.size - 1
+    skip = np.zeros(n, dtype=np.bool_) if skip is None else np.asarray(skip, dtype=np.bool_)
+    counts = np.zeros(vocab_size, dtype=np.float64)
+    for a in range(0, ids.size, 1 << 24):  # in chunks: a memory map is never read whole
+        counts += np.bincount(np.asarray(ids[a : a + (1 << 24)]), minlength=vocab_size)
+    for r in np.flatnonzero(skip):
+        counts -= np.bincount(np.asarray(ids[offsets[r] : offsets[r + 1]]), minlength=vocab_size)
     counts[[PAD_ID, OOV_ID]] = 0.0
     total_words = counts.sum()
     rng = np.random.default_rng(seed)
@@ -202,20 +200,22 @@ def word_vectors(
     states = (np.uint64(seed) * np.uint64(2654435761) + np.arange(1, n_threads + 1)).astype(
         np.uint64
     )
-    n = offsets.size - 1
-    total = float(ids.size) * epochs
+    skipped = int((offsets[1:] - offsets[:-1])[skip].sum())
+    total = float(ids.size - skipped) * epochs
     done = 0
     table = table.astype(np.int64)
     for _ in range(epochs):
         for r in range(_ROUNDS):
             first, last = n * r // _ROUNDS, n * (r + 1) // _ROUNDS
             bounds = np.linspace(first, last, n_threads + 1).astype(np.int64)
-            _round(ids, offsets, bounds, keep, table, syn0s, syn1s, window, negative, lr,
-                   float(done), total, states)  # fmt: skip
+            _round(ids, offsets, skip, bounds, keep, table, syn0s, syn1s, window, negative,
+                   lr, float(done), total, states)  # fmt: skip
             if n_threads > 1:
                 _average(syn0s)
                 _average(syn1s)
-            done += int(offsets[last] - offsets[first])
+            done += int(offsets[last] - offsets[first]) - int(
+                (offsets[first + 1 : last + 1] - offsets[first:last])[skip[first:last]].sum()
+            )
     syn0 = syn0s[0]
     syn0[PAD_ID] = 0.0
     return syn0

@@ -131,3 +131,16 @@ def test_no_words_leaves_the_initialisation():
     init = ((rng.random((5, 4)) - 0.5) / 4).astype(np.float32)
     init[0] = 0
     assert np.array_equal(v, init)
+
+
+def test_skipped_sequences_teach_nothing():
+    base = _corpus(60)
+    extra = np.array([10, 11, 10, 11, 10])  # words only the skipped sequence holds
+    tokens = TokenIds(np.r_[base.offsets, base.offsets[-1] + extra.size],
+                      np.r_[base.ids, extra])  # fmt: skip
+    skip = np.zeros(len(tokens), dtype=bool)
+    skip[-1] = True
+    v = word_vectors(tokens, 12, 8, epochs=2, seed=0, threads=1, skip=skip)
+    untrained = word_vectors(TokenIds(np.zeros(1, np.int64), np.zeros(0, np.int32)), 12, 8, 2, 0)
+    np.testing.assert_array_equal(v[10:], untrained[10:])
+    assert not np.array_equal(v[2:10], untrained[2:10])
