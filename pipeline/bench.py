@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from pipeline import runtime
 from pipeline.kernels import gates, get_backend
 from pipeline.kernels.gemm import gemm as _gemm
 from pipeline.kernels.gemm import gemm_tn as _gemm_tn
@@ -35,19 +36,10 @@ class Shape:
 
 
 def peer_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """An environment for a peer's benchmark process (PyTorch), without rnnpipe's settings.
-
-    ``import pipeline`` sets OPENBLAS_THREAD_TIMEOUT and OMP_WAIT_POLICY (see
-    ``pipeline/__init__.py``); they would change how a peer's own thread pools wait, so the
-    peer gets the environment as the user had it.
-    """
-    import pipeline
-
-    env = dict(os.environ if env is None else env)
-    for key in pipeline.THREAD_ENV_SET:
-        env.pop(key, None)
-    env["RNNPIPE_THREAD_ENV"] = "0"
-    return env
+    """An environment for a peer's benchmark process (PyTorch), without rnnpipe's settings:
+    ``pipeline.runtime.peer_environment``, under the name ``bench_score.py`` and
+    ``bench_train.py`` import."""
+    return runtime.peer_environment(env)
 
 
 def machine_line() -> str:

@@ -11,12 +11,9 @@ traceback.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import json
-import os
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,12 +21,18 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from pipeline import runtime
+
+# A program, not a library: its runtime defaults (thread hand-over, CPU tuning) go into the
+# environment before the imports below load NumPy, which loads OpenBLAS, and Numba.
+runtime.apply_defaults()
+
 # the defaults live once, in the config dataclasses; every option below reads them there
-from pipeline.config import EncoderConfig as _E
-from pipeline.config import ModelConfig as _M
-from pipeline.config import PretrainConfig as _P
-from pipeline.config import TrainConfig as _T
-from pipeline.errors import DeviceError, RnnpipeError
+from pipeline.config import EncoderConfig as _E  # noqa: E402
+from pipeline.config import ModelConfig as _M  # noqa: E402
+from pipeline.config import PretrainConfig as _P  # noqa: E402
+from pipeline.config import TrainConfig as _T  # noqa: E402
+from pipeline.errors import RnnpipeError  # noqa: E402
 
 
 def _is_a(exc: BaseException, name: str) -> bool:
@@ -105,38 +108,16 @@ def _expected_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _backend(device: str) -> str:
-    """Map --device to a kernel backend name."""
-    from pipeline.kernels import cuda_available
-
-    if device == "auto":
-        return "cuda" if cuda_available() and _cuda_backend_present() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device == "cuda":
-        if not cuda_available():
-            raise DeviceError("--device cuda: no CUDA GPU is available here; use --device cpu")
-        if not _cuda_backend_present():
-            raise DeviceError("--device cuda: this build of rnnpipe has no CUDA kernels yet")
-        return "cuda"
-    raise DeviceError(f"unknown device {device!r}: expected cpu, cuda or auto")
-
-
-def _cuda_backend_present() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("pipeline.kernels.cuda") is not None
+    """Map --device to a kernel backend name (``pipeline.runtime.resolve_backend``)."""
+    return runtime.resolve_backend(device)
 
 
 def _threads(n: int) -> None:
-    from pipeline.kernels.threads import set_threads
-
-    set_threads(n or None)
+    runtime.set_threads(n or None)
 
 
 def _load_model(path: Path, device: str):
-    from pipeline.model import Model
-
-    return Model.load(path, backend=_backend(device))
+    return runtime.load_model(path, device)
 
 
 # ----------------------------------------------------------------------------------- train
@@ -659,43 +640,13 @@ def job_validate(spec: JobSpecArg) -> None:
     )
 
 
-FAST_EXIT_ENV = "RNNPIPE_FAST_EXIT"  # 0: leave through the interpreter's full teardown
-
-
 def main() -> None:
-    """Console entry point.
-
-    When the command is done, the process leaves without the interpreter's teardown: atexit
-    handlers run (Ray's shutdown, logging's flush) and stdout/stderr are flushed, then
-    ``os._exit`` skips freeing every module, the model and Numba's compiled code one object
-    at a time, which took about 0.3 s of a 1.5 s ``rnnpipe score`` on one row. Outputs are
-    complete and renamed before the command returns, so nothing is lost.
-    ``RNNPIPE_FAST_EXIT=0`` exits the usual way.
-    """
+    """Console entry point: run the app, then leave at once (``pipeline.runtime.leave``:
+    atexit handlers and a flush, then ``os._exit``; ``RNNPIPE_FAST_EXIT=0`` exits the usual
+    way)."""
     try:
         app()
     except SystemExit as exc:
-        _leave(exc.code)
+        runtime.leave(exc.code)
         raise
-    _leave(0)
-
-
-def _leave(code: object) -> None:
-    """Exit at once with ``code`` after atexit handlers and a flush; return (and let Python
-    exit as usual) when disabled, for a message code, or while other threads still run."""
-    if os.environ.get(FAST_EXIT_ENV, "1") == "0":
-        return
-    if code is None:
-        code = 0
-    if isinstance(code, bool) or not isinstance(code, int):
-        return  # sys.exit("message"): Python prints it
-    main_thread = threading.main_thread()
-    if any(t is not main_thread and t.is_alive() and not t.daemon for t in threading.enumerate()):
-        return  # Python waits for them; so do we
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more to say
-            pass
-    os._exit(code)
+    runtime.leave(0)

@@ -55,7 +55,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipeline import io
+from pipeline import io, runtime
 from pipeline.errors import ConfigError, InputError, RnnpipeError, RunError
 
 __all__ = [
@@ -78,7 +78,7 @@ __all__ = [
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_TERMINATED = 0, 1, 2, 3, 143
 MANIFEST_VERSION = 1
-DEVICES = ("cpu", "cuda", "auto")
+DEVICES = runtime.DEVICES
 ENGINES = ("local", "ray")
 STATE_DIR_NAME = ".rnnpipe-job"
 MANIFEST_FILE, LOCK_FILE, LOG_FILE = "manifest.json", "lock", "log.jsonl"
@@ -512,22 +512,10 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def _backend(device: str) -> str:
-    """The kernel backend for a spec's ``device`` (``auto``: CUDA when a GPU is there)."""
-    if device == "auto":
-        from pipeline.kernels import cuda_available
-
-        return "cuda" if cuda_available() else "cpu"
-    return device
-
-
 def _load_model(spec: JobSpec):
-    """The job's model on its backend. Raises ModelFormatError, or DeviceError (no GPU)."""
-    from pipeline.model import Model
-
-    model = Model.load(spec.model, backend=_backend(spec.device))
-    model.kernels  # noqa: B018  (binds the backend now: a missing GPU fails the run, not each file)
-    return model
+    """The job's model on its device, bound now: a missing GPU fails the run, not each file.
+    Raises ModelFormatError, or DeviceError."""
+    return runtime.load_model(spec.model, spec.device)
 
 
 def _model_fingerprint(spec: JobSpec) -> str:
@@ -665,8 +653,6 @@ def run_job(spec: JobSpec, log: TextIO | None = None, echo: bool = True) -> RunR
 
 def _run_locked(spec: JobSpec, emit: _JobLog, report: RunReport) -> None:
     """The body of a run, with the lock held. Raises RnnpipeError for run-level failures."""
-    from pipeline.kernels.threads import set_threads
-
     removed = _remove_stray_temps(spec.output, spec.state_dir)
     report.temp_files_removed = len(removed)
     emit(
@@ -680,7 +666,7 @@ def _run_locked(spec: JobSpec, emit: _JobLog, report: RunReport) -> None:
     manifest = _read_manifest(spec.state_dir)
     manifest["job"] = spec.name
     entries: dict[str, dict[str, Any]] = manifest["inputs"]
-    set_threads(spec.threads)
+    runtime.set_threads(spec.threads)
     model = _load_model(spec)
     fingerprint = model.fingerprint()
     score = _scorer(spec)

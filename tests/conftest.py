@@ -11,10 +11,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import pytest
+from pipeline import runtime
+
+# The suite runs rnnpipe as its CLI does: the runtime defaults (thread hand-over, CPU tuning)
+# are in the environment before NumPy and Numba load, here and in every child process.
+runtime.apply_defaults()
+
+# isort: split
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
 
 SEED = 20240611
 

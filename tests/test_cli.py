@@ -331,8 +331,8 @@ def _blas_threads() -> list[int]:
 def test_threads_holds_numba_and_blas_to_n_inside_the_run(trained, tmp_path, monkeypatch):
     import numba
 
-    from pipeline.kernels.threads import set_threads
     from pipeline.model import Model
+    from pipeline.runtime import set_threads
 
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("one core: --threads 1 would change nothing")

@@ -345,7 +345,7 @@ def test_actor_scores_a_batch_in_chunks_with_the_same_result(tmp_path):
     # chunk and not Ray's (large) batch; chunking must not change a single value.
     import numba
 
-    from pipeline.kernels.threads import set_threads
+    from pipeline.runtime import set_threads
 
     model = make_model(classes=("a", "b", "c"))
     model_dir = model.save(tmp_path / "model")

@@ -1,4 +1,5 @@
-"""What ``import pipeline`` sets in the environment before NumPy and Numba load."""
+"""Runtime defaults (``pipeline.runtime``): what the CLI sets in the environment before NumPy
+and Numba load, what importing the library leaves alone, and how each part opts out."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import sys
 import llvmlite.binding as ll
 import pytest
 
-import pipeline
-from pipeline import bench
+from pipeline import runtime
 
 
 class _Features:
@@ -36,17 +36,17 @@ def _host(monkeypatch, flat: str) -> None:
 def test_avx512_hosts_get_their_own_features_with_wide_vectors(clean_env):
     _host(clean_env, "+avx2,+avx512f,+fma")
     wide = "+avx2,+avx512f,+fma,-prefer-256-bit"
-    assert pipeline._wide_vectors() == wide
+    assert runtime.wide_vectors() == wide
     env: dict[str, str] = {}
-    assert pipeline._tune_cpu(env) == ["NUMBA_CPU_FEATURES", pipeline.CPU_MARK]
-    assert env == {"NUMBA_CPU_FEATURES": wide, pipeline.CPU_MARK: wide}
+    assert runtime.tune_cpu(env) == ["NUMBA_CPU_FEATURES", runtime.CPU_MARK]
+    assert env == {"NUMBA_CPU_FEATURES": wide, runtime.CPU_MARK: wide}
 
 
 def test_hosts_without_avx512_keep_numbas_default(clean_env):
     _host(clean_env, "+avx2,-avx512f,+fma")
-    assert pipeline._wide_vectors() is None
+    assert runtime.wide_vectors() is None
     env: dict[str, str] = {}
-    assert pipeline._tune_cpu(env) == [] and env == {}
+    assert runtime.tune_cpu(env) == [] and env == {}
 
 
 def test_a_users_own_cpu_setting_wins(clean_env):
@@ -54,22 +54,22 @@ def test_a_users_own_cpu_setting_wins(clean_env):
     for env in (
         {"NUMBA_CPU_NAME": "generic"},
         {"NUMBA_CPU_FEATURES": "+avx2"},
-        {"NUMBA_CPU_FEATURES": "+avx2", pipeline.CPU_MARK: "+avx512f,-prefer-256-bit"},
+        {"NUMBA_CPU_FEATURES": "+avx2", runtime.CPU_MARK: "+avx512f,-prefer-256-bit"},
     ):
         before = dict(env)
-        assert pipeline._tune_cpu(env) == [] and env == before
+        assert runtime.tune_cpu(env) == [] and env == before
 
 
 def test_a_setting_inherited_from_rnnpipe_is_made_again_for_this_host(clean_env):
     # an environment passed on from a process on another CPU: its features are not this one's
     other = "+avx512f,+amx-tile,-prefer-256-bit"
     _host(clean_env, "+avx2,+avx512f")
-    env = {"NUMBA_CPU_FEATURES": other, pipeline.CPU_MARK: other}
-    pipeline._tune_cpu(env)
-    assert env["NUMBA_CPU_FEATURES"] == env[pipeline.CPU_MARK] == "+avx2,+avx512f,-prefer-256-bit"
+    env = {"NUMBA_CPU_FEATURES": other, runtime.CPU_MARK: other}
+    runtime.tune_cpu(env)
+    assert env["NUMBA_CPU_FEATURES"] == env[runtime.CPU_MARK] == "+avx2,+avx512f,-prefer-256-bit"
     _host(clean_env, "+avx2,-avx512f")
-    env = {"NUMBA_CPU_FEATURES": other, pipeline.CPU_MARK: other, "PATH": "/bin"}
-    assert pipeline._tune_cpu(env) == [] and env == {"PATH": "/bin"}
+    env = {"NUMBA_CPU_FEATURES": other, runtime.CPU_MARK: other, "PATH": "/bin"}
+    assert runtime.tune_cpu(env) == [] and env == {"PATH": "/bin"}
 
 
 def test_no_host_information_keeps_numbas_default(clean_env):
@@ -77,43 +77,81 @@ def test_no_host_information_keeps_numbas_default(clean_env):
         raise RuntimeError("no host CPU information")
 
     clean_env.setattr(ll, "get_host_cpu_features", fail)
-    assert pipeline._wide_vectors() is None
+    assert runtime.wide_vectors() is None
 
 
 def _child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_CPU", "RNNPIPE_"))}
-    for key in pipeline.THREAD_ENV:
+    for key in runtime.THREAD_ENV:
         env.pop(key, None)
     env.update(extra)
     return env
 
 
-def _environment_after_import(env: dict[str, str]) -> dict[str, str | None]:
+KEYS = ["NUMBA_CPU_FEATURES", *runtime.THREAD_ENV]
+
+# The environment in force when NumPy and then Numba are first imported: what they read.
+_PROBE = f"""
+import json, os, sys
+seen = {{}}
+class Probe:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("numpy", "numba") and name not in seen:
+            seen[name] = {{k: os.environ.get(k) for k in {KEYS!r}}}
+sys.meta_path.insert(0, Probe())
+"""
+
+
+def _environment_at_load(env: dict[str, str], imports: str) -> dict[str, dict]:
+    """``{"numpy": env, "numba": env, "after": env}`` in a child that runs ``imports``."""
     code = (
-        "import json, os, pipeline; keys = ['NUMBA_CPU_FEATURES', *pipeline.THREAD_ENV]; "
-        "print(json.dumps({k: os.environ.get(k) for k in keys}))"
+        _PROBE
+        + imports
+        + f"\nseen['after'] = {{k: os.environ.get(k) for k in {KEYS!r}}}\nprint(json.dumps(seen))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    return json.loads(out.stdout)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_import_sets_the_environment_and_each_part_opts_out():
-    wide = pipeline._wide_vectors()  # this host's answer
-    got = _environment_after_import(_child_env())
-    assert got["OPENBLAS_THREAD_TIMEOUT"] == "4" and got["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert got["NUMBA_CPU_FEATURES"] == wide  # None on hosts without AVX-512
+CLI = "import pipeline.cli\nimport numba"  # what `rnnpipe` and `python -m pipeline` import first
 
-    got = _environment_after_import(_child_env(RNNPIPE_CPU_TUNING="0"))
+
+def test_the_cli_sets_the_environment_before_numpy_and_numba_load():
+    wide = runtime.wide_vectors()  # this host's answer
+    got = _environment_at_load(_child_env(), CLI)
+    for lib in ("numpy", "numba"):
+        assert got[lib]["OPENBLAS_THREAD_TIMEOUT"] == "4", lib
+        assert got[lib]["OMP_WAIT_POLICY"] == "PASSIVE", lib
+        assert got[lib]["NUMBA_CPU_FEATURES"] == wide, lib  # None on hosts without AVX-512
+
+
+def test_each_part_of_the_defaults_opts_out():
+    got = _environment_at_load(_child_env(RNNPIPE_CPU_TUNING="0"), CLI)["numba"]
     assert got["NUMBA_CPU_FEATURES"] is None and got["OMP_WAIT_POLICY"] == "PASSIVE"
 
-    got = _environment_after_import(_child_env(RNNPIPE_THREAD_ENV="0", OMP_WAIT_POLICY="ACTIVE"))
+    env = _child_env(RNNPIPE_THREAD_ENV="0", OMP_WAIT_POLICY="ACTIVE")
+    got = _environment_at_load(env, CLI)["numpy"]
     assert got["OPENBLAS_THREAD_TIMEOUT"] is None and got["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
-def test_a_peers_environment_has_none_of_what_the_import_set():
-    set_here = {key: "x" for key in pipeline.THREAD_ENV_SET}
-    env = bench.peer_env({"PATH": "/bin", **set_here})
-    assert env["RNNPIPE_THREAD_ENV"] == "0"
-    assert not set(set_here) & set(env)
+def test_importing_the_library_changes_no_environment():
+    library = "import pipeline, pipeline.model, pipeline.score, pipeline.jobs, pipeline.train"
+    got = _environment_at_load(_child_env(), library)
+    assert got["after"] == dict.fromkeys(KEYS)
+    # a library user opts in, before NumPy loads
+    got = _environment_at_load(
+        _child_env(), "from pipeline import runtime\nruntime.apply_defaults()\n" + library
+    )
+    assert got["numpy"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert got["numba"]["NUMBA_CPU_FEATURES"] == runtime.wide_vectors()
+
+
+def test_a_peers_environment_has_none_of_what_the_defaults_set(monkeypatch):
+    for key in ("RNNPIPE_THREAD_ENV", "RNNPIPE_CPU_TUNING", runtime.CPU_MARK, *KEYS):
+        monkeypatch.delenv(key, raising=False)  # restored after the test
+    set_here = runtime.apply_defaults()
+    assert set(runtime.THREAD_ENV) <= set(set_here)
+    env = runtime.peer_environment({"PATH": "/bin", **{k: os.environ[k] for k in set_here}})
+    assert env == {"PATH": "/bin", "RNNPIPE_THREAD_ENV": "0"}

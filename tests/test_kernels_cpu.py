@@ -7,7 +7,7 @@ import pytest
 from kernel_cases import layer_params, ragged_batch
 
 from pipeline.kernels import cpu, reference
-from pipeline.kernels.threads import set_threads
+from pipeline.runtime import set_threads
 
 CELLS = ["lstm", "gru", "rnn"]
 MODES = ["last", "max", "mean"]

@@ -68,7 +68,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import errors, io
+from pipeline import errors, io, runtime
 from pipeline.errors import ConfigError, RnnpipeError, RunError
 
 if TYPE_CHECKING:  # the modules that load Numba are imported where used (see the docstring)
@@ -78,8 +78,8 @@ if TYPE_CHECKING:  # the modules that load Numba are imported where used (see th
 __all__ = ["MISSING_RAY", "NUMBA_CACHE_ENV", "RAY_VERBOSE_ENV", "score_on_ray"]
 
 MISSING_RAY = "the ray engine needs the ray extra: pip install 'rnnpipe[ray]'"
-NUMBA_CACHE_ENV = "RNNPIPE_RAY_NUMBA_CACHE_DIR"
-RAY_VERBOSE_ENV = "RNNPIPE_RAY_VERBOSE"  # 1: leave Ray's INFO logging on
+NUMBA_CACHE_ENV = runtime.RAY_NUMBA_CACHE_ENV  # read by runtime.ray_numba_cache_dir
+RAY_VERBOSE_ENV = runtime.RAY_VERBOSE_ENV  # 1: leave Ray's INFO logging on
 # the per-row "null or empty text" flag travels beside the output columns and is dropped
 # by the driver; a kept column of that name is refused
 _NULL_FLAG = "__rnnpipe_null_text__"
@@ -154,7 +154,7 @@ def score_on_ray(
             f"model directory {model_dir} holds another model than the one given: pass the "
             "directory the model was loaded from"
         )
-    cache_dir = numba_cache_dir if numba_cache_dir is not None else os.environ.get(NUMBA_CACHE_ENV)
+    cache_dir = numba_cache_dir if numba_cache_dir is not None else runtime.ray_numba_cache_dir()
 
     # 1. plan on the driver, exactly as the local engine does
     model = _score._bind_backend(model, options.backend)
@@ -229,7 +229,7 @@ def _quiet_ray_logs() -> Iterator[None]:
     the driver for the run: the summary and progress bar say what a user needs. Warnings and
     errors still show, except the notice that Ray's own progress bars are off (rnnpipe turns
     them off: it shows its own). ``RNNPIPE_RAY_VERBOSE=1`` keeps Ray's logging and bars."""
-    if _ray_verbose():
+    if runtime.ray_verbose():
         yield
         return
     levels = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}
@@ -246,13 +246,9 @@ def _quiet_ray_logs() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-def _ray_verbose() -> bool:
-    return os.environ.get(RAY_VERBOSE_ENV, "") not in ("", "0")
-
-
 def _init_ray(ray: Any, address: str | None) -> None:
     kwargs: dict[str, Any] = {"address": address}
-    if not _ray_verbose():
+    if not runtime.ray_verbose():
         kwargs["logging_level"] = logging.WARNING  # no "Started a local Ray instance" etc.
     if address is None and not os.environ.get("RAY_ADDRESS"):
         # a cluster started here: no dashboard (a few hundred MB for nothing on a batch run)
@@ -302,7 +298,7 @@ def _run_group(
     )
     # a dataset seals a copy of the context when it is created, so all are undone below
     ctx.execution_options.preserve_order = True
-    if not _ray_verbose():
+    if not runtime.ray_verbose():
         # rnnpipe's own bar counts rows as they are written; Ray's would draw over it
         ctx.enable_progress_bars = False
     if saved[1] is not None:
@@ -587,14 +583,13 @@ class _Scorer:
         cache_dir: str | None,
         chunk_rows: int = 8192,
     ) -> None:
-        cache_dir = cache_dir or os.environ.get(NUMBA_CACHE_ENV)
+        cache_dir = cache_dir or runtime.ray_numba_cache_dir()
         if cache_dir:
             _use_cache_dir(cache_dir)
         from pipeline import score as _score
-        from pipeline.kernels.threads import set_threads
         from pipeline.model import Model as _Model
 
-        set_threads(threads)
+        runtime.set_threads(threads)
         self._score = _score
         self.model = _Model.load(model_dir, backend=backend)
         if self.model.fingerprint() != fingerprint:

@@ -23,7 +23,7 @@ How it is fast:
   which x86 CPUs compute slowly (LSTM training 1.15x faster, scratch A/B).
 
 The kernels call no BLAS, and the large products around them run on NumPy's BLAS with the
-same thread count as Numba (``pipeline.kernels.threads.set_threads`` sets both), so the two
+same thread count as Numba (``pipeline.runtime.set_threads`` sets both), so the two
 thread pools never multiply.
 """
 

@@ -35,7 +35,8 @@ and device; an lstm's hidden size is at most 1536 (the shared state must fit 48 
 Block sizes (``THREADS``, ``ROWS``, ``TILE``, and ``SPLIT_K`` for the parts of a product
 split over k) are fixed on a GPU; under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) they
 can be made small with ``RNNPIPE_CUDA_THREADS``, ``RNNPIPE_CUDA_ROWS``, ``RNNPIPE_CUDA_TILE``
-and ``RNNPIPE_CUDA_SPLIT_K`` so tiny test inputs span several blocks.
+and ``RNNPIPE_CUDA_SPLIT_K`` (``pipeline.runtime.cuda_block_sizes``) so tiny test inputs span
+several blocks.
 They are not read on a GPU because compiled kernels are cached on disk and the cache does
 not record the values of such constants.
 
@@ -50,20 +51,11 @@ Example::
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-# numba-cuda (0.30.4 and before) registers a typing overload for np.row_stack when its CUDA
-# target is first used, and NumPy 2.5 removed that alias of np.vstack: every kernel launch
-# then fails with AttributeError (NVIDIA/numba-cuda#907, which upstream does not plan to
-# fix). Restoring the alias, only where it is missing, lets the same install run.
-if not hasattr(np, "row_stack"):
-    np.row_stack = np.vstack  # noqa: NPY201
-
-from numba import cuda, float32
-
+from pipeline import runtime
 from pipeline.kernels import accumulator, gates, hs_gradient
 from pipeline.kernels.reference import (
     _check_infer_args,
@@ -75,6 +67,12 @@ from pipeline.kernels.reference import (
 )
 from pipeline.kernels.rows import check_rows, sum_by_row
 
+# This module is imported when the CUDA backend is bound (get_backend("cuda")): only then is
+# NumPy given back the np.row_stack that numba-cuda needs, before its CUDA target is used.
+runtime.numpy_for_numba_cuda()
+
+from numba import cuda, float32  # noqa: E402
+
 __all__ = [
     "fold_table",
     "layer_backward",
@@ -85,21 +83,14 @@ __all__ = [
 ]
 
 F32 = np.float32
-SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
-
-
-def _block_size(name: str, default: int) -> int:
-    """A block-size constant: ``default`` on a GPU, overridable by env under the simulator."""
-    if not SIMULATOR:
-        return default
-    return max(1, int(os.environ.get(name, default)))
-
-
-THREADS = _block_size("RNNPIPE_CUDA_THREADS", 128)  # threads per block of 1-D kernels, and
+SIMULATOR = runtime.cuda_simulator()
+# fixed on a GPU; smaller under the simulator with RNNPIPE_CUDA_<NAME> (runtime.cuda_block_sizes)
+_BLOCKS = runtime.cuda_block_sizes({"THREADS": 128, "ROWS": 4, "TILE": 16, "SPLIT_K": 512})
+THREADS = _BLOCKS["THREADS"]  # threads per block of 1-D kernels, and
 # threads along the hidden units of a recurrence block
-ROWS = _block_size("RNNPIPE_CUDA_ROWS", 4)  # sequences per recurrence block
-TILE = _block_size("RNNPIPE_CUDA_TILE", 16)  # edge of a matrix-product tile
-SPLIT_K = _block_size("RNNPIPE_CUDA_SPLIT_K", 512)  # k per part when a product splits over k
+ROWS = _BLOCKS["ROWS"]  # sequences per recurrence block
+TILE = _BLOCKS["TILE"]  # edge of a matrix-product tile
+SPLIT_K = _BLOCKS["SPLIT_K"]  # k per part when a product splits over k
 SHARED_BYTES = 48 * 1024  # dynamic shared memory a block may use without opting in
 
 _ZERO = F32(0.0)

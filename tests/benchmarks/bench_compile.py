@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHILD = r"""
 import json, time
 t0 = time.perf_counter()
+from pipeline import runtime
+runtime.apply_defaults()  # as the CLI runs: Numba compiles for this CPU's features
 import numpy as np
 from pipeline.kernels import cpu
 t_import = time.perf_counter() - t0

@@ -30,7 +30,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def child(hidden: int) -> None:
     sys.path.insert(0, str(REPO))
-    import pipeline  # noqa: F401  (before NumPy and Numba: it sets their environment)
+    from pipeline import runtime
+
+    runtime.apply_defaults()  # before NumPy and Numba: their environment, as the CLI sets it
 
     # isort: split
     import numpy as np

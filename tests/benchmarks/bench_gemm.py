@@ -21,8 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-# pipeline before NumPy: its import sets the thread environment OpenBLAS reads at load
-import pipeline  # noqa: E402, F401
+# rnnpipe's runtime defaults before NumPy: the thread environment OpenBLAS reads at load
+from pipeline import runtime  # noqa: E402
+
+runtime.apply_defaults()
 
 # isort: split
 import numpy as np  # noqa: E402

@@ -35,9 +35,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from pipeline import runtime  # noqa: E402
+
+runtime.apply_defaults()  # as the CLI runs: before NumPy and Numba load
+
+# isort: split
+import numpy as np  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

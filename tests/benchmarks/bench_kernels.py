@@ -39,17 +39,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-# pipeline before NumPy: its import sets OPENBLAS_THREAD_TIMEOUT, which OpenBLAS reads when
-# NumPy loads it. Without it OpenBLAS's idle threads spin for about 0.1 s after every
+# rnnpipe's runtime defaults before NumPy: OPENBLAS_THREAD_TIMEOUT is read when NumPy loads
+# OpenBLAS. Without it OpenBLAS's idle threads spin for about 0.1 s after every
 # multi-threaded product and take a core from whatever runs next (here: the PyTorch peer).
-import pipeline  # noqa: E402, F401
+from pipeline import runtime  # noqa: E402
+
+runtime.apply_defaults()
 
 # isort: split
 import numpy as np  # noqa: E402
 
 from pipeline import bench  # noqa: E402
 from pipeline.kernels import gates  # noqa: E402
-from pipeline.kernels.threads import set_threads  # noqa: E402
 
 
 def imdb_reviews(cap: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
@@ -189,7 +190,11 @@ class Peer:
         cmd += ["--cap", str(args.cap), "--cells", args.cells]
         self._json = json
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=bench.peer_env()
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=runtime.peer_environment(),
         )
         first = self.proc.stdout.readline()
         if not first:
@@ -222,7 +227,7 @@ def main() -> None:
         serve_peer(args)
         return
 
-    set_threads(args.threads)
+    runtime.set_threads(args.threads)
     r_offsets, r_ids, src = imdb_reviews(args.cap, 4096)
     lengths = np.diff(r_offsets)
     peer = None

@@ -237,8 +237,8 @@ def _self_peak_mb() -> float:
 
 
 def child_local(spec: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.kernels.threads import set_threads
     from pipeline.model import Model
+    from pipeline.runtime import set_threads
     from pipeline.score import ScoreOptions, score
 
     threads = set_threads(spec["threads"])
@@ -257,8 +257,8 @@ def child_ray(spec: dict[str, Any]) -> dict[str, Any]:
     import ray
 
     from pipeline.engines.ray import score_on_ray
-    from pipeline.kernels.threads import set_threads
     from pipeline.model import Model
+    from pipeline.runtime import set_threads
     from pipeline.score import ScoreOptions
 
     set_threads(spec["threads"])  # the driver's own warm-up and planning

@@ -35,6 +35,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# The benchmarks measure rnnpipe as its CLI runs it: a benchmark that imports this module
+# gets rnnpipe's runtime defaults in its environment before it loads Numba, and its child
+# processes inherit them (bench_score.py and bench_train.py rely on this).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from pipeline import runtime  # noqa: E402
+
+runtime.apply_defaults()
+
 GEN_DIR = Path(__file__).resolve().parent / "_gen"
 SOURCE_NAME = "imdb_unsup.parquet"
 SOURCE_COLUMN = "review"
