@@ -62,42 +62,6 @@ POOL_MODES = ("last", "max", "mean")
 BACKENDS = ("reference", "cpu", "cuda")
 
 
-def accumulator(out, shape: tuple[int, ...]):
-    """``out`` checked as an array a backend adds into (``pool_backward(..., out=)``): a
-    C-contiguous float32 NumPy array of ``shape``; ValueError otherwise."""
-    import numpy as np
-
-    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError("out must be a C-contiguous float32 NumPy array")
-    if out.shape != tuple(shape):
-        raise ValueError(f"out must have shape {tuple(shape)}, got {out.shape}")
-    return out
-
-
-def hs_gradient(dhs, d_final, offsets, reverse: bool, shape: tuple[int, int], dtype):
-    """``layer_backward``'s two gradient arguments checked and merged into one dense dL/dhs
-    of ``shape`` [nnz, H] (a new array when ``d_final`` is given): ``d_final`` [n, H] is
-    added at each non-empty sequence's final step. ValueError on a wrong shape."""
-    import numpy as np
-
-    if dhs is None:
-        dhs = np.zeros(shape, dtype)
-    else:
-        dhs = np.asarray(dhs)
-        if dhs.shape != tuple(shape):
-            raise ValueError(f"dhs must be [nnz, H]={list(shape)} like hs, got {dhs.shape}")
-        dhs = dhs.astype(dtype, copy=d_final is not None)
-    if d_final is not None:
-        d_final = np.asarray(d_final)
-        n = offsets.size - 1
-        if d_final.shape != (n, shape[1]):
-            raise ValueError(f"d_final must be [n, H]=[{n}, {shape[1]}], got {d_final.shape}")
-        ends = offsets[:-1] if reverse else offsets[1:] - 1
-        ran = offsets[1:] > offsets[:-1]
-        dhs[ends[ran]] += d_final[ran].astype(dtype, copy=False)
-    return dhs
-
-
 def gates(cell: str) -> int:
     """Number of gate blocks G for ``cell`` (4 lstm, 3 gru, 1 rnn)."""
     try:

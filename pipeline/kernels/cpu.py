@@ -33,7 +33,13 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from pipeline.kernels import POOL_MODES, accumulator, gates
+from pipeline.kernels import POOL_MODES, gates
+from pipeline.kernels.checks import (
+    accumulator,
+    check_input_weights,
+    check_recurrent,
+    foldable_bias,
+)
 from pipeline.kernels.fpmode import flush_subnormals, restore
 from pipeline.kernels.gemm import gemm as _gemm
 from pipeline.kernels.gemm import gemm_tn as _gemm_tn
@@ -255,23 +261,14 @@ def _as32(a: np.ndarray) -> np.ndarray:
 
 
 def _check(cell, W_ih, W_hh, b_ih, b_hh, E=None):
-    G = gates(cell)
-    H = W_hh.shape[1]
-    if W_hh.shape != (G * H, H) or b_ih.shape != (G * H,) or b_hh.shape != (G * H,):
-        raise ValueError(f"{cell}: W_hh must be ({G * H}, {H}) and biases ({G * H},)")
-    if W_ih is not None and (W_ih.ndim != 2 or W_ih.shape[0] != G * H):
-        raise ValueError(f"{cell}: W_ih must be ({G * H}, E), got {W_ih.shape}")
-    if E is not None and W_ih is not None and W_ih.shape[1] != E:
-        raise ValueError(f"{cell}: x has {E} features but W_ih expects {W_ih.shape[1]}")
+    G, H = check_recurrent(cell, W_hh, b_hh)
+    if W_ih is not None:
+        check_input_weights(cell, W_ih, b_ih, G, H, W_ih.shape[1] if E is None else E)
     return G, H
 
 
 def _folded_bias(cell: str, b_ih: np.ndarray, b_hh: np.ndarray) -> np.ndarray:
-    H = b_hh.shape[0] // gates(cell)
-    fold = b_hh.copy()
-    if cell == "gru":
-        fold[2 * H :] = 0  # b_hn stays inside the reset product
-    return b_ih + fold
+    return b_ih + foldable_bias(cell, b_hh)  # b_hn stays inside gru's reset product
 
 
 def _b_hn(cell: str, b_hh: np.ndarray, H: int) -> np.ndarray:

@@ -56,14 +56,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import runtime
-from pipeline.kernels import accumulator, gates, hs_gradient
-from pipeline.kernels.reference import (
-    _check_infer_args,
-    _check_input_weights,
-    _check_mode,
-    _check_offsets,
-    _check_recurrent,
-    _foldable_bias,
+from pipeline.kernels import gates
+from pipeline.kernels.checks import (
+    accumulator,
+    check_infer_args,
+    check_input_weights,
+    check_mode,
+    check_offsets,
+    check_recurrent,
+    foldable_bias,
+    hs_gradient,
 )
 from pipeline.kernels.rows import check_rows, sum_by_row
 
@@ -608,14 +610,14 @@ def _recur(cell, reverse, xsrc, rowmap, W_hh_d, b_hh, seq_d, nnz, keep, modes):
 
 def _check_layer(cell, x, offsets, W_ih, W_hh, b_ih, b_hh):
     """Validated (x, offsets, G, H) for ``layer_forward``; raises like the reference."""
-    G, H = _check_recurrent(cell, _float_arg(W_hh, "W_hh"), _host_float(b_hh, "b_hh"))
+    G, H = check_recurrent(cell, _float_arg(W_hh, "W_hh"), _host_float(b_hh, "b_hh"))
     _recurrent_block(cell, H, 1)  # before any copy: H must fit the kernels' shared memory
     x = _float_arg(x, "x")
     if x.ndim != 2:
         raise ValueError(f"x must be [nnz, E], got shape {x.shape}")
     W_ih = _float_arg(W_ih, "W_ih")
-    _check_input_weights(cell, W_ih, _host_float(b_ih, "b_ih"), G, H, x.shape[1])
-    return x, _check_offsets(offsets, x.shape[0]), G, H
+    check_input_weights(cell, W_ih, _host_float(b_ih, "b_ih"), G, H, x.shape[1])
+    return x, check_offsets(offsets, x.shape[0]), G, H
 
 
 # --------------------------------------------------------------------------- layer
@@ -684,7 +686,7 @@ def layer_forward(
     x_d = _dev(x, "x")
     W_ih_d = _dev(W_ih, "W_ih")
     # the input projection does not depend on the state: one product over all tokens
-    bias = cuda.to_device((b_ih + _foldable_bias(cell, b_hh)).astype(F32))
+    bias = cuda.to_device((b_ih + foldable_bias(cell, b_hh)).astype(F32))
     xproj = _matmul(x_d, W_ih_d, trans_b=True, bias=bias)  # (nnz, G*H)
     seq_d = _plan(offsets)
     W_hh_d = _dev(W_hh, "W_hh")
@@ -765,11 +767,11 @@ def layer_backward(
 
 
 def _pool_args(hs, offsets, mode):
-    _check_mode(mode)
+    check_mode(mode)
     hs = _host_float(hs, "hs")
     if hs.ndim != 2:
         raise ValueError(f"hs must be [nnz, H], got shape {hs.shape}")
-    return hs, _check_offsets(offsets, hs.shape[0])
+    return hs, check_offsets(offsets, hs.shape[0])
 
 
 def pool_forward(
@@ -872,10 +874,10 @@ def fold_table(
     if W_ih.ndim != 2 or W_ih.shape[0] % G != 0:
         raise ValueError(f"W_ih must be [G*H, E] with G={G} for {cell}, got {W_ih.shape}")
     H = W_ih.shape[0] // G
-    _check_input_weights(cell, W_ih, b_ih, G, H, emb.shape[1])
+    check_input_weights(cell, W_ih, b_ih, G, H, emb.shape[1])
     if b_hh.shape != (G * H,):
         raise ValueError(f"b_hh must be [G*H]=[{G * H}] for {cell}, got {b_hh.shape}")
-    bias = (b_ih.astype(F32) + _foldable_bias(cell, b_hh.astype(F32))).astype(F32)
+    bias = (b_ih.astype(F32) + foldable_bias(cell, b_hh.astype(F32))).astype(F32)
     table = _matmul(_dev(emb, "emb"), _dev(W_ih, "W_ih"), trans_b=True, bias=cuda.to_device(bias))
     return table.copy_to_host()
 
@@ -908,10 +910,10 @@ def layer_infer(
     """
     W_hh = _float_arg(W_hh, "W_hh")
     b_hh = _host_float(b_hh, "b_hh")
-    G, H = _check_recurrent(cell, W_hh, b_hh)
+    G, H = check_recurrent(cell, W_hh, b_hh)
     _recurrent_block(cell, H, 1)  # before any copy: H must fit the kernels' shared memory
     table = _float_arg(table, "table")
-    ids, offsets = _check_infer_args(cell, table, ids, offsets, modes, G, H)
+    ids, offsets = check_infer_args(cell, table, ids, offsets, modes, G, H)
     n = offsets.size - 1
     if n == 0:
         return np.zeros((0, len(modes) * H), F32)

@@ -22,8 +22,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import ConfigError
-from pipeline.kernels import POOL_MODES, gates, hs_gradient
+from pipeline.kernels import gates
+from pipeline.kernels.checks import (
+    check_infer_args,
+    check_input_weights,
+    check_mode,
+    check_offsets,
+    check_recurrent,
+    float_dtype,
+    foldable_bias,
+    hs_gradient,
+)
 from pipeline.kernels.rows import check_rows
 
 __all__ = [
@@ -34,75 +43,6 @@ __all__ = [
     "pool_backward",
     "pool_forward",
 ]
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _float_dtype(*arrays: np.ndarray) -> np.dtype:
-    """The common floating dtype of ``arrays``; ValueError if any is not floating."""
-    for a in arrays:
-        if not np.issubdtype(a.dtype, np.floating):
-            raise ValueError(f"expected floating arrays, got dtype {a.dtype}")
-    return np.result_type(*arrays)
-
-
-def _check_offsets(offsets: np.ndarray, nnz: int) -> np.ndarray:
-    """``offsets`` as int64[n+1], checked to start at 0, never decrease and end at ``nnz``."""
-    offsets = np.asarray(offsets)
-    if offsets.ndim != 1 or offsets.size < 1:
-        raise ValueError(f"offsets must be 1-D with n+1 >= 1 entries, got shape {offsets.shape}")
-    if not np.issubdtype(offsets.dtype, np.integer):
-        raise ValueError(f"offsets must be an integer array (int64), got dtype {offsets.dtype}")
-    offsets = offsets.astype(np.int64, copy=False)
-    if offsets[0] != 0:
-        raise ValueError(f"offsets must start at 0, got {offsets[0]}")
-    if offsets[-1] != nnz:
-        raise ValueError(
-            f"offsets must end at nnz={nnz} (rows of the per-token array), got {offsets[-1]}"
-        )
-    if np.any(np.diff(offsets) < 0):
-        bad = int(np.flatnonzero(np.diff(offsets) < 0)[0])
-        raise ValueError(f"offsets must be non-decreasing: offsets[{bad + 1}] < offsets[{bad}]")
-    return offsets
-
-
-def _check_recurrent(cell: str, W_hh: np.ndarray, b_hh: np.ndarray) -> tuple[int, int]:
-    """(G, H) from ``W_hh [G*H, H]`` and ``b_hh [G*H]``, checked against ``cell``."""
-    G = gates(cell)
-    if W_hh.ndim != 2 or W_hh.shape[0] != G * W_hh.shape[1]:
-        raise ValueError(f"W_hh must be [G*H, H] with G={G} for {cell}, got shape {W_hh.shape}")
-    H = W_hh.shape[1]
-    if b_hh.shape != (G * H,):
-        raise ValueError(f"b_hh must be [G*H]=[{G * H}] for {cell} with H={H}, got {b_hh.shape}")
-    return G, H
-
-
-def _check_input_weights(
-    cell: str, W_ih: np.ndarray, b_ih: np.ndarray, G: int, H: int, E: int
-) -> None:
-    if W_ih.shape != (G * H, E):
-        raise ValueError(f"W_ih must be [G*H, E]=[{G * H}, {E}] for {cell}, got {W_ih.shape}")
-    if b_ih.shape != (G * H,):
-        raise ValueError(f"b_ih must be [G*H]=[{G * H}] for {cell}, got {b_ih.shape}")
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in POOL_MODES:
-        raise ConfigError(f"unknown pool mode {mode!r}: expected one of {', '.join(POOL_MODES)}")
-
-
-def _foldable_bias(cell: str, b_hh: np.ndarray) -> np.ndarray:
-    """The part of ``b_hh`` that can be added to the input projection once per token.
-
-    All of it for lstm and rnn; for gru only the r and z parts, since b_hn sits inside the
-    reset product r*(W_hn h + b_hn) and so must stay in the recurrent step.
-    """
-    folded = b_hh.copy()
-    if cell == "gru":
-        H = b_hh.shape[0] // 3
-        folded[2 * H :] = 0
-    return folded
 
 
 # --------------------------------------------------------------------------- cell math
@@ -255,8 +195,8 @@ def layer_forward(
         hs, cache = layer_forward("gru", x, np.array([0, 2, 5]), W_ih, W_hh, b_ih, b_hh)
     """
     x, W_ih, W_hh, b_ih, b_hh = (np.asarray(a) for a in (x, W_ih, W_hh, b_ih, b_hh))
-    dtype = _float_dtype(x, W_ih, W_hh, b_ih, b_hh)
-    G, H = _check_recurrent(cell, W_hh, b_hh)
+    dtype = float_dtype(x, W_ih, W_hh, b_ih, b_hh)
+    G, H = check_recurrent(cell, W_hh, b_hh)
     if x.ndim != 2:
         raise ValueError(f"x must be [nnz, E], got shape {x.shape}")
     n_x = x.shape[0]
@@ -264,8 +204,8 @@ def layer_forward(
         rows = check_rows(rows, n_x)
         x = x[rows]  # the specification: every token's own input row
     nnz, E = x.shape
-    _check_input_weights(cell, W_ih, b_ih, G, H, E)
-    offsets = _check_offsets(offsets, nnz)
+    check_input_weights(cell, W_ih, b_ih, G, H, E)
+    offsets = check_offsets(offsets, nnz)
     x, W_ih, W_hh, b_ih, b_hh = (a.astype(dtype, copy=False) for a in (x, W_ih, W_hh, b_ih, b_hh))
 
     # The input projection does not depend on the state: one product over all tokens.
@@ -362,12 +302,12 @@ def layer_backward(
 def _check_pool_args(
     hs: np.ndarray, offsets: np.ndarray, mode: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    _check_mode(mode)
+    check_mode(mode)
     hs = np.asarray(hs)
     if hs.ndim != 2:
         raise ValueError(f"hs must be [nnz, H], got shape {hs.shape}")
-    _float_dtype(hs)
-    return hs, _check_offsets(offsets, hs.shape[0])
+    float_dtype(hs)
+    return hs, check_offsets(offsets, hs.shape[0])
 
 
 def pool_forward(
@@ -475,36 +415,18 @@ def fold_table(
         table = fold_table("lstm", emb, W_ih, b_ih, b_hh)  # table[ids] replaces emb[ids] @ W_ih.T
     """
     emb, W_ih, b_ih, b_hh = (np.asarray(a) for a in (emb, W_ih, b_ih, b_hh))
-    dtype = _float_dtype(emb, W_ih, b_ih, b_hh)
+    dtype = float_dtype(emb, W_ih, b_ih, b_hh)
     G = gates(cell)
     if emb.ndim != 2:
         raise ValueError(f"emb must be [V, E], got shape {emb.shape}")
     if W_ih.ndim != 2 or W_ih.shape[0] % G != 0:
         raise ValueError(f"W_ih must be [G*H, E] with G={G} for {cell}, got {W_ih.shape}")
     H = W_ih.shape[0] // G
-    _check_input_weights(cell, W_ih, b_ih, G, H, emb.shape[1])
+    check_input_weights(cell, W_ih, b_ih, G, H, emb.shape[1])
     if b_hh.shape != (G * H,):
         raise ValueError(f"b_hh must be [G*H]=[{G * H}] for {cell}, got {b_hh.shape}")
     emb, W_ih, b_ih, b_hh = (a.astype(dtype, copy=False) for a in (emb, W_ih, b_ih, b_hh))
-    return emb @ W_ih.T + b_ih + _foldable_bias(cell, b_hh)
-
-
-def _check_infer_args(cell, table, ids, offsets, modes, G, H):
-    """Validated ``(ids, offsets)`` for ``layer_infer`` (shared with the CUDA backend)."""
-    if table.ndim != 2 or table.shape[1] != G * H:
-        raise ValueError(f"table must be [V, G*H]=[V, {G * H}] for {cell}, got {table.shape}")
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"ids must be a 1-D integer array, got shape {ids.shape} {ids.dtype}")
-    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
-        bad = int(np.flatnonzero((ids < 0) | (ids >= table.shape[0]))[0])
-        raise ValueError(f"ids[{bad}]={ids[bad]} is outside the table of {table.shape[0]} rows")
-    offsets = _check_offsets(offsets, ids.size)
-    if isinstance(modes, str) or len(modes) == 0:
-        raise ValueError(f"modes must be a non-empty tuple like ('last',), got {modes!r}")
-    for mode in modes:
-        _check_mode(mode)
-    return ids, offsets
+    return emb @ W_ih.T + b_ih + foldable_bias(cell, b_hh)
 
 
 def layer_infer(
@@ -535,13 +457,13 @@ def layer_infer(
         feats = layer_infer("gru", table, ids, offsets, W_hh, b_hh, False, ("last", "mean"))
     """
     table, W_hh, b_hh = (np.asarray(a) for a in (table, W_hh, b_hh))
-    dtype = _float_dtype(table, W_hh, b_hh)
-    G, H = _check_recurrent(cell, W_hh, b_hh)
-    ids, offsets = _check_infer_args(cell, table, ids, offsets, modes, G, H)
+    dtype = float_dtype(table, W_hh, b_hh)
+    G, H = check_recurrent(cell, W_hh, b_hh)
+    ids, offsets = check_infer_args(cell, table, ids, offsets, modes, G, H)
     table, W_hh, b_hh = (a.astype(dtype, copy=False) for a in (table, W_hh, b_hh))
 
     # The table already holds the folded bias; the step adds back only the rest (gru's b_hn).
-    b_rest = b_hh - _foldable_bias(cell, b_hh)
+    b_rest = b_hh - foldable_bias(cell, b_hh)
     hs = np.zeros((ids.size, H), dtype=dtype)
     for s in range(offsets.size - 1):
         h = np.zeros(H, dtype=dtype)
