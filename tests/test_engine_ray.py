@@ -24,7 +24,8 @@ import pytest
 from pipeline.engines import ray as engine
 from pipeline.errors import ConfigError, ModelFormatError, RunError
 from pipeline.model import Model, ModelConfig, init_params
-from pipeline.score import ScoreOptions, _plan_file, _with_metadata, score, score_file
+from pipeline.outputs import plan_file, with_metadata
+from pipeline.score import ScoreOptions, score, score_file
 from pipeline.text import Tokenizer
 
 SENTENCES = [
@@ -300,8 +301,8 @@ def test_row_count_mismatch_fails_and_leaves_no_output(tmp_path):
     model = make_model()
     src = tmp_path / "in.parquet"
     pq.write_table(reviews(6, 1), src)
-    plan = _plan_file(src, tmp_path / "out.parquet", model, ScoreOptions(keep=("id",)))
-    schema = _with_metadata(plan.schema, "fp", plan.text_col, 0.5)
+    plan = plan_file(src, tmp_path / "out.parquet", model, keep=("id",))
+    schema = with_metadata(plan.schema, "fp", plan.text_col, 0.5)
 
     def scored(n: int) -> pa.Table:
         return pa.table(

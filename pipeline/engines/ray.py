@@ -6,9 +6,10 @@ An optional extra (``pip install 'rnnpipe[ray]'``); ``ray`` is imported only ins
 
 How a run goes:
 
-1. On the driver, exactly as ``pipeline.score.score`` does: inputs resolved, output paths
-   derived with the same naming rule, every file's columns checked from its footer, and
-   ``resume`` skips outputs already complete. Nothing is written before all of this passes.
+1. On the driver, exactly as ``pipeline.score.score`` does (both use ``pipeline.outputs``):
+   inputs resolved, output paths derived with the same naming rule, every file's columns
+   checked from its footer, and ``resume`` skips outputs already complete. Nothing is
+   written before all of this passes.
 2. The driver scores one row with the model, which compiles (or loads) every Numba kernel
    into the on-disk cache next to the sources. Actors on this node then load compiled code
    from that cache instead of all compiling the same functions into one cache at once.
@@ -68,12 +69,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import errors, io, runtime
+from pipeline import errors, io, outputs, runtime
 from pipeline.errors import ConfigError, RnnpipeError, RunError
 
 if TYPE_CHECKING:  # the modules that load Numba are imported where used (see the docstring)
     from pipeline.model import Model
-    from pipeline.score import Progress, ScoreOptions, ScoreSummary
+    from pipeline.outputs import Progress
+    from pipeline.score import ScoreOptions, ScoreSummary
 
 __all__ = ["MISSING_RAY", "NUMBA_CACHE_ENV", "RAY_VERBOSE_ENV", "score_on_ray"]
 
@@ -132,51 +134,24 @@ def score_on_ray(
         import ray.data
     except ImportError:
         raise ConfigError(MISSING_RAY) from None
-    from pipeline import score as _score
     from pipeline.model import WEIGHTS_FILE
-    from pipeline.model import Model as _Model
+    from pipeline.score import ScoreOptions, ScoreSummary
 
-    options = options or _score.ScoreOptions()
-    _check_count("workers", workers, 0)
-    _check_count("threads_per_worker", threads_per_worker, 1)
-    if options.backend == "cuda":
-        raise ConfigError(
-            "the ray engine scores on CPU actors only: use --device cpu or --engine local"
-        )
-    if model_dir is None:
-        raise ConfigError("the ray engine needs the model directory (model_dir) to load on workers")
-    model_dir = Path(os.path.abspath(Path(model_dir).expanduser()))
+    options = options or ScoreOptions()
+    model_dir = _check_arguments(model, model_dir, options, workers, threads_per_worker)
     weights = model_dir / WEIGHTS_FILE
     fingerprint = model.fingerprint()
-    # the actors load the model from model_dir: it must be the model planned with here
-    if _Model.load(model_dir).fingerprint() != fingerprint:
-        raise ConfigError(
-            f"model directory {model_dir} holds another model than the one given: pass the "
-            "directory the model was loaded from"
-        )
     cache_dir = numba_cache_dir if numba_cache_dir is not None else runtime.ray_numba_cache_dir()
 
     # 1. plan on the driver, exactly as the local engine does
-    model = _score._bind_backend(model, options.backend)
-    pairs = _score._output_paths(sources, Path(out))
-    plans = [_score._plan_file(src, dst, model, options) for src, dst in pairs]
-    for plan in plans:
-        if _NULL_FLAG in plan.keep:
-            raise ConfigError(f"keep column {_NULL_FLAG!r} of {plan.input} is a reserved name")
-    io.remove_stale_temps(plan.output for plan in plans)  # what a killed run left
-    summary = _score.ScoreSummary()
-    todo: list[tuple[Any, pa.Schema]] = []
-    for plan in plans:
-        schema = _score._with_metadata(plan.schema, fingerprint, plan.text_col, options.threshold)
-        if options.resume and _score._is_complete(plan, schema, weights):
-            summary.skipped_files += 1
-            _score._notify(progress, "file_skipped", plan.input, plan.rows)
-        else:
-            todo.append((plan, schema))
+    model = outputs.bind_backend(model, options.backend)
+    plans = _plan(sources, model, out, options)
+    summary = ScoreSummary()
+    todo = _to_score(plans, fingerprint, options, weights, summary, progress)
 
     if todo:
         # 2. compile or load every kernel once here, before any actor starts
-        _score._predict(model, pa.array(_WARM_TEXT, pa.large_string()), "warm-up", 0)
+        outputs.predict(model, pa.array(_WARM_TEXT, pa.large_string()), "warm-up", 0)
         _avoid_fsspec_http_race()
         with _quiet_ray_logs():
             if not ray.is_initialized():
@@ -196,6 +171,71 @@ def score_on_ray(
     summary.seconds = time.perf_counter() - started
     summary.rows_per_s = summary.rows / summary.seconds if summary.seconds > 0 else 0.0
     return summary
+
+
+def _check_arguments(
+    model: Model,
+    model_dir: str | Path | None,
+    options: ScoreOptions,
+    workers: Any,
+    threads_per_worker: Any,
+) -> Path:
+    """``model_dir`` made absolute, after checking the engine's arguments: counts, a CPU
+    backend, and a ``model_dir`` holding ``model`` itself (the actors load it from there)."""
+    from pipeline.model import Model as _Model
+
+    _check_count("workers", workers, 0)
+    _check_count("threads_per_worker", threads_per_worker, 1)
+    if options.backend == "cuda":
+        raise ConfigError(
+            "the ray engine scores on CPU actors only: use --device cpu or --engine local"
+        )
+    if model_dir is None:
+        raise ConfigError("the ray engine needs the model directory (model_dir) to load on workers")
+    model_dir = Path(os.path.abspath(Path(model_dir).expanduser()))
+    if _Model.load(model_dir).fingerprint() != model.fingerprint():
+        raise ConfigError(
+            f"model directory {model_dir} holds another model than the one given: pass the "
+            "directory the model was loaded from"
+        )
+    return model_dir
+
+
+def _plan(
+    sources: str | Path | Sequence[str | Path], model: Model, out: str | Path, options: ScoreOptions
+) -> list[outputs.FilePlan]:
+    """Every input's plan, checked before anything is written; what a killed run left
+    beside the outputs is removed."""
+    pairs = outputs.output_paths(sources, Path(out))
+    plans = [
+        outputs.plan_file(src, dst, model, options.text_col, options.keep) for src, dst in pairs
+    ]
+    for plan in plans:
+        if _NULL_FLAG in plan.keep:
+            raise ConfigError(f"keep column {_NULL_FLAG!r} of {plan.input} is a reserved name")
+    io.remove_stale_temps(plan.output for plan in plans)  # what a killed run left
+    return plans
+
+
+def _to_score(
+    plans: list[outputs.FilePlan],
+    fingerprint: str,
+    options: ScoreOptions,
+    weights: Path,
+    summary: ScoreSummary,
+    progress: Progress | None,
+) -> list[tuple[outputs.FilePlan, pa.Schema]]:
+    """Each plan to score with its output schema; with ``resume``, complete outputs are
+    counted in ``summary`` as skipped instead."""
+    todo = []
+    for plan in plans:
+        schema = outputs.with_metadata(plan.schema, fingerprint, plan.text_col, options.threshold)
+        if options.resume and outputs.is_complete(plan, schema, weights):
+            summary.skipped_files += 1
+            outputs.notify(progress, "file_skipped", plan.input, plan.rows)
+        else:
+            todo.append((plan, schema))
+    return todo
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,8 +454,6 @@ def _write_outputs(
     group: list[tuple[Any, pa.Schema]],
     progress: Progress | None = None,
 ) -> list[tuple[int, int]]:
-    from pipeline import score as _score
-
     stream = _RowStream(tables)
     done = []
     last = len(group) - 1
@@ -423,7 +461,7 @@ def _write_outputs(
         nulls = 0
         pending: list[pa.Table] = []
         pending_rows = pending_bytes = 0
-        _score._notify(progress, "file_start", plan.input, 0)
+        outputs.notify(progress, "file_start", plan.input, 0)
         with io.ParquetSink(plan.output, schema) as sink:
             for piece in stream.take(plan.rows, plan.input):
                 nulls += int(pc.sum(piece.column(_NULL_FLAG)).as_py() or 0)
@@ -432,11 +470,11 @@ def _write_outputs(
                 pending.append(table)
                 pending_rows += table.num_rows
                 pending_bytes += table.nbytes
-                _score._notify(progress, "batch", plan.input, table.num_rows)
+                outputs.notify(progress, "batch", plan.input, table.num_rows)
                 # row groups gathered as the local engine gathers them
                 if (
-                    pending_rows >= _score._ROW_GROUP_ROWS
-                    or pending_bytes >= _score._ROW_GROUP_BYTES
+                    pending_rows >= outputs.ROW_GROUP_ROWS
+                    or pending_bytes >= outputs.ROW_GROUP_BYTES
                 ):
                     sink.write(pa.concat_tables(pending))
                     pending, pending_rows, pending_bytes = [], 0, 0
@@ -450,7 +488,7 @@ def _write_outputs(
                     f"{plan.input}: Ray returned {extra} rows more than the inputs' footers say"
                 )
         done.append((plan.rows, nulls))
-        _score._notify(progress, "file_done", plan.input, 0)
+        outputs.notify(progress, "file_done", plan.input, 0)
     return done
 
 
@@ -586,11 +624,9 @@ class _Scorer:
         cache_dir = cache_dir or runtime.ray_numba_cache_dir()
         if cache_dir:
             _use_cache_dir(cache_dir)
-        from pipeline import score as _score
         from pipeline.model import Model as _Model
 
         runtime.set_threads(threads)
-        self._score = _score
         self.model = _Model.load(model_dir, backend=backend)
         if self.model.fingerprint() != fingerprint:
             raise ConfigError(
@@ -601,9 +637,8 @@ class _Scorer:
         self.chunk_rows = max(1, int(chunk_rows))
         self.keep = list(keep)
         self.threshold = threshold
-        self.names = _score._prediction_names(self.model)
-        self.classes = pa.array(self.model.config.classes, pa.string())
-        _score._predict(self.model, pa.array(_WARM_TEXT, pa.large_string()), "warm-up", 0)
+        self.names = outputs.prediction_names(self.model)
+        outputs.predict(self.model, pa.array(_WARM_TEXT, pa.large_string()), "warm-up", 0)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         # Scored ``chunk_rows`` rows at a time (the local engine's batch_rows): tokenizing
@@ -618,14 +653,9 @@ class _Scorer:
         for a in range(0, n, self.chunk_rows):
             b = min(n, a + self.chunk_rows)
             texts = column.slice(a, b - a).combine_chunks().cast(pa.large_string())
-            probs[a:b] = self._score._predict(self.model, texts, "a Ray batch", a)
-            empty[a:b] = self._score._null_or_empty(texts)
+            probs[a:b] = outputs.predict(self.model, texts, "a Ray batch", a)
+            empty[a:b] = outputs.null_or_empty(texts)
         cols: list[Any] = [table.column(c) for c in self.keep]
-        if len(self.names) == 1:
-            cols.append(pa.array(np.ascontiguousarray(probs[:, 1])))
-        else:
-            cols += [pa.array(np.ascontiguousarray(probs[:, k])) for k in range(probs.shape[1])]
-        idx = self._score._label_index(probs, self.model, self.threshold)
-        cols.append(self.classes.take(pa.array(idx)))
+        cols += outputs.prediction_columns(probs, self.model, self.threshold)
         cols.append(pa.array(empty))
         return pa.table(cols, names=[*self.keep, *self.names, "label", _NULL_FLAG])
