@@ -597,7 +597,12 @@ JobSpecArg = Annotated[Path, typer.Argument(help="Job spec (TOML).")]
 
 @job_app.command("run")
 @_expected_errors
-def job_run(spec: JobSpecArg) -> None:
+def job_run(
+    spec: JobSpecArg,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Log events to the job's log.jsonl only.")
+    ] = False,
+) -> None:
     """Score the job's new or changed inputs; safe to kill and rerun.
 
     Exit codes: 0 all done (or nothing to do), 1 some inputs failed, 2 bad spec,
@@ -605,7 +610,7 @@ def job_run(spec: JobSpecArg) -> None:
     """
     from pipeline.jobs import load_spec, run_job
 
-    report = run_job(load_spec(spec))
+    report = run_job(load_spec(spec), echo=not quiet)
     raise typer.Exit(report.exit_code)
 
 

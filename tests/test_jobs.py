@@ -1,7 +1,8 @@
 """Scheduled jobs: spec validation, incremental runs, the lock, and kill -9 at random moments.
 
-The kill and lock tests run the job as a real process (the ``rnnpipe job`` CLI when it exists,
-else ``python -m pipeline.jobs``); the incremental tests call ``run_job`` in this process.
+The kill and lock tests run the job as a real process (the ``rnnpipe job`` CLI, slowed down
+where a test must catch it half-way by a sleep in ``pipeline.jobs.run.step_hook``); the
+incremental tests call ``run_job`` in this process.
 A tiny random-weight model (E=4, H=4) is built once; a first in-process scoring call fills
 Numba's cache so that every subprocess starts fast.
 """
@@ -92,30 +93,25 @@ def make_spec(tmp_path: Path, model: Path, **extra) -> Path:
     return spec
 
 
-def _has_cli_job() -> bool:
-    if not (REPO / "pipeline" / "cli.py").is_file():
-        return False
-    try:
-        import typer.main
-
-        from pipeline import cli
-
-        return "job" in typer.main.get_command(cli.app).commands
-    except Exception:
-        return False
-
-
-JOB_CMD = (
-    [sys.executable, "-m", "pipeline", "job"]
-    if _has_cli_job()
-    else [sys.executable, "-m", "pipeline.jobs"]
-)
+# ``rnnpipe job ...`` in a fresh process, with ``pipeline.jobs.run.step_hook`` sleeping DELAY
+# seconds before each input and after each scored batch (0: no hook), so that a run lasts
+# long enough to be killed half-way through a file: python -c PACED_CLI DELAY job run SPEC
+PACED_CLI = """
+import sys, time
+delay = float(sys.argv.pop(1))
+from pipeline import cli
+from pipeline.jobs import run
+if delay:
+    run.step_hook = lambda: time.sleep(delay)
+sys.argv[0] = "rnnpipe"
+cli.main()
+"""
 
 
 def job_process(command: str, spec: Path, delay: float = 0.0, **kw) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO), RNNPIPE_JOB_TEST_DELAY=str(delay))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen(
-        [*JOB_CMD, command, str(spec)],
+        [sys.executable, "-c", PACED_CLI, str(delay), "job", command, str(spec)],
         cwd=spec.parent.parent,  # not the spec's folder: relative paths follow the spec
         env=env,
         stdout=subprocess.PIPE,
