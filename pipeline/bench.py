@@ -1,10 +1,12 @@
-"""Throughput of the recurrence kernels on this machine (``rnnpipe bench``).
+"""Throughput of this machine (``rnnpipe bench``): score generated reviews with a model.
 
-Times inference (folded table, no padding) and training (forward + backward) of one
-recurrent layer on batches with real review lengths, and the machine's matrix-product
-rate measured in the same run, so GFLOP/s can be read against it. Only NumPy and the
-rnnpipe kernels are used here; the comparison with PyTorch lives in
-``tests/benchmarks/bench_kernels.py``.
+``run_machine_bench`` scores generated reviews (IMDB-like lengths) with a random-weight model
+of the given size and reports reviews/s, tokens/s and GFLOP/s of the recurrent product, with
+the machine's matrix-product rate measured in the same run, so GFLOP/s can be read against
+it. What only the benchmark scripts use lives beside them in ``tests/benchmarks/``
+(``kernel_timing.py``: the kernel benchmarks' shapes, layers and products-only loops); the
+comparison with PyTorch is ``tests/benchmarks/bench_kernels.py``. ``machine_line`` and
+``peer_env`` stay here for the benchmark scripts that import them from this module.
 """
 
 from __future__ import annotations
@@ -12,27 +14,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
 
 from pipeline import runtime
-from pipeline.kernels import gates, get_backend
-from pipeline.kernels.gemm import gemm as _gemm
-from pipeline.kernels.gemm import gemm_tn as _gemm_tn
-from pipeline.kernels.memory import aligned
-
-
-@dataclass(frozen=True)
-class Shape:
-    """One benchmark shape: cell, embedding and hidden sizes, batch size, vocabulary size."""
-
-    cell: str = "lstm"
-    embed_dim: int = 128
-    hidden_dim: int = 128
-    batch: int = 256
-    vocab: int = 20002
+from pipeline.kernels import gates
 
 
 def peer_env(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -74,27 +60,6 @@ def synthetic_lengths(n: int, seed: int = 0) -> np.ndarray:
     return np.maximum(1, rng.lognormal(np.log(174), 0.75, n)).astype(np.int64)
 
 
-def make_batch(lengths: np.ndarray, vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets and random token ids (2..vocab-1) for sequences of ``lengths``."""
-    offsets = np.zeros(lengths.size + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    ids = np.random.default_rng(seed).integers(2, vocab, offsets[-1]).astype(np.int32)
-    return offsets, ids
-
-
-def make_layer(shape: Shape, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random float32 parameters of one layer (and an embedding) of ``shape``."""
-    G, E, H = gates(shape.cell), shape.embed_dim, shape.hidden_dim
-    rng = np.random.default_rng(seed)
-    return {
-        "emb": rng.uniform(-0.05, 0.05, (shape.vocab, E)).astype(np.float32),
-        "W_ih": rng.normal(0, 1 / np.sqrt(E), (G * H, E)).astype(np.float32),
-        "W_hh": rng.normal(0, 1 / np.sqrt(H), (G * H, H)).astype(np.float32),
-        "b_ih": np.zeros(G * H, np.float32),
-        "b_hh": np.zeros(G * H, np.float32),
-    }
-
-
 def matmul_fn(m: int, k: int, n: int) -> tuple[Callable[[], object], float]:
     """``(fn, flops)``: ``fn()`` runs float32 (m,k)x(k,n) products worth about 0.2 GFLOP
     with NumPy's BLAS at its current threads; ``flops`` is what one call does."""
@@ -115,201 +80,6 @@ def matmul_rate(m: int, k: int, n: int, repeats: int = 20) -> float:
     """GFLOP/s of a float32 (m,k)x(k,n) product with NumPy's BLAS at its current threads."""
     run, flops = matmul_fn(m, k, n)
     return flops / median_time(run, repeats=repeats) / 1e9
-
-
-def infer_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callable[[], object]:
-    """One batch of folded-table inference (last-state features), as a callable."""
-    be = get_backend(backend)
-    table = be.fold_table(shape.cell, params["emb"], params["W_ih"], params["b_ih"], params["b_hh"])
-    W_hh, b_hh = params["W_hh"], params["b_hh"]
-    return lambda: be.layer_infer(shape.cell, table, ids, offsets, W_hh, b_hh, False, ("last",))
-
-
-def product_fn(shape: Shape, offsets, params) -> Callable[[], object]:
-    """The recurrent products of one inference batch alone, as a callable: the CPU kernel's
-    plan (length-sorted blocks, one per thread) and its step loop with the same shrinking
-    active set, each step's ``S[r0:r1] @ W_hh.T`` with the kernel's own small-product
-    routine (``pipeline.kernels.gemm``), and no gate math. Timed beside ``infer_fn`` it shows
-    how fast the kernel's products run by themselves; the states are fixed random values
-    (speed does not depend on them)."""
-    from pipeline.kernels import cpu, gemm
-
-    _, lens_s, _, blocks = cpu._plan(np.ascontiguousarray(offsets, dtype=np.int64))
-    H = shape.hidden_dim
-    GH = gates(shape.cell) * H
-    WhhP = gemm.pack(params["W_hh"].T)
-    rng = np.random.default_rng(0)
-    S = aligned((lens_s.size, H))  # 64-byte aligned, as the kernel's arrays are
-    S[...] = rng.uniform(-1, 1, S.shape)
-    wide = aligned((lens_s.size, gemm.padded_width(GH)))
-
-    def run():
-        _products_only(lens_s, blocks, S, WhhP, wide)
-
-    run.state = (S, wide[:, :GH], lens_s)  # for tests: fixed states, products, slot lengths
-    return run
-
-
-@njit(parallel=True, cache=True)
-def _products_only(lens, blocks, S, WhhP, out):
-    # the step loop of cpu._forward without its gate math
-    H = S.shape[1]
-    Np = out.shape[1]
-    for bi in prange(blocks.shape[0] - 1):
-        r0 = blocks[bi]
-        r1 = blocks[bi + 1]
-        if r1 == r0:
-            continue
-        for t in range(lens[r0]):
-            while lens[r1 - 1] <= t:
-                r1 -= 1
-            _gemm(S, r0, r1, WhhP, H, Np, out)
-
-
-def train_product_fn(shape: Shape, offsets, ids, params) -> Callable[[], object]:
-    """The matrix products of one training step alone, as a callable: the floor under
-    ``train_fn`` if all else in the step (gate math, pooling, gathers, sums, allocations)
-    cost nothing.
-
-    The same products as the CPU backend, on the same shapes: the input projection of the
-    batch's distinct rows, ``dW_ih`` and ``dx`` with NumPy's BLAS; the forward step
-    products and the backward ``dS @ W_hh`` step products on the kernel's plan (its
-    length-sorted blocks and shrinking active set) with its small-product routine; and
-    ``dW_hh`` in 128-token windows per block with ``gemm_tn``, as the backward kernel stages
-    them. Operands are fixed random values (speed does not depend on them)."""
-    from pipeline.encoder import distinct_ids
-    from pipeline.kernels import cpu, gemm
-
-    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    _, lens_s, _, blocks = cpu._plan(offsets)
-    n, nb = lens_s.size, blocks.size - 1
-    H, E = shape.hidden_dim, shape.embed_dim
-    GH = gates(shape.cell) * H
-    W_ih, W_hh = params["W_ih"], params["W_hh"]
-    rows = distinct_ids(ids, shape.vocab)[0].size
-    rng = np.random.default_rng(0)
-
-    def draw(*dims):  # on 64-byte boundaries, as the kernels' arrays are
-        out = aligned(dims)
-        out[...] = rng.uniform(-1, 1, dims)
-        return out
-
-    x, dr = draw(rows, E), draw(rows, GH)
-    S, D = draw(n, H), draw(n, GH)
-    fwd_out = aligned((n, gemm.padded_width(GH)))
-    dS = aligned((n, gemm.padded_width(H)))
-    stage = (draw(nb, cpu._STAGE, GH), draw(nb, cpu._STAGE, gemm.padded_width(H)))
-    dW = aligned((nb, GH, gemm.padded_width(H)), 0.0)
-
-    def run():
-        x @ W_ih.T
-        _products_only(lens_s, blocks, S, gemm.pack(W_hh.T), fwd_out)
-        _backward_products_only(lens_s, blocks, D, gemm.pack(W_hh), stage[0], stage[1], dS, dW)
-        dr.T @ x
-        dr @ W_ih
-
-    run.state = (D, dS, stage, dW, lens_s, blocks)  # for tests
-    return run
-
-
-@njit(parallel=True, cache=True)
-def _backward_products_only(lens, blocks, D, WP, SG, SH, dS, dW):
-    # the products of cpu._backward without its gate math or staging copies: per step
-    # (t >= 1) the running rows' D @ W_hh, and every 128 staged tokens dW += SG.T @ SH
-    GH = D.shape[1]
-    Np = dS.shape[1]
-    KS = SG.shape[1]
-    for bi in prange(blocks.shape[0] - 1):
-        r0 = blocks[bi]
-        r1 = blocks[bi + 1]
-        if r1 == r0:
-            continue
-        ks = 0
-        for t in range(lens[r0] - 1, 0, -1):
-            ra = r0
-            while ra < r1 and lens[ra] > t:
-                ra += 1
-            for _ in range(r0, ra):
-                if ks == KS:
-                    _gemm_tn(SG[bi], 0, ks, GH, SH[bi], Np, dW[bi])
-                    ks = 0
-                ks += 1
-            _gemm(D, r0, ra, WP, GH, Np, dS)
-        _gemm_tn(SG[bi], 0, ks, GH, SH[bi], Np, dW[bi])
-
-
-def train_fn(shape: Shape, offsets, ids, params, backend: str = "cpu") -> Callable[[], object]:
-    """One batch of forward + backward as the trainer runs it (``Model.forward/backward``:
-    the batch's distinct embedding rows, the layer reading them through ``rows``,
-    last-state pooling, the embedding's gradient as the rows the trainer hands to the
-    optimizer), as a callable."""
-    from pipeline.encoder import distinct_ids, skip_padding
-    from pipeline.optim import RowGrad
-
-    be = get_backend(backend)
-    n, H = offsets.size - 1, shape.hidden_dim
-    dfeat = np.ones((n, H), np.float32) / n
-
-    def step():
-        distinct, rows = distinct_ids(ids, shape.vocab)
-        x = params["emb"][distinct]
-        hs, cache = be.layer_forward(
-            shape.cell,
-            x,
-            offsets,
-            params["W_ih"],
-            params["W_hh"],
-            params["b_ih"],
-            params["b_hh"],
-            rows=rows,
-        )
-        be.pool_forward(hs, offsets, "last")
-        dx = be.layer_backward(cache, None, dfeat)[0]  # last-state gradient, as Model does
-        k = skip_padding(distinct)
-        RowGrad(distinct[k:], dx[k:], params["emb"].shape)
-
-    return step
-
-
-def time_infer(shape: Shape, offsets, ids, params, backend: str = "cpu", repeats: int = 5):
-    """Median seconds of folded-table inference (last-state features) on one batch."""
-    return median_time(infer_fn(shape, offsets, ids, params, backend), repeats=repeats)
-
-
-def time_train(shape: Shape, offsets, ids, params, backend: str = "cpu", repeats: int = 5):
-    """Median seconds of forward + backward (embedding lookup, layer, last-state pooling)."""
-    return median_time(train_fn(shape, offsets, ids, params, backend), repeats=repeats)
-
-
-def recurrent_flops(shape: Shape, tokens: int) -> float:
-    """FLOPs of the recurrent product alone: 2*G*H*H per real token."""
-    return 2.0 * gates(shape.cell) * shape.hidden_dim**2 * tokens
-
-
-def run_kernel_bench(shapes: list[Shape], lengths: np.ndarray, repeats: int = 5) -> list[dict]:
-    """rnnpipe inference and training throughput for each shape, as rows of a table."""
-    rows = []
-    for shape in shapes:
-        params = make_layer(shape)
-        lens = lengths[: shape.batch]
-        offsets, ids = make_batch(lens, shape.vocab)
-        t_inf = time_infer(shape, offsets, ids, params, repeats=repeats)
-        tokens = int(offsets[-1])
-        rows.append(
-            {
-                "cell": shape.cell,
-                "E": shape.embed_dim,
-                "H": shape.hidden_dim,
-                "batch": shape.batch,
-                "what": "inference",
-                "tokens": tokens,
-                "seconds": t_inf,
-                "reviews_per_s": lens.size / t_inf,
-                "tokens_per_s": tokens / t_inf,
-                "gflops": recurrent_flops(shape, tokens) / t_inf / 1e9,
-            }
-        )
-    return rows
 
 
 def generated_reviews(n: int, seed: int = 0, words: int = 30000):

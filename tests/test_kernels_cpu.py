@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from kernel_cases import layer_params, ragged_batch
@@ -329,10 +331,18 @@ def _apply_tanh(x, out):
     run(x, out)
 
 
-def test_benchmark_product_loop_multiplies_every_running_row():
-    # bench.product_fn times the kernel's step loop with the gate math left out: it must do
-    # the same products, so each row that runs at least one step ends as S[r] @ W_hh.T
-    from pipeline import bench
+def _kernel_timing(monkeypatch):
+    """tests/benchmarks/kernel_timing.py, where the benchmarks' products-only loops live."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent / "benchmarks"))
+    import kernel_timing
+
+    return kernel_timing
+
+
+def test_benchmark_product_loop_multiplies_every_running_row(monkeypatch):
+    # product_fn times the kernel's step loop with the gate math left out: it must do the
+    # same products, so each row that runs at least one step ends as S[r] @ W_hh.T
+    bench = _kernel_timing(monkeypatch)
 
     shape = bench.Shape("gru", embed_dim=4, hidden_dim=6, batch=7, vocab=11)
     params = {"W_hh": np.random.default_rng(0).normal(size=(18, 6)).astype(np.float32)}
@@ -346,12 +356,13 @@ def test_benchmark_product_loop_multiplies_every_running_row():
     assert ran.sum() == 5
 
 
-def test_benchmark_training_products_are_the_backward_kernels_products():
-    # bench.train_product_fn times a training step's products alone: per block, the
-    # running rows' D @ W_hh at every step t >= 1, and dW_hh from every staged token (one per
-    # row and step t >= 1) in windows of the kernel's stage size
-    from pipeline import bench
+def test_benchmark_training_products_are_the_backward_kernels_products(monkeypatch):
+    # train_product_fn times a training step's products alone: per block, the running
+    # rows' D @ W_hh at every step t >= 1, and dW_hh from every staged token (one per row
+    # and step t >= 1) in windows of the kernel's stage size
     from pipeline.kernels.cpu import _STAGE
+
+    bench = _kernel_timing(monkeypatch)
 
     shape = bench.Shape("lstm", embed_dim=4, hidden_dim=3, batch=6, vocab=11)
     rng = np.random.default_rng(1)

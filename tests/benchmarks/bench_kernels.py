@@ -13,8 +13,8 @@ Everything is measured in this one run, on the same shapes and thread count:
 * the NumPy reference on a slice of the batch (it is slow), scaled per token.
 * the machine's matrix-product rate, (B,H)x(H,G*H) with NumPy's BLAS, for the GFLOP/s column.
 * the step's matrix products alone, on the kernel's plan, shapes and product routines with
-  everything else left out (``bench.product_fn`` at inference: the recurrent products;
-  ``bench.train_product_fn`` in training: those forward and backward, ``dW_hh``, and the
+  everything else left out (``kernel_timing.product_fn`` at inference: the recurrent products;
+  ``kernel_timing.train_product_fn`` in training: those forward and backward, ``dW_hh``, and the
   input side's BLAS products): "prod%" is the %peak a call that took only their time
   would show, and "floor" the ratio to PyTorch it would reach: the most that cutting
   every other cost (gate math, gathers, sums, allocations) could give.
@@ -47,6 +47,7 @@ from pipeline import runtime  # noqa: E402
 runtime.apply_defaults()
 
 # isort: split
+import kernel_timing as kt  # noqa: E402  (beside this script)
 import numpy as np  # noqa: E402
 
 from pipeline import bench  # noqa: E402
@@ -55,7 +56,7 @@ from pipeline.kernels import gates  # noqa: E402
 
 def imdb_reviews(cap: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
     """``(offsets, ids, source)``: ``n`` reviews drawn from ../shared/data/imdb_train.parquet,
-    tokenized with rnnpipe's tokenizer (20,000 words, ids below ``bench.Shape().vocab``)
+    tokenized with rnnpipe's tokenizer (20,000 words, ids below ``kernel_timing.Shape().vocab``)
     and capped at their last ``cap`` tokens, as the scorer and trainer do. Real ids matter
     for training: a batch's distinct ids (the embedding rows it reads and updates) are
     3.9-4.6x fewer than its tokens in real text, about 1.3x with uniform random ids. When
@@ -64,7 +65,7 @@ def imdb_reviews(cap: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     data = Path(os.environ.get("RNNPIPE_DATA_DIR", default))
     path = data / "imdb_train.parquet"
     rng = np.random.default_rng(seed)
-    vocab = bench.Shape().vocab
+    vocab = kt.Shape().vocab
     if path.exists():
         import pyarrow.parquet as pq
 
@@ -92,7 +93,7 @@ def first(offsets: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.
     return offsets[: k + 1].copy(), ids[: offsets[k]].copy()
 
 
-def torch_model(torch, shape: bench.Shape, params):
+def torch_model(torch, shape: kt.Shape, params):
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[shape.cell]
     emb = torch.nn.Embedding(shape.vocab, shape.embed_dim, padding_idx=0)
     rnn = cls(shape.embed_dim, shape.hidden_dim, batch_first=True)
@@ -144,9 +145,9 @@ def torch_fn(torch, shape, params, offsets, ids, train: bool):
 
 def _cases(args, reviews):
     """(shape, what, batch, offsets, ids) for every row of the table, deterministically."""
-    shapes = [bench.Shape(c, 128, 128) for c in args.cells.split(",")]
+    shapes = [kt.Shape(c, 128, 128) for c in args.cells.split(",")]
     if "lstm" in args.cells:
-        shapes.insert(1, bench.Shape("lstm", 64, 32))
+        shapes.insert(1, kt.Shape("lstm", 64, 32))
     for shape in shapes:
         for what, batch in (("infer", 256), ("train", 64)):
             offsets, ids = first(*reviews, batch)
@@ -172,7 +173,7 @@ def serve_peer(args) -> None:
         torch.set_flush_denormal(bool(ftz))
         if i not in fns:
             shape, what, _batch, offsets, ids = cases[i]
-            fns[i] = torch_fn(torch, shape, bench.make_layer(shape), offsets, ids, what == "train")
+            fns[i] = torch_fn(torch, shape, kt.make_layer(shape), offsets, ids, what == "train")
             fns[i]()
         t0 = time.perf_counter()
         fns[i]()
@@ -258,18 +259,18 @@ def main() -> None:
     for i, (shape, what, batch, offsets, ids) in enumerate(_cases(args, (r_offsets, r_ids))):
         if shape not in shapes:
             shapes.append(shape)
-        params = bench.make_layer(shape)
+        params = kt.make_layer(shape)
         tokens = int(offsets[-1])
-        make = bench.train_fn if what == "train" else bench.infer_fn
+        make = kt.train_fn if what == "train" else kt.infer_fn
         ours = make(shape, offsets, ids, params)
         H = shape.hidden_dim
         peak_run, peak_flops = bench.matmul_fn(256, H, gates(shape.cell) * H)
-        flops = bench.recurrent_flops(shape, tokens) * (3 if what == "train" else 1)
+        flops = kt.recurrent_flops(shape, tokens) * (3 if what == "train" else 1)
         # the same step's matrix products alone (its plan and product routines, nothing else)
         if what == "train":
-            prod = bench.train_product_fn(shape, offsets, ids, params)
+            prod = kt.train_product_fn(shape, offsets, ids, params)
         else:
-            prod = bench.product_fn(shape, offsets, params)
+            prod = kt.product_fn(shape, offsets, params)
         ours(), peak_run(), prod()  # warm-up
         t_ours, t_torch, rates, pct, ratios, prod_pct, floors = [], [], [], [], [], [], []
         t_ftz, ratios_ftz = [], []
@@ -311,7 +312,7 @@ def main() -> None:
             row += f"{'-':>13}{'-':>8}{'-':>7}{'-':>10}{'-':>7}{'-':>7}"
         sub = 8  # the reference is slow: time a slice and compare per real token
         o_s, i_s = first(offsets, ids, sub)
-        timer = bench.time_train if what == "train" else bench.time_infer
+        timer = kt.time_train if what == "train" else kt.time_infer
         tr = timer(shape, o_s, i_s, params, backend="reference", repeats=1)
         ref_tps = o_s[-1] / tr
         row += f"{ref_tps:>17,.0f}{tokens / t / ref_tps:>7.0f}x"
