@@ -1,0 +1,128 @@
+"""The text normalisation rules: what a token is, written once.
+
+Normalisation (``NORMALISATION = "rnnpipe-text-v1"``), applied to each text in this order:
+
+1. A null or empty text has no tokens.
+2. HTML tags are separators: ``<`` then an optional ``/`` then an ASCII letter, up to the
+   next ``>`` with no ``<`` in between (regex ``</?[A-Za-z][^<>]*>``). So ``<br />``, ``<br>``,
+   ``<p>``, ``</i>`` go; ``<3`` and ``a < b`` stay (``<`` is then punctuation).
+3. Every character is one of:
+   *word* (``str.isalnum()``: letters and digits of any script, so é, ü, ñ, Cyrillic, CJK),
+   *mark* (Unicode category Mn or Mc, i.e. combining accents and Indic vowel signs),
+   *apostrophe* (``'`` U+0027 or ``’`` U+2019, both written as ``'``), or *separator*
+   (everything else: spaces, punctuation, symbols, emoji, ``_``).
+4. A token is a maximal run of word, mark and apostrophe characters, with the marks and
+   apostrophes before its first word character dropped and its trailing apostrophes
+   dropped; a run with no word character gives no token. So ``"great!"`` -> ``great``,
+   ``don't`` -> ``don't``, ``'quoted'`` -> ``quoted``, ``rock 'n' roll`` -> ``rock n roll``,
+   ``well-made`` -> ``well made``, ``10/10`` -> ``10 10``.
+5. With ``lowercase=True`` each character takes its one-character Unicode lowercase
+   (``ch.lower()``, or its first character for U+0130 İ -> i). No other normalisation
+   (no NFC, no accent stripping: ``café`` and ``cafe`` are different words).
+
+``reference_tokens`` is these rules in plain Python, the oracle the fast path is tested
+against; ``unicode_tables`` turns them into the tables the scanners (``scan``) read.
+
+Example::
+
+    >>> reference_tokens("Great!<br />It's a 10/10 'must-see' CAFÉ")
+    ['great', "it's", 'a', '10', '10', 'must', 'see', 'café']
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+
+import numpy as np
+
+__all__ = ["APOS", "MARK", "NORMALISATION", "SEP", "WORD", "reference_tokens", "unicode_tables"]
+
+NORMALISATION = "rnnpipe-text-v1"
+
+_TAG_RE = re.compile(r"</?[A-Za-z][^<>]*>")
+_APOSTROPHES = "'\u2019"
+_MARK_CATEGORIES = ("Mn", "Mc")
+
+# character classes in the scanners' tables
+SEP, WORD, MARK, APOS = 0, 1, 2, 3
+
+
+def reference_tokens(text: str | None, lowercase: bool = True) -> list[str]:
+    """The tokens of ``text`` by the module's rules, in plain Python (slow; the test oracle).
+
+    Parameters: ``text`` a string or None; ``lowercase`` as in ``Tokenizer``.
+    Returns the list of tokens (empty for None or "").
+
+    >>> reference_tokens("Great!<br />It's a 10/10 'must-see' CAFÉ")
+    ['great', "it's", 'a', '10', '10', 'must', 'see', 'café']
+    """
+    if not text:
+        return []
+    text = _TAG_RE.sub(" ", text)
+    chars = []
+    for ch in text:
+        if ch.isalnum():
+            chars.append(ch.lower()[0] if lowercase else ch)
+        elif unicodedata.category(ch) in _MARK_CATEGORIES:
+            chars.append(ch)
+        elif ch in _APOSTROPHES:
+            chars.append("'")
+        else:
+            chars.append(" ")
+    tokens = []
+    for run in "".join(chars).split(" "):
+        # drop marks and apostrophes before the first word character, then trailing apostrophes
+        start = next((i for i, ch in enumerate(run) if ch.isalnum()), len(run))
+        token = run[start:].rstrip("'")
+        if token:
+            tokens.append(token)
+    return tokens
+
+
+# Planes with letters, digits or marks: 0-3 (BMP, SMP, SIP, TIP) and 14 (variation selectors).
+# Unicode allocates scripts only there; planes 4-13 are unassigned and 15-16 private use.
+_TABLE_RANGES = ((0, 0xD800), (0xE000, 0x40000), (0xE0000, 0xE1000))
+
+
+@functools.cache
+def unicode_tables(lowercase: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``classes`` uint8[0x110000] and ``norm`` int32[0x20000] for the kernels (~70 ms, once).
+
+    ``norm[cp]`` is the code point written for ``cp`` (lowercase, apostrophe folding);
+    code points past ``norm`` map to themselves (no cased letters lie beyond plane 1).
+    """
+    cps = np.concatenate([np.arange(a, b, dtype=np.uint32) for a, b in _TABLE_RANGES])
+    chars = cps.tobytes().decode("utf-32-le")
+    # re's \w is str.isalnum() plus "_": one C-speed pass instead of a million method calls
+    flagged = re.sub(r"[^\W_]", "\x01", chars).encode("utf-32-le")
+    word = (np.frombuffer(flagged, dtype=np.uint32) == 1) & (cps != 1)
+    classes = np.zeros(0x110000, dtype=np.uint8)
+    classes[cps[word]] = WORD
+    other = cps[~word].tobytes().decode("utf-32-le")
+    marks = [ord(ch) for ch in other if unicodedata.category(ch) in _MARK_CATEGORIES]
+    classes[np.array(marks, dtype=np.int64)] = MARK
+    for ch in _APOSTROPHES:
+        classes[ord(ch)] = APOS
+
+    norm = np.arange(0x20000, dtype=np.int32)
+    norm[0x2019] = ord("'")
+    if lowercase:
+        letters = cps[word].tobytes().decode("utf-32-le")
+        # joined by NUL so Final_Sigma never applies; [0] takes U+0130's simple mapping "i"
+        lowered = "\0".join(letters).lower().split("\0")
+        low = np.array([ord(s[0]) for s in lowered], dtype=np.int64)
+        src = cps[word].astype(np.int64)
+        changed = low != src
+        if np.any(src[changed] >= norm.size):
+            raise RuntimeError("Unicode data has cased letters beyond plane 1: widen the table")
+        norm[src[changed]] = low[changed]
+        # the kernels size token buffers at 2 bytes out per byte in
+        if np.any(_utf8_len(low[changed]) > 2 * _utf8_len(src[changed])):
+            raise RuntimeError("a lowercase mapping more than doubles a character's UTF-8 size")
+    return classes, norm
+
+
+def _utf8_len(cp: np.ndarray) -> np.ndarray:
+    return 1 + (cp >= 0x80) + (cp >= 0x800) + (cp >= 0x10000)

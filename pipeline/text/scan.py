@@ -1,0 +1,619 @@
+"""The scanners: Numba kernels that tokenize, count and encode texts from Arrow buffers.
+
+Encoding runs as Numba kernels over the Arrow ``large_string`` buffers (offsets + UTF-8 bytes),
+with no per-row Python: one scan decodes UTF-8, classifies and lowercases code points through
+tables built once from Python's own Unicode data (~0.1 s, on first use), skips tags, and keys
+each token by its length and first 8 bytes packed in an integer (plus a hash of any further
+bytes), then looks it up in an open-addressing table that also holds the word bytes, so a hash
+collision never gives a wrong id. Rows are split into chunks of about equal bytes run in
+parallel (``prange``); each chunk writes its ids to scratch space sized from its bytes, and
+they are then copied to their final offsets (a chunk denser than the estimate counts its
+tokens first instead). Inputs under 1 MB run on one thread.
+
+The entry points, called by ``Tokenizer`` (``tokenizer.py``): ``count_words`` (fit),
+``encode_serial`` and ``encode_parallel`` (encode), ``token_bytes`` (tokens), ``new_slots``
+(a vocabulary's hash table); ``text_batches`` and ``buffers`` turn any string input into the
+``large_string`` buffers they read, and ``chunk_bounds`` splits rows for the parallel path.
+The character classes and normalisation tables come from ``rules.unicode_tables``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from numba import njit, prange
+
+from pipeline.errors import InputError
+from pipeline.text.ids import OOV_ID
+from pipeline.text.rules import APOS, SEP, WORD
+
+__all__ = [
+    "PARALLEL_BYTES",
+    "TEXT_BATCH",
+    "buffers",
+    "chunk_bounds",
+    "count_words",
+    "encode_parallel",
+    "encode_serial",
+    "new_slots",
+    "text_batches",
+    "token_bytes",
+]
+
+# The scanners work a whole text per call: a call per token costs more than the token itself.
+# A token is keyed by its first 8 bytes packed in a uint64 (its "word", zero-padded; tokens
+# never hold a NUL byte) and its length: most tokens are that short, so hashing is one mix
+# and a lookup compares one integer, touching no byte arrays.
+
+_FNV_PRIME = np.uint64(0x100000001B3)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(cache=True)
+def _tag_end(data, pos, end):
+    """Position just after the HTML tag opening at ``data[pos] == '<'``, or 0 if none."""
+    j = pos + 1
+    if j < end and data[j] == 47:  # '/'
+        j += 1
+    if j >= end:
+        return 0
+    c = data[j]
+    if not ((65 <= c <= 90) or (97 <= c <= 122)):
+        return 0
+    j += 1
+    while j < end:
+        c = data[j]
+        if c == 62:  # '>'
+            return j + 1
+        if c == 60:  # '<': the first '<' was punctuation; this one may open a tag
+            return 0
+        j += 1
+    return 0
+
+
+@njit(cache=True)
+def _decode_utf8(data, pos, end):
+    """(code point, byte length) at ``pos``; malformed bytes decode as U+FFFD, one at a time."""
+    b0 = np.int64(data[pos])
+    if b0 >= 0xC2 and b0 < 0xE0:
+        if pos + 1 < end:
+            b1 = np.int64(data[pos + 1])
+            if b1 & 0xC0 == 0x80:
+                return ((b0 & 0x1F) << 6) | (b1 & 0x3F), 2
+    elif b0 >= 0xE0 and b0 < 0xF0:
+        if pos + 2 < end:
+            b1 = np.int64(data[pos + 1])
+            b2 = np.int64(data[pos + 2])
+            if b1 & 0xC0 == 0x80 and b2 & 0xC0 == 0x80:
+                cp = ((b0 & 0x0F) << 12) | ((b1 & 0x3F) << 6) | (b2 & 0x3F)
+                if cp >= 0x800 and not (0xD800 <= cp < 0xE000):
+                    return cp, 3
+    elif b0 >= 0xF0 and b0 < 0xF5:
+        if pos + 3 < end:
+            b1 = np.int64(data[pos + 1])
+            b2 = np.int64(data[pos + 2])
+            b3 = np.int64(data[pos + 3])
+            if b1 & 0xC0 == 0x80 and b2 & 0xC0 == 0x80 and b3 & 0xC0 == 0x80:
+                cp = ((b0 & 0x07) << 18) | ((b1 & 0x3F) << 12) | ((b2 & 0x3F) << 6) | (b3 & 0x3F)
+                if 0x10000 <= cp < 0x110000:
+                    return cp, 4
+    return 0xFFFD, 1
+
+
+@njit(cache=True)
+def _put_utf8(buf, n, cp):
+    """Write ``cp`` as UTF-8 at ``buf[n]``; returns the new end."""
+    if cp < 0x80:
+        buf[n] = cp
+        return n + 1
+    if cp < 0x800:
+        buf[n] = 0xC0 | (cp >> 6)
+        buf[n + 1] = 0x80 | (cp & 0x3F)
+        return n + 2
+    if cp < 0x10000:
+        buf[n] = 0xE0 | (cp >> 12)
+        buf[n + 1] = 0x80 | ((cp >> 6) & 0x3F)
+        buf[n + 2] = 0x80 | (cp & 0x3F)
+        return n + 3
+    buf[n] = 0xF0 | (cp >> 18)
+    buf[n + 1] = 0x80 | ((cp >> 12) & 0x3F)
+    buf[n + 2] = 0x80 | ((cp >> 6) & 0x3F)
+    buf[n + 3] = 0x80 | (cp & 0x3F)
+    return n + 4
+
+
+@njit(cache=True)
+def _first8(buf, start, m):
+    """The token ``buf[start:start+m]``'s first 8 bytes as a little-endian uint64."""
+    w = np.uint64(0)
+    for j in range(min(m, 8)):
+        w |= np.uint64(buf[start + j]) << np.uint64(8 * j)
+    return w
+
+
+@njit(cache=True)
+def _token_hash(buf, start, m, word):
+    """64-bit hash of the token ``buf[start:start+m]`` whose first 8 bytes are ``word``."""
+    h = word + np.uint64(m) * _GOLDEN
+    for j in range(start + 8, start + m):  # the bytes past the first 8 (long words only)
+        h = (h ^ np.uint64(buf[j])) * _FNV_PRIME
+    h = (h ^ (h >> np.uint64(30))) * _MIX1  # splitmix64's finaliser: good low bits
+    h = (h ^ (h >> np.uint64(27))) * _MIX2
+    return h ^ (h >> np.uint64(31))
+
+
+@njit(cache=True)
+def _count_row(data, pos, end, classes):
+    """Number of tokens in ``data[pos:end]`` (the same rules as ``_tokenize_row``, no output)."""
+    count = 0
+    started = False  # a word character has been seen in the current run
+    while pos < end:
+        b = data[pos]
+        if b < 128:
+            cls = classes[b]
+            if cls == WORD:
+                started = True
+            elif b == 60 and _tag_end(data, pos, end) > 0:
+                count += started
+                started = False
+                pos = _tag_end(data, pos, end)
+                continue
+            elif cls == SEP:
+                count += started
+                started = False
+            pos += 1
+            continue
+        cp, step = _decode_utf8(data, pos, end)
+        pos += step
+        cls = classes[cp]
+        if cls == WORD:
+            started = True
+        elif cls == SEP:
+            count += started
+            started = False
+    return count + started
+
+
+@njit(cache=True)
+def _tokenize_row(data, pos, end, classes, norm, buf, tok_end, tok_word):
+    """Tokenize ``data[pos:end]`` into scratch arrays; returns the number of tokens ``t``.
+
+    Token ``i`` is ``buf[tok_end[i-1]:tok_end[i]]`` (from 0 for the first), its normalised
+    UTF-8 bytes; ``tok_word[i]`` holds its first 8 bytes. ``buf`` needs 2 bytes per input
+    byte and ``tok_end``/``tok_word`` one slot per 2 input bytes (plus one).
+    """
+    t = 0
+    n = 0  # bytes written to buf
+    start = 0  # where the current token starts in buf
+    keep = 0  # buf length up to the current token's last non-apostrophe
+    w = np.uint64(0)
+    started = False
+    while pos < end:
+        b = data[pos]
+        if b < 128:
+            cls = classes[b]
+            if cls == WORD:
+                if not started:
+                    started = True
+                    start = n
+                    w = np.uint64(0)
+                # the common case: a stretch of ASCII letters and digits
+                while True:
+                    x = norm[b]
+                    buf[n] = x
+                    k = n - start
+                    if k < 8:
+                        w |= np.uint64(x) << np.uint64(8 * k)
+                    n += 1
+                    pos += 1
+                    if pos >= end:
+                        break
+                    b = data[pos]
+                    if b >= 128 or classes[b] != WORD:
+                        break
+                keep = n
+                continue
+            step = 1
+            cp = np.int64(b)
+            if b == 60:
+                after = _tag_end(data, pos, end)
+                if after > 0:
+                    cls = SEP
+                    step = after - pos
+        else:
+            cp, step = _decode_utf8(data, pos, end)
+            cls = classes[cp]
+        pos += step
+        if cls == SEP:
+            if started:
+                started = False
+                tok_end[t] = keep
+                tok_word[t] = w
+                t += 1
+                n = keep  # drops trailing apostrophes
+            continue
+        if not started:
+            if cls != WORD:  # marks and apostrophes before the first word character
+                continue
+            started = True
+            start = n
+            w = np.uint64(0)
+        if cp < norm.size:
+            cp = np.int64(norm[cp])
+        n0 = n
+        n = _put_utf8(buf, n, cp)
+        for j in range(n0, min(n, start + 8)):
+            w |= np.uint64(buf[j]) << np.uint64(8 * (j - start))
+        if cls != APOS:
+            keep = n
+    if started:
+        tok_end[t] = keep
+        tok_word[t] = w
+        t += 1
+    _trim_words(tok_end, tok_word, t)
+    return t
+
+
+@njit(cache=True)
+def _trim_words(tok_end, tok_word, t):
+    """Clear the bytes past each token's end from its word: a dropped trailing apostrophe
+    may sit in the first 8 bytes of its token's word."""
+    s = 0
+    for i in range(t):
+        m = tok_end[i] - s
+        if m < 8:
+            tok_word[i] &= (np.uint64(1) << np.uint64(8 * m)) - np.uint64(1)
+        s = tok_end[i]
+
+
+@njit(cache=True)
+def _scratch(offsets, valid, r0, r1):
+    """Scratch arrays big enough for any row of ``r0:r1``."""
+    m = 0
+    for r in range(r0, r1):
+        if valid[r]:
+            m = max(m, offsets[r + 1] - offsets[r])
+    buf = np.empty(2 * m + 8, dtype=np.uint8)
+    tok_end = np.empty(m // 2 + 2, dtype=np.int64)
+    tok_word = np.empty(m // 2 + 2, dtype=np.uint64)
+    return buf, tok_end, tok_word
+
+
+# The hash tables: ``slots`` uint64[size, 2], size a power of two; slot = (word, meta) with
+# meta = (key index + 1) | (length << 32), 0 when empty. Key ``k``'s bytes are
+# ``key_bytes[key_off[k]:key_off[k+1]]``.
+
+
+@njit(cache=True)
+def _find(buf, start, m, word, h, slots, key_off, key_bytes):
+    """Slot holding the token ``buf[start:start+m]``, or the empty slot where it would go."""
+    mask = slots.shape[0] - 1
+    i = np.int64(h & np.uint64(mask))
+    want = np.uint64(m)
+    while True:
+        meta = slots[i, 1]
+        if meta == 0:
+            return i
+        if slots[i, 0] == word and (meta >> np.uint64(32)) == want:
+            if m <= 8:
+                return i
+            s = key_off[np.int64(meta & _LOW32) - 1]
+            same = True
+            for j in range(8, m):
+                if key_bytes[s + j] != buf[start + j]:
+                    same = False
+                    break
+            if same:
+                return i
+        i = (i + 1) & mask
+
+
+@njit(cache=True)
+def new_slots(key_off, key_bytes, nkeys, size):
+    """A table of ``size`` slots with keys ``0..nkeys-1``: (slots, first repeated key or -1)."""
+    slots = np.zeros((size, 2), dtype=np.uint64)
+    dup = -1
+    for k in range(nkeys):
+        s = key_off[k]
+        m = key_off[k + 1] - s
+        w = _first8(key_bytes, s, m)
+        i = _find(key_bytes, s, m, w, _token_hash(key_bytes, s, m, w), slots, key_off, key_bytes)
+        if slots[i, 1] != 0:
+            if dup < 0:
+                dup = k
+            continue
+        slots[i, 0] = w
+        slots[i, 1] = np.uint64(k + 1) | (np.uint64(m) << np.uint64(32))
+    return slots, dup
+
+
+@njit(cache=True)
+def _encode_rows(text, tables, vocab, r0, r1, lengths, out, o, cap):
+    """Encode rows ``r0:r1`` into ``out[o:o+cap]`` back to back, their lengths into ``lengths``.
+
+    ``text`` is ``(offsets, data, valid)``, ``tables`` is ``(classes, norm)``, ``vocab`` is
+    ``(slots, key_off, key_bytes)``. Returns the number of ids written, or -1 when they would
+    not fit in ``cap``.
+    """
+    offsets, data, valid = text
+    classes, norm = tables
+    slots, key_off, key_bytes = vocab
+    buf, tok_end, tok_word = _scratch(offsets, valid, r0, r1)
+    used = 0
+    for r in range(r0, r1):
+        if not valid[r]:
+            lengths[r] = 0
+            continue
+        t = _tokenize_row(data, offsets[r], offsets[r + 1], classes, norm, buf, tok_end, tok_word)
+        if used + t > cap:
+            return -1
+        lengths[r] = t
+        start = 0
+        for i in range(t):
+            m = tok_end[i] - start
+            w = tok_word[i]
+            h = _token_hash(buf, start, m, w)
+            meta = slots[_find(buf, start, m, w, h, slots, key_off, key_bytes), 1]
+            # meta's low half is key index + 1, and id = key index + 2
+            out[o + used + i] = OOV_ID if meta == 0 else np.int64(meta & _LOW32) + 1
+            start = tok_end[i]
+        used += t
+    return used
+
+
+@njit(cache=True)
+def _count_rows(text, classes, r0, r1, lengths):
+    """Token counts of rows ``r0:r1`` into ``lengths``."""
+    offsets, data, valid = text
+    for r in range(r0, r1):
+        lengths[r] = _count_row(data, offsets[r], offsets[r + 1], classes) if valid[r] else 0
+
+
+@njit(cache=True)
+def _exclusive_cumsum(lengths):
+    out = np.zeros(lengths.size + 1, dtype=np.int64)
+    for r in range(lengths.size):
+        out[r + 1] = out[r] + lengths[r]
+    return out
+
+
+@njit(cache=True)
+def _capacity(offsets, r0, r1):
+    # about one token per 5.7 bytes in English: 1 per 4 leaves room; denser text falls back
+    return (offsets[r1] - offsets[r0]) // 4 + 16
+
+
+@njit(cache=True, parallel=True)
+def encode_parallel(text, tables, vocab, bounds):
+    """Token ids of every row: ``(out_offsets int64[n+1], ids int32[nnz], bad)``.
+
+    ``bounds`` int64[chunks+1] splits the rows into chunks run in parallel. Each chunk writes
+    its ids to its own stretch of a scratch array sized from its bytes; a chunk with more
+    tokens than that counts them first and writes straight to the output in the second loop.
+    ``bad`` is non-zero if the counting and the tokenizing scanners disagreed (a bug).
+    """
+    offsets = text[0]
+    n = offsets.size - 1
+    nchunks = bounds.size - 1
+    cap_start = np.zeros(nchunks + 1, dtype=np.int64)
+    for c in range(nchunks):
+        cap_start[c + 1] = cap_start[c] + _capacity(offsets, bounds[c], bounds[c + 1])
+    scratch = np.empty(cap_start[nchunks], dtype=np.int32)
+    lengths = np.zeros(n, dtype=np.int64)
+    used = np.zeros(nchunks, dtype=np.int64)
+    for c in prange(nchunks):
+        r0 = bounds[c]
+        r1 = bounds[c + 1]
+        cap = cap_start[c + 1] - cap_start[c]
+        used[c] = _encode_rows(text, tables, vocab, r0, r1, lengths, scratch, cap_start[c], cap)
+        if used[c] < 0:
+            _count_rows(text, tables[0], r0, r1, lengths)
+    out_offsets = _exclusive_cumsum(lengths)
+    ids = np.empty(out_offsets[n], dtype=np.int32)
+    bad = np.zeros(nchunks, dtype=np.int64)
+    for c in prange(nchunks):
+        r0 = bounds[c]
+        r1 = bounds[c + 1]
+        o = out_offsets[r0]
+        if used[c] >= 0:
+            ids[o : o + used[c]] = scratch[cap_start[c] : cap_start[c] + used[c]]
+        else:
+            want = out_offsets[r1] - o
+            bad[c] = _encode_rows(text, tables, vocab, r0, r1, lengths, ids, o, want) != want
+    return out_offsets, ids, bad.sum()
+
+
+@njit(cache=True)
+def encode_serial(text, tables, vocab):
+    """``encode_parallel`` on one thread, for small inputs: waking threads costs more."""
+    offsets = text[0]
+    n = offsets.size - 1
+    lengths = np.zeros(n, dtype=np.int64)
+    scratch = np.empty(_capacity(offsets, 0, n), dtype=np.int32)
+    used = _encode_rows(text, tables, vocab, 0, n, lengths, scratch, 0, scratch.size)
+    if used >= 0:
+        return _exclusive_cumsum(lengths), scratch[:used].copy(), 0
+    _count_rows(text, tables[0], 0, n, lengths)
+    out_offsets = _exclusive_cumsum(lengths)
+    ids = np.empty(out_offsets[n], dtype=np.int32)
+    got = _encode_rows(text, tables, vocab, 0, n, lengths, ids, 0, ids.size)
+    return out_offsets, ids, int(got != ids.size)
+
+
+@njit(cache=True)
+def count_words(text, tables, table, nkeys):
+    """Add every token's occurrences to a growable table of (word bytes, count).
+
+    ``table`` is ``(slots, key_off, key_bytes, counts)``; returns it, possibly reallocated,
+    with the new number of keys.
+    """
+    offsets, data, valid = text
+    classes, norm = tables
+    slots, key_off, key_bytes, counts = table
+    n = offsets.size - 1
+    buf, tok_end, tok_word = _scratch(offsets, valid, 0, n)
+    for r in range(n):
+        if not valid[r]:
+            continue
+        t = _tokenize_row(data, offsets[r], offsets[r + 1], classes, norm, buf, tok_end, tok_word)
+        start = 0
+        for j in range(t):
+            m = tok_end[j] - start
+            w = tok_word[j]
+            i = _find(buf, start, m, w, _token_hash(buf, start, m, w), slots, key_off, key_bytes)
+            meta = slots[i, 1]
+            if meta != 0:
+                counts[np.int64(meta & _LOW32) - 1] += 1
+                start = tok_end[j]
+                continue
+            # a new word: append its bytes, then claim the slot (growing first if needed)
+            if nkeys + 1 >= counts.size:
+                counts = _grow(counts, 2 * counts.size)
+                key_off = _grow(key_off, 2 * key_off.size)
+            s = key_off[nkeys]
+            if s + m > key_bytes.size:
+                key_bytes = _grow(key_bytes, max(2 * key_bytes.size, s + m))
+            key_bytes[s : s + m] = buf[start : start + m]
+            key_off[nkeys + 1] = s + m
+            counts[nkeys] = 1
+            slots[i, 0] = w
+            slots[i, 1] = np.uint64(nkeys + 1) | (np.uint64(m) << np.uint64(32))
+            nkeys += 1
+            if 2 * nkeys > slots.shape[0]:  # keep the load factor under 1/2
+                slots, _ = new_slots(key_off, key_bytes, nkeys, 2 * slots.shape[0])
+            start = tok_end[j]
+    return (slots, key_off, key_bytes, counts), nkeys
+
+
+@njit(cache=True)
+def _grow(a, size):
+    out = np.zeros(size, dtype=a.dtype)
+    out[: a.size] = a
+    return out
+
+
+@njit(cache=True)
+def token_bytes(text, tables):
+    """Every token's bytes: ``(row_offsets int64[n+1], token_offsets int64[t+1], bytes)``."""
+    offsets, data, valid = text
+    classes, norm = tables
+    n = offsets.size - 1
+    buf, tok_end, tok_word = _scratch(offsets, valid, 0, n)
+    row_offsets = np.zeros(n + 1, dtype=np.int64)
+    nbytes = 0
+    for r in range(n):
+        t = 0
+        if valid[r]:
+            t = _tokenize_row(
+                data, offsets[r], offsets[r + 1], classes, norm, buf, tok_end, tok_word
+            )
+            nbytes += tok_end[t - 1] if t else 0
+        row_offsets[r + 1] = row_offsets[r] + t
+    token_offsets = np.zeros(row_offsets[n] + 1, dtype=np.int64)
+    out = np.empty(nbytes, dtype=np.uint8)
+    for r in range(n):
+        if not valid[r]:
+            continue
+        t = _tokenize_row(data, offsets[r], offsets[r + 1], classes, norm, buf, tok_end, tok_word)
+        o = row_offsets[r]
+        s = token_offsets[o]
+        start = 0
+        for i in range(t):
+            m = tok_end[i] - start
+            out[s : s + m] = buf[start : start + m]
+            s += m
+            token_offsets[o + i + 1] = s
+            start = tok_end[i]
+    return row_offsets, token_offsets, out
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrow input: any string-like array becomes large_string buffers
+# ---------------------------------------------------------------------------------------------
+
+TEXT_BATCH = 65536  # rows per batch when texts come as Python strings
+PARALLEL_BYTES = 1 << 20  # below ~10 ms of work, waking threads costs more than it saves
+
+
+def _is_text_type(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_null(t)
+    )
+
+
+def _to_large_string(arr: pa.Array) -> pa.LargeStringArray:
+    if not _is_text_type(arr.type):
+        raise InputError(f"texts are {arr.type}, expected strings")
+    return arr if pa.types.is_large_string(arr.type) else arr.cast(pa.large_string())
+
+
+def text_batches(texts: Any) -> Iterator[pa.LargeStringArray]:
+    """Yield ``large_string`` arrays from an Arrow array, a chunked array, a Polars Series,
+    an iterable of strings (None allowed), or an iterable of any of the array kinds."""
+    if isinstance(texts, str | bytes):
+        raise TypeError("texts must be an array or a sequence of strings, not a single string")
+    if hasattr(texts, "to_arrow") and not isinstance(texts, pa.Array | pa.ChunkedArray):
+        texts = texts.to_arrow()  # a Polars Series
+    if isinstance(texts, pa.ChunkedArray):
+        for chunk in texts.chunks:
+            yield _to_large_string(chunk)
+        return
+    if isinstance(texts, pa.Array):
+        yield _to_large_string(texts)
+        return
+    pending: list[str | None] = []
+    for item in texts:
+        if item is None or isinstance(item, str):
+            pending.append(item)
+            if len(pending) >= TEXT_BATCH:
+                yield pa.array(pending, type=pa.large_string())
+                pending = []
+        elif pending:
+            raise TypeError("texts mixes strings and arrays")
+        elif isinstance(item, pa.Array | pa.ChunkedArray) or hasattr(item, "to_arrow"):
+            yield from text_batches(item)
+        else:
+            raise TypeError(f"texts must hold strings or string arrays, not {type(item).__name__}")
+    if pending:
+        yield pa.array(pending, type=pa.large_string())
+
+
+def buffers(arr: pa.LargeStringArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Zero-copy ``(offsets int64[n+1], data uint8[], valid bool[n])`` of a large_string array."""
+    n = len(arr)
+    _, off_buf, data_buf = arr.buffers()
+    if off_buf is None:  # an empty array may come without buffers
+        offsets = np.zeros(n + 1, dtype=np.int64)
+    else:
+        offsets = np.frombuffer(off_buf, dtype=np.int64, count=n + 1, offset=arr.offset * 8)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf else np.zeros(0, dtype=np.uint8)
+    if arr.null_count:
+        # a null's offsets may span bytes (Arrow allows it): the kernels skip invalid rows
+        valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    else:
+        valid = np.ones(n, dtype=np.bool_)
+    # Numba compiles one version per array type, and read-only is a type: make all three
+    # read-only (as Arrow's buffers are) so every input shares one compiled kernel
+    for a in (offsets, data, valid):
+        a.flags.writeable = False
+    return offsets, data, valid
+
+
+def chunk_bounds(offsets: np.ndarray, chunks: int) -> np.ndarray:
+    """Row boundaries splitting rows into ``chunks`` runs of about equal bytes."""
+    n = offsets.size - 1
+    chunks = max(1, min(chunks, n))
+    targets = np.linspace(offsets[0], offsets[-1], chunks + 1)
+    bounds = np.searchsorted(offsets, targets[1:-1]).astype(np.int64)
+    return np.unique(np.concatenate(([0], np.clip(bounds, 0, n), [n]))).astype(np.int64)
