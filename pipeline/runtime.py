@@ -13,7 +13,8 @@ command applies the defaults below at start, and a library user gets the same wi
     ...
     runtime.set_threads(2)       # Numba and BLAS together
 
-Environment variables: each is read in this module only, by the function named.
+Environment variables. The package reads each of its own here only, by the function named;
+the last four are read outside the package, by the scripts named.
 
 | variable | read by | meaning |
 | --- | --- | --- |
@@ -27,14 +28,19 @@ Environment variables: each is read in this module only, by the function named.
 | `RNNPIPE_CUDA_ROWS` | `cuda_block_sizes` | sequences per recurrence block (simulator only) |
 | `RNNPIPE_CUDA_TILE` | `cuda_block_sizes` | edge of a matrix-product tile (simulator only) |
 | `RNNPIPE_CUDA_SPLIT_K` | `cuda_block_sizes` | k per part of a split product (simulator only) |
-| `RNNPIPE_DATA_DIR` | tests, benchmarks | the IMDB data folder; not read by the package |
+| `RNNPIPE_DATA_DIR` | tests, benchmarks, `make_sample.py` | the folder holding the IMDB data |
+| `RNNPIPE_CACHE_DIR` | `sample_data/make_sample.py` | where the downloaded IMDB archive is kept |
+| `RNNPIPE_IMDB_URL` | `sample_data/make_sample.py` | a mirror of the IMDB archive |
+| `RNNPIPE_IMDB_SHA256` | `sample_data/make_sample.py` | that mirror's archive's SHA-256 |
 
 `RNNPIPE_NUMBA_CPU_FEATURES` is written beside the `NUMBA_CPU_FEATURES` that
 `apply_defaults` chose for this CPU, so that a child process, which inherits both, can tell
 that choice from a user's own and make its own for the CPU it runs on. `RNNPIPE_THREAD_ENV=0`
 is what `peer_environment` sets for a benchmark's PyTorch peer. The `RNNPIPE_CUDA_*` sizes
 are read under the CUDA simulator only (`NUMBA_ENABLE_CUDASIM=1`), so that tiny test inputs
-span several blocks.
+span several blocks. Two more belong to the test suite's own child processes:
+`RNNPIPE_CUDA_SIM_CHILD` (`test_kernels_cuda.py`'s simulator run) and
+`RNNPIPE_TEST_KILL_AT_STEP` (`test_cli.py`'s kill-and-resume run).
 
 The variables other libraries read, set by `apply_defaults` where the user has not:
 `OPENBLAS_THREAD_TIMEOUT=4` and `OMP_WAIT_POLICY=PASSIVE` (see `THREAD_ENV`), and
