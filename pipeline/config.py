@@ -351,15 +351,15 @@ class PretrainConfig:
     the tokenizer's vocabulary; ``valid_frac`` share of the reviews held out for perplexity
     (at most ``max_valid`` of them); ``seed``; ``threads`` (None: leave as is); ``backend``.
 
-    Example: ``PretrainConfig(epochs=4, samples=512)``.
+    Example: ``PretrainConfig(epochs=2, samples=512)``.
     """
 
-    epochs: int = 4
+    epochs: int = 1
     batch_size: int = 64
     lr: float = 2e-3
     warmup_steps: int = 200
     clip_norm: float = 1.0
-    samples: int = 512
+    samples: int = 256
     num_words: int = 30000
     word_vectors: int = 5
     valid_frac: float = 0.01

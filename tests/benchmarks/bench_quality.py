@@ -22,7 +22,8 @@ times them (wall clock):
   ``rnnpipe evaluate HELD_OUT --model M``;
 * ``pretrained``: ``rnnpipe pretrain UNLABELED TRAIN --out ENC`` (IMDB: the 50,000
   unlabeled reviews of ``imdb_unsup.parquet`` and the training file's text; never the
-  held-out text), then ``rnnpipe train TRAIN --init-from ENC`` and evaluate;
+  held-out text; SST-2: the same unlabeled IMDB reviews and the training phrases), then
+  ``rnnpipe train TRAIN --init-from ENC`` and evaluate;
 * ``tfidf``: scikit-learn's ``TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True,
   min_df=2, max_features=200000)`` on lower-cased text without ``<br />``, and
   ``LogisticRegression(C=4)`` (the baseline of ``shared/ANCHORS.md``), in this process.
@@ -89,7 +90,8 @@ def datasets(names: list[str]) -> dict[str, dict]:
             "train": data_dir() / "sst2_train.parquet",
             "held": data_dir() / "sst2_dev.parquet",
             "train_args": [],
-            "unlabeled": [data_dir() / "sst2_train.parquet"],
+            # unlabeled movie reviews, and the training phrases' own text
+            "unlabeled": [data_dir() / "imdb_unsup.parquet", data_dir() / "sst2_train.parquet"],
         }
     return out
 

@@ -16,8 +16,12 @@ and the modules) happens before the clock starts, after one untimed warm-up run 
 64-row file (Numba's cache, oneDNN's primitives).
 
 * rnnpipe: ``pipeline.score.score`` (what ``rnnpipe score`` runs) with a random-weight
-  model, ``Model(ModelConfig(cell, E=128, H=128, max_len=256), tokenizer=tok, seed=0)``,
-  its 20,000-word vocabulary fitted on the input, saved once and loaded with ``Model.load``.
+  model, ``Model(ModelConfig(cell, E=128, H=128, max_len=256), tokenizer=tok, seed=0)``
+  (one direction, last state), or for ``--cells default`` the classifier ``rnnpipe train``
+  makes (bidirectional GRU E=H=128, max pooling, the last 400 tokens), its 20,000-word
+  vocabulary fitted on the input, saved once and loaded with ``Model.load``. The PyTorch
+  peer of ``default`` is ``nn.GRU(bidirectional=True)`` with the max over each review's
+  own steps (its padding masked).
 * PyTorch, built the way a good engineer would: per file, Polars reads it and tokenizes
   (lowercase, ``<br />`` replaced, ``str.extract_all(r"[a-z0-9']+")``, explode, a left join
   to the SAME vocabulary, OOV = 1, regroup, the last 256 tokens kept); NumPy pre-pads
@@ -187,6 +191,10 @@ def child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
     tok = Tokenizer(num_words=NUM_WORDS).fit(texts)
     fit_s = time.perf_counter() - t0
     for cell in spec["cells"]:
+        if cell == "default":  # the classifier rnnpipe train makes, with random weights
+            config = ModelConfig(vocab_size=tok.vocab_size)
+            Model(config, tokenizer=tok, seed=0).save(Path(spec["models"]) / cell)
+            continue
         config = ModelConfig(
             cell=cell,
             embed_dim=EMBED_DIM,
@@ -253,15 +261,21 @@ def child_torch(spec: dict[str, Any]) -> dict[str, Any]:
 
     V, E = w["embedding"].shape
     H = w["l0.fwd.W_hh"].shape[1]
+    bidirectional, pooling = bool(config["bidirectional"]), config["pooling"]
+    if pooling not in ("last", "max") or (bidirectional and pooling != "max"):
+        raise SystemExit(f"the PyTorch peer pools last (one direction) or max, not {pooling}")
     emb = torch.nn.Embedding(V, E, padding_idx=0)
-    rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](E, H, batch_first=True)
-    lin = torch.nn.Linear(H, 1)
+    rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
+        E, H, batch_first=True, bidirectional=bidirectional
+    )
+    lin = torch.nn.Linear(H * (2 if bidirectional else 1), 1)
     with torch.no_grad():
         emb.weight.copy_(torch.from_numpy(w["embedding"]))
         # rnnpipe keeps PyTorch's gate order and layout, so the arrays copy as they are
-        for mine, theirs in (("W_ih", "weight_ih"), ("W_hh", "weight_hh"), ("b_ih", "bias_ih"),
-                             ("b_hh", "bias_hh")):  # fmt: skip
-            getattr(rnn, f"{theirs}_l0").copy_(torch.from_numpy(w[f"l0.fwd.{mine}"]))
+        for d, suffix in (("fwd", ""), ("bwd", "_reverse"))[: 2 if bidirectional else 1]:
+            for mine, theirs in (("W_ih", "weight_ih"), ("W_hh", "weight_hh"),
+                                 ("b_ih", "bias_ih"), ("b_hh", "bias_hh")):  # fmt: skip
+                getattr(rnn, f"{theirs}_l0{suffix}").copy_(torch.from_numpy(w[f"l0.{d}.{mine}"]))
         lin.weight.copy_(torch.from_numpy(w["out.W"]))
         lin.bias.copy_(torch.from_numpy(w["out.b"]))
     for m in (emb, rnn, lin):
@@ -277,6 +291,16 @@ def child_torch(spec: dict[str, Any]) -> dict[str, Any]:
                 b1 = min(b0 + BATCH, lengths.size)
                 width = max(1, int(lengths[b0:b1].max()))
                 xb = torch.from_numpy(np.ascontiguousarray(x[b0:b1, max_len - width :]))
+                if pooling == "max":
+                    # max over each review's own steps: the pre-padding's outputs are masked
+                    # (the backward direction reaches them only after the real tokens)
+                    outputs, _ = rnn(emb(xb))  # (B, width, dirs*H)
+                    lens = torch.from_numpy(lengths[b0:b1].astype(np.int64))
+                    pad = torch.arange(width)[None, :] < (width - lens)[:, None]
+                    pooled = outputs.masked_fill(pad[:, :, None], float("-inf")).amax(dim=1)
+                    pooled = torch.where(lens[:, None] > 0, pooled, torch.zeros_like(pooled))
+                    scores[b0:b1] = torch.sigmoid(lin(pooled))[:, 0].numpy()
+                    continue
                 _, state = rnn(emb(xb))
                 h = state[0] if cell == "lstm" else state  # (1, B, H)
                 scores[b0:b1] = torch.sigmoid(lin(h[-1]))[:, 0].numpy()
@@ -399,7 +423,9 @@ def main() -> None:
     ap.add_argument("--input", type=Path, default=None, help="use this folder instead")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per engine")
-    ap.add_argument("--cells", default="lstm,gru", help="comma-separated: lstm,gru")
+    ap.add_argument(
+        "--cells", default="lstm,gru", help="comma-separated: lstm, gru, default (the trainer's)"
+    )
     ap.add_argument("--no-torch", action="store_true", help="rnnpipe rows only")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -410,9 +436,9 @@ def main() -> None:
         return
 
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    bad = [c for c in cells if c not in ("lstm", "gru")]
+    bad = [c for c in cells if c not in ("lstm", "gru", "default")]
     if bad or not cells:
-        raise SystemExit(f"--cells takes lstm and/or gru, got {args.cells!r}")
+        raise SystemExit(f"--cells takes lstm, gru and/or default, got {args.cells!r}")
     if args.repeats < 1 or args.threads < 1:
         raise SystemExit("--repeats and --threads must be >= 1")
     torch_ok = not args.no_torch and importlib.util.find_spec("torch") is not None
