@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from pipeline.events import BatchDone, EpochStart, PretrainEpochEnd, PretrainRea
 from pipeline.kernels import get_backend
 from pipeline.lm import UnigramSampler, full_softmax_nll, sampled_softmax
 from pipeline.optim import LRSchedule, RowGrad, clip_global_norm, make_optimizer
+from pipeline.runtime import set_threads
 from pipeline.text import PAD_ID, TokenIds, Tokenizer
 from pipeline.word2vec import word_vectors
 
@@ -363,6 +365,151 @@ def _save_state(ckpt: Path, state: dict[str, Any], arrays: Mapping[str, np.ndarr
         (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
 
 
+@dataclass
+class _LMRun:
+    """One pretraining run: what every epoch works on."""
+
+    ec: EncoderConfig
+    pc: PretrainConfig
+    params: dict[str, np.ndarray]
+    kernels: Any
+    store: _Store
+    starts: np.ndarray  # (windows,) first token of each training window
+    lens: np.ndarray  # (windows,)
+    sampler: UnigramSampler
+    optimizer: Any
+    schedule: LRSchedule
+    rng: np.random.Generator
+    identity: dict[str, Any]
+    ckpt: Path
+    tokenizer: Tokenizer
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _tokenized(
+    files: Sequence[Path], text_col: str | None, ckpt: Path, stamp: dict[str, Any],
+    pc: PretrainConfig, resume: bool,
+) -> tuple[Any, Any, Tokenizer, _Store]:  # fmt: skip
+    """The tokenizer and the token store: built once (fit, then tokenize every review), or
+    taken from the checkpoint when resuming, with its last epoch's state and arrays."""
+    state = arrays = None
+    if resume:
+        state, arrays, tokenizer = _read_state(ckpt, stamp)
+    else:
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        tokenizer = Tokenizer(num_words=pc.num_words)
+        tokenizer.fit(
+            fb.batch.column(0)
+            for f in files
+            for fb in io.iter_batches([f], [_text_column(f, text_col)], batch_rows=_READ_ROWS,
+                                      text_col=_text_column(f, text_col))
+        )  # fmt: skip
+        if tokenizer.vocab_size < 3:
+            raise InputError(f"{files[0]}: no words to learn from (every text is empty)")
+        _build_store(files, text_col, tokenizer, ckpt / "store")
+        io.atomic_write_text(ckpt / "stamp.json", json.dumps(stamp) + "\n")
+    return state, arrays, tokenizer, _open_store(ckpt / "store", tokenizer, pc)
+
+
+def _lm_epoch(run: _LMRun, emit: Callable[[Any], None]) -> dict[str, Any]:
+    """One pass over shuffled windows, then held-out perplexity; returns the history row."""
+    run.epoch += 1
+    epoch, pc, optimizer = run.epoch, run.pc, run.optimizer
+    t0 = time.perf_counter()
+    batches = length_bucketed_batches(run.lens, pc.batch_size, run.rng)
+    emit(EpochStart(epoch, pc.epochs, len(batches)))
+    loss_sum, tokens_done = 0.0, 0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for b, idx in enumerate(batches, start=1):
+            t1 = time.perf_counter()
+            batch = run.store.gather(run.starts[idx], run.lens[idx])
+            lr = run.schedule(optimizer.step_count)
+            loss, grads = _lm_step(
+                run.ec, run.params, run.kernels, batch, run.sampler, pc.samples, run.rng
+            )
+            if not math.isfinite(loss):
+                raise RunError(
+                    f"pretraining diverged at epoch {epoch}, batch {b} (loss {loss}): lower --lr"
+                )
+            if pc.clip_norm > 0:
+                clip_global_norm(grads, pc.clip_norm)
+            optimizer.step(grads, lr)
+            loss_sum += loss
+            tokens_done += batch.nnz
+            speed = batch.nnz / max(time.perf_counter() - t1, 1e-9)
+            emit(BatchDone(epoch, b, len(batches), loss, speed, lr))
+    seconds = time.perf_counter() - t0
+    return {
+        "epoch": epoch,
+        "train_loss": loss_sum / max(len(batches), 1),
+        "perplexity": _perplexity(run.ec, run.params, run.kernels, run.store),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "tokens_per_s": round(tokens_done / max(seconds, 1e-9), 1),
+    }
+
+
+def _checkpoint(run: _LMRun) -> None:
+    arrays = {f"param/{k}": v for k, v in run.params.items()}
+    arrays.update({f"optim/{k}": v for k, v in run.optimizer.state_dict().items()})
+    state = {"version": CHECKPOINT_VERSION, **run.identity, "epoch": run.epoch,
+             "history": _json_ready(run.history), "rng": run.rng.bit_generator.state}  # fmt: skip
+    _save_state(run.ckpt, state, arrays, run.tokenizer)
+
+
+def _start(
+    files: Sequence[Path], text_col: str | None, ec: EncoderConfig, pc: PretrainConfig,
+    ckpt: Path, resume: bool, emit: Callable[[Any], None],
+) -> _LMRun:  # fmt: skip
+    """Tokenize, learn the word vectors, build the optimizer; restore a checkpoint."""
+    stamp = {
+        "files": _fingerprint_files(files, text_col),
+        "num_words": pc.num_words,
+        "seed": pc.seed,
+        "valid_frac": pc.valid_frac,
+        "max_valid": pc.max_valid,
+    }
+    state, arrays, tokenizer, store = _tokenized(files, text_col, ckpt, stamp, pc, resume)
+    ec = dataclasses.replace(ec, vocab_size=tokenizer.vocab_size)
+    starts, lens = store.windows(ec.max_len, valid=False)
+    if starts.size == 0:
+        raise InputError(f"{files[0]}: no review has two tokens: nothing to pretrain on")
+    params = _init_params(ec, store.counts, pc.seed)
+    if pc.word_vectors > 0 and state is None:
+        t0 = time.perf_counter()
+        # every review in place in the token store (a memory map): the held-out ones skipped
+        params["embedding"] = word_vectors(
+            TokenIds(store.offsets, store.ids), ec.vocab_size, ec.embed_dim, pc.word_vectors,
+            pc.seed, skip=store.valid,
+        )  # fmt: skip
+        n_tokens = int(store.ids.size - np.diff(store.offsets)[store.valid].sum())
+        emit(WordVectorsDone(pc.word_vectors, n_tokens, time.perf_counter() - t0))
+    steps = pc.epochs * math.ceil(starts.size / pc.batch_size)
+    run = _LMRun(
+        ec=ec, pc=pc, params=params, kernels=get_backend(pc.backend), store=store,
+        starts=starts, lens=lens, sampler=UnigramSampler(store.counts),
+        optimizer=make_optimizer("adam", params, pc.lr, 0.0),
+        schedule=LRSchedule(pc.lr, min(pc.warmup_steps, steps // 10), "linear", max(steps, 1)),
+        rng=np.random.default_rng(pc.seed),
+        identity={
+            "encoder_config": ec.to_dict(),
+            "pretrain_config": {
+                k: v for k, v in pc.to_dict().items() if k not in ("epochs", "threads")
+            },
+            "stamp": stamp,
+        },
+        ckpt=ckpt, tokenizer=tokenizer,
+    )  # fmt: skip
+    if state is not None:
+        run.epoch, run.history = _restore(
+            ckpt, state, arrays, run.identity, params, run.optimizer, run.rng
+        )
+        if run.epoch > pc.epochs:
+            raise ConfigError(f"{ckpt}: the checkpoint is at epoch {run.epoch} > epochs")
+    return run
+
+
 def pretrain(
     sources: Any,
     out_dir: str | Path,
@@ -389,8 +536,6 @@ def pretrain(
 
         pretrain("unlabeled/", "enc/", EncoderConfig(hidden_dim=128), PretrainConfig(epochs=3))
     """
-    from pipeline.kernels.threads import set_threads
-
     pc = config or PretrainConfig()
     ec = encoder_config or EncoderConfig()
     emit = progress or (lambda event: None)
@@ -402,132 +547,35 @@ def pretrain(
     _check_outputs(out_dir, ckpt, files)
     if pc.threads is not None:
         set_threads(pc.threads)
-    kernels = get_backend(pc.backend)
-
-    # ---- tokenizer and token store (built once, kept for --resume)
-    stamp = {
-        "files": _fingerprint_files(files, text_col),
-        "num_words": pc.num_words,
-        "seed": pc.seed,
-        "valid_frac": pc.valid_frac,
-        "max_valid": pc.max_valid,
-    }
-    state = None
-    if resume:
-        state, arrays, tokenizer = _read_state(ckpt, stamp)
-    else:
-        if ckpt.exists():
-            import shutil
-
-            shutil.rmtree(ckpt)
-        tokenizer = Tokenizer(num_words=pc.num_words)
-        tokenizer.fit(
-            fb.batch.column(0)
-            for f in files
-            for fb in io.iter_batches([f], [_text_column(f, text_col)], batch_rows=_READ_ROWS,
-                                      text_col=_text_column(f, text_col))
-        )  # fmt: skip
-        if tokenizer.vocab_size < 3:
-            raise InputError(f"{files[0]}: no words to learn from (every text is empty)")
-        _build_store(files, text_col, tokenizer, ckpt / "store")
-        io.atomic_write_text(ckpt / "stamp.json", json.dumps(stamp) + "\n")
-    store = _open_store(ckpt / "store", tokenizer, pc)
-    ec = dataclasses.replace(ec, vocab_size=tokenizer.vocab_size)
-    starts, lens = store.windows(ec.max_len, valid=False)
-    if starts.size == 0:
-        raise InputError(f"{files[0]}: no review has two tokens: nothing to pretrain on")
-
-    params = _init_params(ec, store.counts, pc.seed)
-    if pc.word_vectors > 0 and state is None:
-        t0 = time.perf_counter()
-        # every review in place in the token store (a memory map): the held-out ones skipped
-        params["embedding"] = word_vectors(
-            TokenIds(store.offsets, store.ids), ec.vocab_size, ec.embed_dim, pc.word_vectors,
-            pc.seed, skip=store.valid,
-        )  # fmt: skip
-        n_tokens = int(store.ids.size - np.diff(store.offsets)[store.valid].sum())
-        emit(WordVectorsDone(pc.word_vectors, n_tokens, time.perf_counter() - t0))
-    sampler = UnigramSampler(store.counts)
-    optimizer = make_optimizer("adam", params, pc.lr, 0.0)
-    batches_per_epoch = math.ceil(starts.size / pc.batch_size)
-    steps = pc.epochs * batches_per_epoch
-    schedule = LRSchedule(pc.lr, min(pc.warmup_steps, steps // 10), "linear", max(steps, 1), 0.0)
-    rng = np.random.default_rng(pc.seed)
-    history: list[dict[str, Any]] = []
-    identity = {
-        "encoder_config": ec.to_dict(),
-        "pretrain_config": {
-            k: v for k, v in pc.to_dict().items() if k not in ("epochs", "threads")
-        },
-        "stamp": stamp,
-    }
-    epoch = 0
-    if state is not None:
-        epoch, history = _restore(ckpt, state, arrays, identity, params, optimizer, rng)
-        if epoch > pc.epochs:
-            raise ConfigError(f"{ckpt}: the checkpoint is at epoch {epoch} > epochs")
+    run = _start(files, text_col, ec, pc, ckpt, resume, emit)
+    store = run.store
     emit(
         PretrainReady(
             n_reviews=int((~store.valid).sum()), n_valid=int(store.valid.sum()),
-            tokens=int(lens.sum()), windows=int(starts.size), vocab_size=ec.vocab_size,
-            epochs=pc.epochs, batches_per_epoch=batches_per_epoch, start_epoch=epoch,
+            tokens=int(run.lens.sum()), windows=int(run.starts.size),
+            vocab_size=run.ec.vocab_size, epochs=pc.epochs,
+            batches_per_epoch=math.ceil(run.starts.size / pc.batch_size),
+            start_epoch=run.epoch,
         )
     )  # fmt: skip
-
-    while epoch < pc.epochs:
-        epoch += 1
-        t0 = time.perf_counter()
-        batches = length_bucketed_batches(lens, pc.batch_size, rng)
-        emit(EpochStart(epoch, pc.epochs, len(batches)))
-        loss_sum, tokens_done = 0.0, 0
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for b, idx in enumerate(batches, start=1):
-                t1 = time.perf_counter()
-                batch = store.gather(starts[idx], lens[idx])
-                lr = schedule(optimizer.step_count)
-                loss, grads = _lm_step(ec, params, kernels, batch, sampler, pc.samples, rng)
-                if not math.isfinite(loss):
-                    raise RunError(
-                        f"pretraining diverged at epoch {epoch}, batch {b} (loss {loss}): "
-                        f"lower --lr"
-                    )
-                if pc.clip_norm > 0:
-                    clip_global_norm(grads, pc.clip_norm)
-                optimizer.step(grads, lr)
-                loss_sum += loss
-                tokens_done += batch.nnz
-                speed = batch.nnz / max(time.perf_counter() - t1, 1e-9)
-                emit(BatchDone(epoch, b, len(batches), loss, speed, lr))
-        seconds = time.perf_counter() - t0
-        ppl = _perplexity(ec, params, kernels, store)
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum / max(len(batches), 1),
-            "perplexity": ppl,
-            "seconds": round(time.perf_counter() - t0, 3),
-            "tokens_per_s": round(tokens_done / max(seconds, 1e-9), 1),
-        }
-        history.append(row)
-        arrays = {f"param/{k}": v for k, v in params.items()}
-        arrays.update({f"optim/{k}": v for k, v in optimizer.state_dict().items()})
-        state = {"version": CHECKPOINT_VERSION, **identity, "epoch": epoch,
-                 "history": _json_ready(history), "rng": rng.bit_generator.state}  # fmt: skip
-        _save_state(ckpt, state, arrays, tokenizer)
-        emit(PretrainEpochEnd(epoch, pc.epochs, row["train_loss"], ppl, row["seconds"],
-                              row["tokens_per_s"]))  # fmt: skip
-
+    while run.epoch < pc.epochs:
+        row = _lm_epoch(run, emit)
+        run.history.append(row)
+        _checkpoint(run)
+        emit(PretrainEpochEnd(run.epoch, pc.epochs, row["train_loss"], row["perplexity"],
+                              row["seconds"], row["tokens_per_s"]))  # fmt: skip
     info = {
         "data": [str(f) for f in files],
         "text_col": text_col,
         "reviews": int((~store.valid).sum()),
         "held_out_reviews": int(store.valid.sum()),
-        "tokens_per_epoch": int(lens.sum()),
+        "tokens_per_epoch": int(run.lens.sum()),
         "pretrain_config": pc.to_dict(),
-        "history": _json_ready(history),
+        "history": _json_ready(run.history),
     }
-    encoder = Encoder(ec, params, tokenizer, info)
+    encoder = Encoder(run.ec, run.params, run.tokenizer, info)
     _save_encoder(out_dir, encoder)
-    return PretrainResult(out_dir, encoder, history, ckpt)
+    return PretrainResult(out_dir, encoder, run.history, ckpt)
 
 
 def _json_ready(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

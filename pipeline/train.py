@@ -1,16 +1,16 @@
-"""The training loop: read labelled Parquet, fit the tokenizer, train, validate, save.
+"""The training loop: data, tokenizer and model built, epochs run, the model saved.
 
-``train`` reads the text and label columns, validates the labels, fits the ``Tokenizer`` on
-the training split only, holds out a stratified validation split (or reads ``valid_paths``),
-then runs epochs of length-bucketed shuffled minibatches with Adam (or SGD), gradient
-clipping and a learning-rate schedule. After each epoch it validates, keeps the best
-weights (early stopping on validation loss) and writes a checkpoint next to the output
-(``<out_dir>.checkpoint/``) from which ``resume=True`` continues bit for bit. The final
-model (best weights) goes to ``out_dir`` atomically, with ``metrics.json``, ``history.csv``
-and, when matplotlib is importable, ``training_curve.png``.
+``train`` reads and splits the labelled data (``pipeline.dataset``), fits the ``Tokenizer``
+on the training rows (or takes a warm start's), learns word vectors from the training
+text (``pipeline.word2vec``), then runs epochs of length-bucketed shuffled minibatches with
+Adam (or SGD), gradient clipping and a learning-rate schedule. After each epoch it
+validates, keeps the best weights (early stopping on validation loss, when asked) and
+writes a checkpoint (``pipeline.checkpoint``) from which ``resume=True`` continues bit for
+bit. Finally it fits the scores' temperature on the validation rows and saves the model
+atomically with ``metrics.json`` and ``history.csv``. Three parts: ``_build``, ``_fit``,
+``_keep_and_calibrate``.
 
-The library prints nothing: pass ``progress`` to receive ``DataReady``, ``EpochStart``,
-``BatchDone`` and ``EpochEnd`` events.
+The library prints nothing: pass ``progress`` to receive ``pipeline.events`` events.
 
 Example::
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import io as _stdio
 import json
 import math
@@ -37,13 +36,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipeline import io, kernels
-from pipeline.batching import group_split, length_bucketed_batches, stratified_split
+from pipeline import io
+from pipeline.batching import length_bucketed_batches
+from pipeline.checkpoint import (
+    CHECKPOINT_VERSION,
+    LoopState,
+    check_resumable,
+    checkpoint_dir_for,
+    read_checkpoint,
+    write_checkpoint,
+)
 from pipeline.config import ModelConfig, TrainConfig
-from pipeline.errors import ConfigError, InputError, RunError
+from pipeline.dataset import Split, fingerprint_data, load_split
+from pipeline.errors import ConfigError, RunError
+from pipeline.evaluate import evaluate
 from pipeline.events import (
     BatchDone,
     DataReady,
@@ -61,8 +68,9 @@ from pipeline.optim import (
     make_optimizer,
 )
 from pipeline.pretrain import Encoder, is_encoder_dir, load_encoder
+from pipeline.runtime import set_threads
 from pipeline.text import TokenIds, Tokenizer
-from pipeline.word2vec import word_vectors
+from pipeline.word2vec import load_embeddings, word_vectors
 
 __all__ = [
     "BatchDone",
@@ -77,11 +85,6 @@ __all__ = [
     "train",
 ]
 
-CHECKPOINT_VERSION = 1
-# options that may change between a run and its resumption without changing the result
-# of the epochs already done
-_RESUMABLE_CHANGES = {"epochs", "patience", "threads"}
-
 
 @dataclass
 class TrainResult:
@@ -95,232 +98,6 @@ class TrainResult:
     stopped_early: bool
     checkpoint_dir: Path
     embedding_coverage: float | None = None
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass
-class _Labelled:
-    texts: pa.ChunkedArray
-    labels: np.ndarray  # (n,) str
-    origin: list[tuple[Path, int]]  # (file, first global row) per file, for error messages
-    groups: np.ndarray | None = None  # (n,) str: the --valid-group column, when asked for
-
-
-def _read_labelled(
-    paths: Sequence[Path], text_col: str | None, label_col: str, group_col: str | None = None
-) -> _Labelled:
-    """Text and label columns of every file, labels as strings; InputError on bad labels.
-    With ``group_col``, that column too, as strings (InputError on a null)."""
-    texts: list[pa.Array] = []
-    labels: list[np.ndarray] = []
-    groups: list[np.ndarray] = []
-    origin: list[tuple[Path, int]] = []
-    start = 0
-    for path in paths:
-        schema = io.parquet_schema(path)
-        column = io.detect_text_column(schema, text_col, path)
-        for col, option in ((label_col, "--label-col"), (group_col, "--valid-group")):
-            if col is not None and col not in schema.names:
-                raise InputError(
-                    f"{path}: no column '{col}' (columns: {', '.join(schema.names)}): pass {option}"
-                )
-        wanted = [column, label_col] + ([group_col] if group_col not in (None, column) else [])
-        table = io.read_columns([path], wanted, text_col=column)
-        origin.append((Path(path), start))
-        start += table.num_rows
-        texts.extend(table.column(column).cast(pa.large_string()).chunks)
-        labels.append(_label_strings(table.column(label_col), path, label_col))
-        if group_col is not None:
-            groups.append(_group_strings(table.column(group_col), path, group_col))
-    if start == 0:
-        raise InputError(f"{', '.join(map(str, paths))}: no rows (empty input)")
-    text = pa.chunked_array(texts, type=pa.large_string())
-    if pc.max(pc.binary_length(text)).as_py() in (None, 0):
-        raise InputError(
-            f"{', '.join(map(str, paths))}: the text column is null or empty in every row "
-            f"(pass --text-col if the text is in another column)"
-        )
-    return _Labelled(
-        text, np.concatenate(labels), origin, np.concatenate(groups) if groups else None
-    )
-
-
-def _group_strings(col: pa.ChunkedArray, path: Path, group_col: str) -> np.ndarray:
-    """A group key per row as strings; InputError naming the first null row."""
-    if col.null_count:
-        row = int(pc.index(pc.is_null(col), True).as_py())
-        raise InputError(
-            f"{path}: column '{group_col}' is null at row {row} (0-based): every row needs a "
-            f"group for --valid-group"
-        )
-    if pa.types.is_dictionary(col.type):
-        col = col.cast(col.type.value_type)
-    return col.cast(pa.string()).to_numpy(zero_copy_only=False).astype(str)
-
-
-def _label_strings(col: pa.ChunkedArray, path: Path, label_col: str) -> np.ndarray:
-    """Labels as strings: integers (and bools) by their decimal value, strings as they are."""
-    where = f"{path}: column '{label_col}'"
-    if pa.types.is_dictionary(col.type):
-        col = col.cast(col.type.value_type)
-    if col.null_count:
-        row = int(pc.index(pc.is_null(col), True).as_py())
-        raise InputError(f"{where} is null at row {row} (0-based): every row needs a label")
-    typ = col.type
-    if pa.types.is_integer(typ) or pa.types.is_boolean(typ):
-        return col.cast(pa.int64()).to_numpy().astype(str)
-    if pa.types.is_floating(typ):
-        values = col.to_numpy()
-        bad = ~np.isfinite(values) | (values != np.round(values))
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise InputError(
-                f"{where} has the non-integer label {values[row].item()!r} at row {row} (0-based): "
-                f"labels must be integers or strings"
-            )
-        return values.astype(np.int64).astype(str)
-    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
-        values = col.to_numpy(zero_copy_only=False).astype(str)
-        empty = np.flatnonzero(values == "")
-        if empty.size:
-            raise InputError(f"{where} has an empty label at row {int(empty[0])} (0-based)")
-        return values
-    raise InputError(f"{where} is {typ}, expected integer or string labels: pass --label-col")
-
-
-def _check_label_case(values: np.ndarray, path: Path, label_col: str) -> None:
-    """InputError when two labels differ only in case ('Negative', 'NEGATIVE'): almost always
-    a data error that would silently train a class too many."""
-    seen: dict[str, str] = {}
-    for label in np.unique(values).tolist():
-        other = seen.setdefault(label.casefold(), label)
-        if other != label:
-            raise InputError(
-                f"{path}: column '{label_col}' has the labels {other!r} and {label!r}, which "
-                f"differ only in case: make them consistent, or pass --classes to keep both"
-            )
-
-
-def _sorted_classes(values: np.ndarray) -> tuple[str, ...]:
-    """Distinct labels, numerically sorted when they are all integers ("2" before "10")."""
-    distinct = np.unique(values).tolist()
-    try:
-        return tuple(str(v) for v in sorted(distinct, key=int))
-    except ValueError:
-        return tuple(sorted(distinct))
-
-
-def _label_indices(data: _Labelled, classes: tuple[str, ...], label_col: str) -> np.ndarray:
-    """int64 class index per row; InputError naming file, column and row of a label outside."""
-    distinct, inverse = np.unique(data.labels, return_inverse=True)
-    lookup = {c: k for k, c in enumerate(classes)}
-    mapped = np.array([lookup.get(v, -1) for v in distinct.tolist()], dtype=np.int64)
-    y = mapped[inverse.reshape(-1)] if distinct.size else np.zeros(0, np.int64)
-    bad = np.flatnonzero(y < 0)
-    if bad.size:
-        row = int(bad[0])
-        path, first = next((p, s) for p, s in reversed(data.origin) if s <= row)
-        raise InputError(
-            f"{path}: column '{label_col}' has the label {str(data.labels[row])!r} at row "
-            f"{row - first} (0-based), which is not one of the classes {list(classes)}"
-        )
-    return y
-
-
-def _fingerprint_data(tokens: TokenIds, y: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in (tokens.offsets, tokens.ids, y.astype(np.int64)):
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------- embeddings
-
-
-def load_embeddings(
-    path: str | Path, tokenizer: Any, embedding: np.ndarray, chunk_lines: int = 50_000
-) -> float:
-    """Copy pretrained word vectors (word2vec/GloVe text format) into ``embedding`` in place.
-
-    Each line is a word and its vector; an optional first line ``N D`` is skipped. A word
-    whose tokenizer encoding is a single in-vocabulary id gets its vector (first occurrence
-    wins); all other rows keep their random values, the pad row stays zero.
-
-    Returns the coverage: the share of the vocabulary's words (ids >= 2) that received a vector.
-
-    Raises InputError for a missing file or a vector whose dimension is not the embedding's.
-
-    Example: ``coverage = load_embeddings("glove.6B.100d.txt", tok, model.params["embedding"])``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: embeddings file not found")
-    V, E = embedding.shape
-    filled = np.zeros(V, dtype=bool)
-    filled[:2] = True  # pad and OOV never come from the file
-
-    def flush(words: list[str], rests: list[str], first_line: int) -> None:
-        enc = tokenizer.encode(pa.array(words, type=pa.large_string()))
-        lens = enc.lengths
-        single = np.flatnonzero(lens == 1)
-        ids = enc.ids[enc.offsets[single]]
-        for k, v in zip(single.tolist(), ids.tolist(), strict=True):
-            if v < 2 or v >= V or filled[v]:
-                continue
-            vec = np.array(rests[k].split(), dtype=np.float64)
-            if vec.size != E:
-                raise InputError(
-                    f"{path}: line {first_line + k + 1} has a {vec.size}-dimensional vector but "
-                    f"the model's embed_dim is {E}: use {E}-dimensional vectors or set "
-                    f"embed_dim={vec.size}"
-                )
-            embedding[v] = vec
-            filled[v] = True
-
-    words: list[str] = []
-    rests: list[str] = []
-    first_line = 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f):
-            parts = line.rstrip("\n").split(" ", 1)
-            if len(parts) < 2:
-                continue
-            if lineno == 0 and parts[0].isdigit() and parts[1].strip().isdigit():
-                continue  # word2vec's "N D" header
-            if not words:
-                first_line = lineno
-            words.append(parts[0])
-            rests.append(parts[1])
-            if len(words) >= chunk_lines:
-                flush(words, rests, first_line)
-                words, rests = [], []
-    if words:
-        flush(words, rests, first_line)
-    return float(filled[2:].mean()) if V > 2 else 0.0
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_dir_for(out_dir: str | Path) -> Path:
-    """Where ``train`` keeps the checkpoint of a run writing ``out_dir``: ``<out_dir>.checkpoint``.
-
-    It sits beside the model directory (not inside) so the model can be replaced atomically.
-    """
-    out_dir = Path(out_dir)
-    return out_dir.with_name(out_dir.name + ".checkpoint")
-
-
-def _write_checkpoint(
-    ckpt: Path, state: dict[str, Any], arrays: Mapping[str, np.ndarray], tokenizer: Any
-) -> None:
-    """Write a whole new checkpoint directory, swapped in atomically (never half-written)."""
-    with io.atomic_dir(ckpt) as tmp:
-        np.savez(tmp / "arrays.npz", **arrays)
-        tokenizer.save(tmp / "vocab.json")
-        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
 
 
 def _check_outputs(out_dir: Path, ckpt: Path, data_paths: Any, valid_paths: Any) -> None:
@@ -345,38 +122,6 @@ def _check_outputs(out_dir: Path, ckpt: Path, data_paths: Any, valid_paths: Any)
     io.check_writable(out_dir)
 
 
-def _read_checkpoint(ckpt: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
-    if not (ckpt / "state.json").is_file():
-        raise ConfigError(f"no checkpoint to resume at {ckpt}: run without --resume")
-    try:
-        state = json.loads((ckpt / "state.json").read_text())
-        with np.load(ckpt / "arrays.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        tokenizer = Tokenizer.load(ckpt / "vocab.json")
-    except Exception as e:
-        raise ConfigError(f"{ckpt}: unreadable checkpoint ({e}): run without --resume") from None
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise ConfigError(
-            f"{ckpt}: checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}: "
-            f"run without --resume"
-        )
-    return state, arrays, tokenizer
-
-
-def _check_resumable(ckpt: Path, state: Mapping[str, Any], now: Mapping[str, Any]) -> None:
-    """ConfigError when the checkpoint was made by a different run than the one asked for."""
-    for key, value in now.items():
-        saved = state.get(key)
-        if key == "train_config":
-            saved = {k: v for k, v in (saved or {}).items() if k not in _RESUMABLE_CHANGES}
-            value = {k: v for k, v in value.items() if k not in _RESUMABLE_CHANGES}
-        if saved != value:
-            raise ConfigError(
-                f"{ckpt}: the checkpoint was made with a different {key.replace('_', ' ')} "
-                f"than this run: run without --resume to start over"
-            )
-
-
 # --------------------------------------------------------------------------- outputs
 
 
@@ -390,112 +135,7 @@ def _history_csv(history: list[dict[str, float]]) -> str:
     return buf.getvalue()
 
 
-def _curve_png(history: list[dict[str, float]]) -> bytes | None:
-    """The loss and accuracy curves as PNG bytes, or None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:
-        return None
-    epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax1.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
-    ax1.plot(epochs, [r["valid_loss"] for r in history], marker="o", label="validation")
-    ax1.set(xlabel="epoch", ylabel="loss")
-    ax1.legend()
-    ax2.plot(epochs, [r["valid_acc"] for r in history], marker="o")
-    ax2.set(xlabel="epoch", ylabel="validation accuracy")
-    fig.tight_layout()
-    buf = _stdio.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 # --------------------------------------------------------------------------- train
-
-
-def _set_threads(n: int | None) -> None:
-    """Apply the kernels' thread count (Numba and BLAS together) when one is asked for."""
-    if n is None:
-        return
-    setter = getattr(kernels, "set_threads", None)
-    if setter is None:
-        try:
-            from pipeline.kernels.threads import set_threads as setter
-        except ImportError:
-            return
-    setter(n)
-
-
-@dataclass
-class _Split:
-    """Training and validation texts with their class indices."""
-
-    train_texts: pa.ChunkedArray
-    y_train: np.ndarray  # (n_train,) int64
-    valid_texts: pa.ChunkedArray
-    y_valid: np.ndarray  # (n_valid,) int64
-    classes: tuple[str, ...]
-    files: list[Path]
-    valid_files: list[Path] | None
-    how: dict[str, Any] | None = None  # how the validation rows were chosen (metrics.json)
-
-
-def _load_split(
-    data_paths: Any,
-    valid_paths: Any,
-    text_col: str | None,
-    label_col: str,
-    classes: tuple[str, ...] | None,
-    tc: TrainConfig,
-) -> _Split:
-    """Read, validate labels, and split (or read the validation files)."""
-    files = io.resolve_inputs(data_paths)
-    group_col = tc.valid_group if valid_paths is None and tc.valid_frac > 0 else None
-    data = _read_labelled(files, text_col, label_col, group_col)
-    if classes is None:
-        _check_label_case(data.labels, files[0], label_col)
-    declared = classes if classes is not None else _sorted_classes(data.labels)
-    y_all = _label_indices(data, declared, label_col) if len(declared) >= 2 else None
-    if y_all is None or np.unique(y_all).size < 2:
-        present = sorted(set(data.labels.tolist()))
-        raise InputError(
-            f"{files[0]}: column '{label_col}' holds a single class {present}: "
-            f"training needs at least two"
-        )
-    if valid_paths is not None:
-        valid_files = io.resolve_inputs(valid_paths)
-        vdata = _read_labelled(valid_files, text_col, label_col)
-        y_valid = _label_indices(vdata, declared, label_col)
-        split = _Split(data.texts, y_all, vdata.texts, y_valid, declared, files, valid_files)
-    elif tc.valid_frac == 0:  # train on everything; no validation
-        split = _Split(data.texts, y_all, data.texts.slice(0, 0), y_all[:0], declared, files, None)
-    else:
-        if data.groups is not None:
-            train_idx, valid_idx = group_split(data.groups, y_all, tc.valid_frac, tc.seed)
-            split_info = {
-                "kind": "group",
-                "column": tc.valid_group,
-                "train_groups": int(np.unique(data.groups[train_idx]).size),
-                "valid_groups": int(np.unique(data.groups[valid_idx]).size),
-            }
-        else:
-            train_idx, valid_idx = stratified_split(y_all, tc.valid_frac, tc.seed)
-            split_info = {"kind": "stratified"}
-        split = _Split(
-            data.texts.take(train_idx), y_all[train_idx],
-            data.texts.take(valid_idx), y_all[valid_idx], declared, files, None,
-            {**split_info, "frac": tc.valid_frac, "seed": tc.seed},
-        )  # fmt: skip
-    if split.y_train.size < tc.batch_size:
-        raise InputError(
-            f"{files[0]}: only {split.y_train.size} training rows, fewer than one batch of "
-            f"{tc.batch_size}: add data or lower --batch-size"
-        )
-    return split
 
 
 def _build_config(
@@ -551,43 +191,12 @@ def _from_encoder(
 
 
 @dataclass
-class _LoopState:
-    """Everything besides parameters and optimizer that a checkpoint must carry."""
-
-    epoch: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_loss: float = math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    stopped: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["best_loss"] = self.best_loss if math.isfinite(self.best_loss) else None
-        d["history"] = [
-            {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in r.items()}
-            for r in self.history
-        ]
-        return d
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> _LoopState:
-        names = [f.name for f in dataclasses.fields(cls)]
-        state = cls(**{n: d[n] for n in names})
-        state.best_loss = math.inf if state.best_loss is None else float(state.best_loss)
-        state.history = [
-            {k: (math.nan if v is None else v) for k, v in r.items()} for r in state.history
-        ]
-        return state
-
-
-@dataclass
 class _Run:
     """One training run, built by ``_build``: the model and everything ``_fit`` works on."""
 
     tc: TrainConfig
     model: Model
-    split: _Split
+    split: Split
     train_tokens: TokenIds
     valid_tokens: TokenIds
     optimizer: Any
@@ -599,7 +208,7 @@ class _Run:
     identity: dict[str, Any]  # what a checkpoint must match to be resumed
     ckpt: Path
     coverage: float | None
-    loop: _LoopState = field(default_factory=_LoopState)
+    loop: LoopState = field(default_factory=LoopState)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -618,12 +227,12 @@ def _save_checkpoint(run: _Run) -> None:
         **run.loop.to_json(),
         "rng": run.rng.bit_generator.state,
     }
-    _write_checkpoint(run.ckpt, state, arrays, run.model.tokenizer)
+    write_checkpoint(run.ckpt, state, arrays, run.model.tokenizer)
 
 
 def _restore_checkpoint(run: _Run, state: Mapping[str, Any], arrays: Mapping[str, Any]) -> None:
     ckpt = run.ckpt
-    _check_resumable(ckpt, state, run.identity)
+    check_resumable(ckpt, state, run.identity)
 
     def part(prefix: str) -> dict[str, np.ndarray]:
         return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
@@ -636,7 +245,7 @@ def _restore_checkpoint(run: _Run, state: Mapping[str, Any], arrays: Mapping[str
         if run.average is not None:
             run.average.load_state_dict(part("average/"))
         run.rng.bit_generator.state = state["rng"]
-        run.loop = _LoopState.from_json(state)
+        run.loop = LoopState.from_json(state)
     except (KeyError, ValueError, TypeError) as e:
         raise ConfigError(f"{ckpt}: checkpoint does not fit this run ({e})") from None
     if run.tc.epochs < run.loop.epoch:
@@ -720,37 +329,46 @@ def _validate(run: _Run) -> tuple[float, float]:
     return log_loss(y, probs), accuracy(y, probs.argmax(axis=1))
 
 
-def _build(
-    data_paths: Any,
-    valid_paths: Any,
-    overrides: Mapping[str, Any],
-    tc: TrainConfig,
-    ckpt: Path,
-    text_col: str | None,
-    label_col: str,
-    classes: Sequence[str] | None,
-    resume: bool,
-    init_from: str | Path | None,
-    init_embeddings: str | Path | None,
-    emit: Callable[[ProgressEvent], None],
-) -> _Run:
-    """Read and split the data, fit (or take) the tokenizer, build the model and the
-    optimisation state; restore the checkpoint when resuming."""
+@dataclass(frozen=True)
+class _Request:
+    """What ``train`` was asked for, as its arguments say."""
+
+    data_paths: Any
+    valid_paths: Any
+    overrides: Mapping[str, Any]
+    tc: TrainConfig
+    ckpt: Path
+    text_col: str | None
+    label_col: str
+    classes: Sequence[str] | None
+    resume: bool
+    init_from: str | Path | None
+    init_embeddings: str | Path | None
+
+
+def _starting_point(
+    req: _Request, emit: Callable[[ProgressEvent], None]
+) -> tuple[Split, Tokenizer, ModelConfig, dict[str, np.ndarray], float | None, Any, Any]:
+    """The split data, the tokenizer, the model config and its first weights (a warm
+    start's, an encoder's, word vectors or fresh), and a checkpoint's state when resuming."""
+    tc, overrides, init_from, init_embeddings = (
+        req.tc, req.overrides, req.init_from, req.init_embeddings
+    )  # fmt: skip
     encoder = None
     if init_from is not None and is_encoder_dir(init_from):
         encoder, init_from_model = load_encoder(init_from), None
     else:
         init_from_model = init_from
     warm = Model.load(init_from_model, backend=tc.backend) if init_from_model is not None else None
-    declared = tuple(str(c) for c in classes) if classes is not None else None
+    declared = tuple(str(c) for c in req.classes) if req.classes is not None else None
     if warm is not None:
         if declared is not None and declared != warm.config.classes:
             raise ConfigError(f"classes {list(declared)} differ from those of {init_from}")
         declared = warm.config.classes
-    split = _load_split(data_paths, valid_paths, text_col, label_col, declared, tc)
+    split = load_split(req.data_paths, req.valid_paths, req.text_col, req.label_col, declared, tc)
     state, arrays = None, {}
-    if resume:
-        state, arrays, tokenizer = _read_checkpoint(ckpt)
+    if req.resume:
+        state, arrays, tokenizer = read_checkpoint(req.ckpt)
     elif warm is not None or encoder is not None:
         tokenizer = (warm or encoder).tokenizer
     else:
@@ -778,14 +396,16 @@ def _build(
         coverage = load_embeddings(init_embeddings, tokenizer, emb)
         emb[0] = 0.0
         params["embedding"] = emb.astype(np.float32)
-    model = Model(config, params, tokenizer=tokenizer, backend=tc.backend)
-    train_tokens = tokenizer.encode(split.train_texts).truncate(config.max_len)
-    valid_tokens = tokenizer.encode(split.valid_texts).truncate(config.max_len)
-    y_train = split.y_train
+    return split, tokenizer, config, params, coverage, state, arrays
 
+
+def _weights_and_schedule(
+    tc: TrainConfig, y_train: np.ndarray, n_classes: int
+) -> tuple[np.ndarray | None, LRSchedule]:
+    """Class weights ("balanced": inverse frequency) and the learning-rate schedule."""
     class_weights = None
     if tc.class_weights == "balanced":
-        counts = np.bincount(y_train, minlength=len(config.classes)).astype(np.float64)
+        counts = np.bincount(y_train, minlength=n_classes).astype(np.float64)
         class_weights = np.where(counts > 0, y_train.size / (len(counts) * counts), 0.0)
     steps = tc.epochs * math.ceil(y_train.size / tc.batch_size)
     schedule = LRSchedule(
@@ -797,6 +417,19 @@ def _build(
         steps,
         tc.lr_floor,
     )
+    return class_weights, schedule
+
+
+def _build(req: _Request, emit: Callable[[ProgressEvent], None]) -> _Run:
+    """Read and split the data, fit (or take) the tokenizer, build the model and the
+    optimisation state; restore the checkpoint when resuming."""
+    tc, ckpt = req.tc, req.ckpt
+    split, tokenizer, config, params, coverage, state, arrays = _starting_point(req, emit)
+    model = Model(config, params, tokenizer=tokenizer, backend=tc.backend)
+    train_tokens = tokenizer.encode(split.train_texts).truncate(config.max_len)
+    valid_tokens = tokenizer.encode(split.valid_texts).truncate(config.max_len)
+    y_train = split.y_train
+    class_weights, schedule = _weights_and_schedule(tc, y_train, len(config.classes))
     run = _Run(
         tc=tc,
         model=model,
@@ -813,8 +446,8 @@ def _build(
             "model_config": config.to_dict(),
             "train_config": tc.to_dict(),
             "classes": list(config.classes),
-            "data_fingerprint": _fingerprint_data(train_tokens, y_train),
-            "valid_fingerprint": _fingerprint_data(valid_tokens, split.y_valid),
+            "data_fingerprint": fingerprint_data(train_tokens, y_train),
+            "valid_fingerprint": fingerprint_data(valid_tokens, split.y_valid),
         },
         ckpt=ckpt,
         coverage=coverage,
@@ -953,12 +586,14 @@ def train(
     if init_from is not None and (init_embeddings is not None or resume):
         raise ConfigError("init_from cannot be combined with init_embeddings or resume")
     _check_outputs(out_dir, ckpt, data_paths, valid_paths)
-    _set_threads(tc.threads)
+    if tc.threads is not None:
+        set_threads(tc.threads)
 
-    run = _build(
+    req = _Request(
         data_paths, valid_paths, dict(model_config_overrides or {}), tc, ckpt, text_col,
-        label_col, classes, resume, init_from, init_embeddings, emit,
+        label_col, classes, resume, init_from, init_embeddings,
     )  # fmt: skip
+    run = _build(req, emit)
     _fit(run, emit)
     kept_epoch, metrics = _keep_and_calibrate(run)
     metrics["best_epoch"] = kept_epoch
@@ -985,9 +620,6 @@ def train(
         "metrics.json": json.dumps(metrics, indent=2) + "\n",
         "history.csv": _history_csv(loop.history),
     }
-    png = _curve_png(loop.history)
-    if png is not None:
-        extra["training_curve.png"] = png
     run.model.save(out_dir, training=training_info, metrics=metrics, extra_files=extra)
     return TrainResult(
         model_dir=out_dir,
@@ -999,25 +631,3 @@ def train(
         checkpoint_dir=ckpt,
         embedding_coverage=run.coverage,
     )
-
-
-def evaluate(
-    data_paths: Any,
-    model: Model,
-    text_col: str | None = None,
-    label_col: str = "label",
-    batch_size: int = 1024,
-) -> dict[str, Any]:
-    """Score labelled Parquet with ``model`` and return ``metrics.evaluate_probs``'s report.
-
-    Labels are matched to the model's class names as strings (integer labels by their
-    decimal value). Raises InputError for unreadable data, null labels or labels the model
-    does not know (naming file, column and row).
-
-    Example: ``report = evaluate("test.parquet", Model.load("model/"))``.
-    """
-    files = io.resolve_inputs(data_paths)
-    data = _read_labelled(files, text_col, label_col)
-    y = _label_indices(data, model.config.classes, label_col)
-    probs = model.predict_proba(model.encode(data.texts), batch_size=batch_size)
-    return evaluate_probs(y, probs, model.config.classes)

@@ -25,12 +25,17 @@ Example::
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numba
 import numpy as np
+import pyarrow as pa
 
+from pipeline.errors import InputError
 from pipeline.text import OOV_ID, PAD_ID, TokenIds
 
-__all__ = ["word_vectors"]
+__all__ = ["load_embeddings", "word_vectors"]
 
 _TABLE_SIZE = 1 << 22  # entries of the negative-sampling table (words by unigram^0.75)
 _MAX_SENTENCE = 10_000
@@ -219,3 +224,65 @@ def word_vectors(
     syn0 = syn0s[0]
     syn0[PAD_ID] = 0.0
     return syn0
+
+
+def load_embeddings(
+    path: str | Path, tokenizer: Any, embedding: np.ndarray, chunk_lines: int = 50_000
+) -> float:
+    """Copy pretrained word vectors (word2vec/GloVe text format) into ``embedding`` in place.
+
+    Each line is a word and its vector; an optional first line ``N D`` is skipped. A word
+    whose tokenizer encoding is a single in-vocabulary id gets its vector (first occurrence
+    wins); all other rows keep their random values, the pad row stays zero.
+
+    Returns the coverage: the share of the vocabulary's words (ids >= 2) that received a vector.
+
+    Raises InputError for a missing file or a vector whose dimension is not the embedding's.
+
+    Example: ``coverage = load_embeddings("glove.6B.100d.txt", tok, model.params["embedding"])``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: embeddings file not found")
+    V, E = embedding.shape
+    filled = np.zeros(V, dtype=bool)
+    filled[:2] = True  # pad and OOV never come from the file
+
+    def flush(words: list[str], rests: list[str], first_line: int) -> None:
+        enc = tokenizer.encode(pa.array(words, type=pa.large_string()))
+        lens = enc.lengths
+        single = np.flatnonzero(lens == 1)
+        ids = enc.ids[enc.offsets[single]]
+        for k, v in zip(single.tolist(), ids.tolist(), strict=True):
+            if v < 2 or v >= V or filled[v]:
+                continue
+            vec = np.array(rests[k].split(), dtype=np.float64)
+            if vec.size != E:
+                raise InputError(
+                    f"{path}: line {first_line + k + 1} has a {vec.size}-dimensional vector but "
+                    f"the model's embed_dim is {E}: use {E}-dimensional vectors or set "
+                    f"embed_dim={vec.size}"
+                )
+            embedding[v] = vec
+            filled[v] = True
+
+    words: list[str] = []
+    rests: list[str] = []
+    first_line = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f):
+            parts = line.rstrip("\n").split(" ", 1)
+            if len(parts) < 2:
+                continue
+            if lineno == 0 and parts[0].isdigit() and parts[1].strip().isdigit():
+                continue  # word2vec's "N D" header
+            if not words:
+                first_line = lineno
+            words.append(parts[0])
+            rests.append(parts[1])
+            if len(words) >= chunk_lines:
+                flush(words, rests, first_line)
+                words, rests = [], []
+    if words:
+        flush(words, rests, first_line)
+    return float(filled[2:].mean()) if V > 2 else 0.0

@@ -18,8 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 MAX_MODULE_LINES = 700
 MAX_FUNCTION_LINES = 80
 # Being split by others as this is written: remove each line once its split lands.
-MODULE_SIZE_EXEMPT = {"pipeline/train.py"}
-FUNCTION_SIZE_EXEMPT = {"pipeline/train.py", "pipeline/pretrain.py"}
+MODULE_SIZE_EXEMPT: set[str] = set()
+FUNCTION_SIZE_EXEMPT: set[str] = set()
 
 
 def _module_name(path: Path) -> str:
