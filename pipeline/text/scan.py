@@ -41,6 +41,7 @@ __all__ = [
     "new_slots",
     "text_batches",
     "token_bytes",
+    "token_spans",
 ]
 
 # The scanners work a whole text per call: a call per token costs more than the token itself.
@@ -531,6 +532,77 @@ def token_bytes(text, tables):
             token_offsets[o + i + 1] = s
             start = tok_end[i]
     return row_offsets, token_offsets, out
+
+
+@njit(cache=True)
+def _code_points(data, pos, end):
+    """How many code points the UTF-8 bytes ``data[pos:end]`` hold."""
+    n = 0
+    for i in range(pos, end):
+        if (data[i] & 0xC0) != 0x80:  # every byte but a continuation byte starts one
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def token_spans(text, tables):
+    """Where every token lies in its text, in code points (Python ``str`` indices):
+    ``(row_offsets int64[n+1], starts int32[t], ends int32[t])``, token for token as
+    ``token_bytes`` and the encoders find them: a token starts at its first word character
+    and ends after its last character that is not an apostrophe."""
+    offsets, data, valid = text
+    classes, _ = tables
+    n = offsets.size - 1
+    cap = 0
+    for r in range(n):
+        if valid[r]:
+            cap += offsets[r + 1] - offsets[r]
+    starts = np.empty(cap, dtype=np.int32)
+    ends = np.empty(cap, dtype=np.int32)
+    row_offsets = np.zeros(n + 1, dtype=np.int64)
+    t = 0
+    for r in range(n):
+        if valid[r]:
+            pos, end = offsets[r], offsets[r + 1]
+            ci = 0  # code point index within the row
+            started = False
+            first = 0
+            keep = 0
+            while pos < end:
+                b = data[pos]
+                chars = 1
+                if b < 128:
+                    cls = classes[b]
+                    step = 1
+                    if b == 60:
+                        after = _tag_end(data, pos, end)
+                        if after > 0:
+                            cls = SEP
+                            step = after - pos
+                            chars = _code_points(data, pos, after)
+                else:
+                    cp, step = _decode_utf8(data, pos, end)
+                    cls = classes[cp]
+                if cls == SEP:
+                    if started:
+                        starts[t] = first
+                        ends[t] = keep
+                        t += 1
+                        started = False
+                elif started or cls == WORD:
+                    if not started:
+                        started = True
+                        first = ci
+                    if cls != APOS:
+                        keep = ci + 1
+                pos += step
+                ci += chars
+            if started:
+                starts[t] = first
+                ends[t] = keep
+                t += 1
+        row_offsets[r + 1] = t
+    return row_offsets, starts[:t].copy(), ends[:t].copy()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -208,6 +208,29 @@ class Tokenizer:
             out.extend(toks[a:b] for a, b in itertools.pairwise(row_off))
         return out
 
+    def spans(self, texts: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where every token of ``tokens(texts)`` lies in its original text, as code-point
+        (Python ``str``) offsets: ``(row_offsets int64[n+1], starts int32[t], ends int32[t])``,
+        token ``k`` of text ``i`` being ``text[starts[j]:ends[j]]`` for ``j = row_offsets[i]
+        + k``. Null texts have no tokens.
+
+        >>> Tokenizer().spans(["<b>Great</b> film!"])
+        (array([0, 2]), array([ 3, 13], dtype=int32), array([ 8, 17], dtype=int32))
+        """
+        tables = self._tables()
+        rows, starts, ends = [np.zeros(1, np.int64)], [], []
+        for arr in scan.text_batches(texts):
+            r, s, e = scan.token_spans(scan.buffers(arr), tables)
+            rows.append(r[1:] + rows[-1][-1])
+            starts.append(s)
+            ends.append(e)
+        empty = np.zeros(0, np.int32)
+        return (
+            np.concatenate(rows),
+            np.concatenate(starts) if starts else empty,
+            np.concatenate(ends) if ends else empty,
+        )
+
     def decode(self, token_ids: TokenIds) -> list[str]:
         """Each sequence's words joined by spaces; OOV becomes ``<oov>``, padding is skipped.
 
