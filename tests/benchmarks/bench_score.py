@@ -383,14 +383,16 @@ def compare(inputs: Path, model_dir: Path, rnnpipe_out: Path, torch_out: Path) -
     if a.shape != b.shape:
         raise SystemExit(f"rnnpipe scored {a.size} rows, PyTorch {b.size}: a benchmark bug")
     diff = np.abs(a - b)
+    # the model's own length: the default keeps 400 tokens, the single-cell models 256
+    max_len = int(json.loads((model_dir / "config.json").read_text())["max_len"])
     texts = pq.read_table(input_files(inputs), columns=["id", "text"]).sort_by("id")["text"]
-    tokens = Tokenizer.load(model_dir / "vocab.json").encode(texts).truncate(MAX_LEN)
-    mine = prepad(tokens.lengths.astype(np.int64), tokens.ids.astype(np.int64), MAX_LEN)
+    tokens = Tokenizer.load(model_dir / "vocab.json").encode(texts).truncate(max_len)
+    mine = prepad(tokens.lengths.astype(np.int64), tokens.ids.astype(np.int64), max_len)
     peer = polars_token_ids(
-        pl.from_arrow(texts.combine_chunks()), vocab_frame(read_words(model_dir)), MAX_LEN
+        pl.from_arrow(texts.combine_chunks()), vocab_frame(read_words(model_dir)), max_len
     )
     lengths, flat = list_parts(peer.to_arrow())
-    same = (mine == prepad(lengths, flat.astype(np.int64), MAX_LEN)).all(axis=1)
+    same = (mine == prepad(lengths, flat.astype(np.int64), max_len)).all(axis=1)
     return {
         "rows": int(a.size),
         "max_diff": float(diff.max(initial=0.0)),
