@@ -178,6 +178,8 @@ def encoder_forward(
     # last 400 tokens, has 3.9-4.6x as many tokens as distinct ids).
     distinct, rows = distinct_ids(ids, cfg.vocab_size)
     x = p["embedding"][distinct]  # (U, E)
+    if distinct.size == ids.size and np.array_equal(distinct, ids):
+        rows = None  # every token its own row, in token order (explanations): x as it is
     embed_mask = None
     if p_embed > 0:  # whole words: one scale per distinct id, shared by its occurrences
         embed_mask = dropout_mask(rng, distinct.shape, p_embed, x.dtype)
@@ -231,6 +233,7 @@ def encoder_backward(
     dhs: dict[str, np.ndarray | None],
     finals: dict[str, np.ndarray | None],
     sparse_embedding: bool = False,
+    weights: bool = True,
 ) -> dict[str, Any]:
     """Gradients of every encoder parameter given, per direction, ``dhs[d]`` = dL/dhs
     float[nnz, H] (or None) and ``finals[d]`` = dL/d(final state) float[n, H] (or None).
@@ -238,6 +241,8 @@ def encoder_backward(
     With ``sparse_embedding`` the embedding's gradient is a ``pipeline.optim.RowGrad`` (the
     batch's distinct ids but padding, and their rows), which the optimizers and
     ``clip_global_norm`` take as they take the dense array, for less memory traffic.
+    ``weights`` False: the embedding's gradient only (what explanations need), and the
+    backend may skip the recurrent weights' products.
     """
     cfg, k, p = config, kernels, params
     H, dirs = cfg.hidden_dim, cfg.directions
@@ -247,13 +252,15 @@ def encoder_backward(
         for d in dirs:
             pre = f"l{layer}.{d}"
             dx_d, dW_ih, dW_hh, db_ih, db_hh = k.layer_backward(
-                cache.layer_caches[layer][d], dhs[d], finals[d]
+                cache.layer_caches[layer][d], dhs[d], finals[d], weights=weights
             )
+            dx = dx_d if dx is None else dx + dx_d  # both directions read the same input
+            if not weights:
+                continue
             if cache.hh_masks is not None:
                 dW_hh = dW_hh * cache.hh_masks[pre]
             grads[f"{pre}.W_ih"], grads[f"{pre}.W_hh"] = dW_ih, dW_hh
             grads[f"{pre}.b_ih"], grads[f"{pre}.b_hh"] = db_ih, db_hh
-            dx = dx_d if dx is None else dx + dx_d  # both directions read the same input
         if layer > 0:
             mask = cache.input_masks[layer - 1]
             if mask is not None:

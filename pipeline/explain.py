@@ -58,7 +58,9 @@ __all__ = [
 ]
 
 METHODS = ("ig", "grad", "occlusion")
-_ROWS_PER_PASS = 1 << 16  # interpolated token rows per forward + backward pass (memory)
+# interpolated token rows per forward + backward pass: bounds memory, and passes whose
+# caches stay near the CPU cache run faster (1 << 14 against 1 << 16: grad 1.3x faster)
+_ROWS_PER_PASS = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,9 @@ def _path_gradients(
     logits, cache = path.forward(batch, training=True)
     f = (logits.astype(np.float64) * np.tile(coef, (m, 1))).sum(axis=1).reshape(m, n)
     dlogits = np.repeat(weights, n)[:, None] * np.tile(coef, (m, 1))
-    grad = path.backward(cache, dlogits)["embedding"][1:].reshape(m, nnz, -1).sum(axis=0)
+    # the embedding's gradient only; its rows are the batch's ids, 1 .. m * nnz in order
+    demb = path.backward(cache, dlogits, sparse_embedding=True, weights=False)["embedding"]
+    grad = demb.values.reshape(m, nnz, -1).sum(axis=0, dtype=np.float64)
     return grad, f
 
 

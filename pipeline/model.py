@@ -263,13 +263,19 @@ class Model:
         return logits, _ForwardCache(enc, feats, feat_mask)
 
     def backward(
-        self, cache: _ForwardCache, dlogits: np.ndarray, sparse_embedding: bool = False
+        self,
+        cache: _ForwardCache,
+        dlogits: np.ndarray,
+        sparse_embedding: bool = False,
+        weights: bool = True,
     ) -> dict[str, Any]:
         """Gradients of every parameter (same keys and shapes) given dL/dlogits [n, C'].
 
         With ``sparse_embedding`` the embedding's gradient is a ``pipeline.optim.RowGrad``
         (the batch's distinct ids but padding, and their rows), which the optimizers and
         ``clip_global_norm`` take as they take the dense array, for less memory traffic.
+        ``weights`` False returns the embedding's gradient only (``pipeline.explain``): the
+        recurrent weights' products are skipped where the backend can.
 
         Example::
 
@@ -302,11 +308,14 @@ class Model:
                     dhs[d] = k.pool_backward(
                         part, enc.hs[d], enc.offsets, mode, reverse=d == "bwd", out=dhs[d]
                     )
-        grads.update(encoder_backward(cfg, p, k, cache.encoder, dhs, finals, sparse_embedding))
+        grads.update(
+            encoder_backward(cfg, p, k, cache.encoder, dhs, finals, sparse_embedding, weights)
+        )
         as_rows = {"embedding"} if sparse_embedding else set()  # already a RowGrad
         return {
             name: grads[name] if name in as_rows else np.ascontiguousarray(grads[name], self.dtype)
             for name in p
+            if weights or name == "embedding"
         }
 
     def loss_and_grads(

@@ -93,6 +93,25 @@ def test_final_state_gradient_needs_no_dense_array(backend, cell, reverse):
         backend.layer_backward(cache, hs[:3])
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_inputs_only_backward_gives_the_same_dx_and_biases(cell, reverse):
+    # weights=False (explanations) skips dW_ih and dW_hh: dx and the biases' gradients are
+    # the same bits as the full backward's, over batches long enough to stage dW_hh
+    E, H, V = 6, 5, 40
+    p = layer_params(cell, E, H, seed=51)
+    offsets, ids, emb = ragged_batch(LENGTHS + [300, 129], E, V, seed=52)
+    hs, cache = cpu.layer_forward(cell, emb[ids], offsets, **p, reverse=reverse)
+    dhs = np.random.default_rng(53).normal(size=hs.shape).astype(np.float32)
+    full = cpu.layer_backward(cache, dhs)
+    dx, dW_ih, dW_hh, db_ih, db_hh = cpu.layer_backward(cache, dhs, weights=False)
+    assert dW_ih is None and dW_hh is None
+    fast = {"dx": dx, "db_ih": db_ih, "db_hh": db_hh}
+    for name, a in zip(("dx", "db_ih", "db_hh"), (full[0], full[3], full[4]), strict=True):
+        b = fast[name]
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
 def _grads_rows(backend, cell, p, x, rows, offsets, reverse, R):
     hs, cache = backend.layer_forward(cell, x, offsets, **p, reverse=reverse, rows=rows)
     dhs = backend.pool_backward(R, hs, offsets, "mean", reverse)

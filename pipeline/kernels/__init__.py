@@ -24,14 +24,15 @@ rows=None)``
     With ``rows`` (int[nnz]), token ``k``'s input is ``x[rows[k]]`` and ``x`` holds only the
     distinct inputs, e.g. the embedding rows of a batch's distinct ids: the input
     projection is then done once per distinct row instead of once per token.
-``layer_backward(cache, dhs, d_final=None)``
+``layer_backward(cache, dhs, d_final=None, weights=True)``
     -> ``(dx, dW_ih, dW_hh, db_ih, db_hh)``: gradients given ``dhs`` = dL/dhs float32[nnz, H]
     (None: zero) and ``d_final`` = dL/d(final state) float32[n, H], the gradient of what
     ``pool_forward(hs, offsets, "last", reverse)`` returns, added at each sequence's final
     step (ignored for empty sequences). ``d_final`` gives the same gradients as adding it
     into a dense ``dhs`` (``pool_backward(..., "last")``) without building one.
     ``dx`` has ``x``'s shape: with ``rows``, row ``u`` sums the gradients of the tokens
-    that read it (``pipeline.kernels.rows``).
+    that read it (``pipeline.kernels.rows``). ``weights`` False: only the inputs' gradient
+    is wanted, and a backend may return None for ``dW_ih`` and ``dW_hh`` (the cpu one does).
 ``pool_forward(hs, offsets, mode, reverse=False)`` -> float32[n, H]
     ``mode``: ``last`` (forward: state at the sequence's last token; reverse: state at its
     first token, i.e. after the whole sequence), ``max`` or ``mean`` over its valid steps.

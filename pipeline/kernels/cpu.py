@@ -398,9 +398,8 @@ def _gru_row_bwd(dh, a, hn, hp, gx, gh, dd, H):
 
 
 @njit(parallel=True, cache=True, fastmath=_BACKWARD_MATH, error_model="numpy")
-def _backward(
-    cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dS, dC, Dd, Db, acc, zeros
-):
+def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dS, dC, Dd,
+              Db, acc, zeros, weights):  # fmt: skip
     # W_hhP: W_hh (G*H, H) packed for gemm
     # dhs (nnz, H): dL/dh per token, or (0, H) for none
     # dS (n, Np): dL/dh of every slot from the later steps (columns H: are gemm's padding),
@@ -411,7 +410,7 @@ def _backward(
     # acc: per block, zeroed: dW (nb, G*H, Np) receives dW_hh (columns H: stay 0) and db
     # (nb, G*H, float64) the recurrent-side bias gradient; SG (nb, KS, G*H) and SH (nb, KS, Np)
     # stage a block's gate gradients and previous states, KS tokens at a time, for
-    # dW += SG.T @ SH while they are still in cache
+    # dW += SG.T @ SH while they are still in cache; weights False skips dW (dx only)
     dW, db, SG, SH = acc
     H = zeros.shape[0]
     has_dhs = dhs.shape[0] > 0
@@ -471,7 +470,7 @@ def _backward(
                 g = Db[r]
                 for j in range(GH):
                     dbb[j] += g[j]
-                if t > 0:  # h_{t-1} = 0 at t = 0 adds nothing to dW_hh
+                if weights and t > 0:  # h_{t-1} = 0 at t = 0 adds nothing to dW_hh
                     if ks == KS:
                         _gemm_tn(sg, 0, ks, GH, sh, Np, dWb)
                         ks = 0
@@ -480,18 +479,21 @@ def _backward(
                     ks += 1
             if t > 0:
                 _gemm(Db, r0, ra, W_hhP, GH, Np, dS)
-        _gemm_tn(sg, 0, ks, GH, sh, Np, dWb)
+        if weights:
+            _gemm_tn(sg, 0, ks, GH, sh, Np, dWb)
         restore(fp)
 
 
 _STAGE = 128  # tokens a block stages before adding them to its dW_hh
 
 
-def layer_backward(cache, dhs, d_final=None):
+def layer_backward(cache, dhs, d_final=None, weights=True):
     """Backpropagation through time for one layer; returns (dx, dW_ih, dW_hh, db_ih, db_hh).
 
     ``dhs`` [nnz, H] or None; ``d_final`` [n, H] or None (see ``pipeline.kernels``): it
-    starts each slot's running gradient, so no dense [nnz, H] array is built for it."""
+    starts each slot's running gradient, so no dense [nnz, H] array is built for it.
+    ``weights`` False: only ``dx`` (and the biases') is computed, ``dW_ih`` and ``dW_hh``
+    are None (explanations need the inputs' gradient only)."""
     if cache is None:
         raise ValueError("layer_backward needs the cache of layer_forward(..., training=True)")
     cell, x, W_ih, W_hh = cache.cell, cache.x, cache.W_ih, cache.W_hh
@@ -520,11 +522,13 @@ def layer_backward(cache, dhs, d_final=None):
     # dW_hh is summed per block inside the kernel, from staged rows still in cache: the
     # product over all tokens afterwards ran at about 96 GFLOP/s and had to build every
     # token's previous state first
+    # without the weights' gradients, the dW and staging blocks shrink to 1x1 (never used)
+    wGH, wNp, wS = (GH, Np, _STAGE) if weights else (1, 1, 1)
     acc = (
-        _aligned((nb, GH, Np), 0.0),
+        _aligned((nb, wGH, wNp), 0.0),
         np.zeros((nb, GH), np.float64),  # thousands of terms a block, summed in order
-        _aligned((nb, _STAGE, GH)),
-        _aligned((nb, _STAGE, Np), 0.0),  # columns past H stay 0
+        _aligned((nb, wS, wGH)),
+        _aligned((nb, wS, wNp), 0.0),  # columns past H stay 0
     )
     _backward(
         _CELL_ID[cell],
@@ -544,13 +548,14 @@ def layer_backward(cache, dhs, d_final=None):
         Db,
         acc,
         np.zeros(H, F32),
+        weights,
     )
     # blocks summed in a fixed order: the same bits run after run
-    dW_hh = np.ascontiguousarray(acc[0].sum(axis=0)[:, :H])
+    dW_hh = np.ascontiguousarray(acc[0].sum(axis=0)[:, :H]) if weights else None
     db_rec = acc[1].sum(axis=0).astype(F32)
     if cache.rows is not None:
         dGx = sum_by_row(dGx, cache.rows, x.shape[0])  # (rows of x, G*H)
-    dW_ih = dGx.T @ x
+    dW_ih = dGx.T @ x if weights else None
     dx = dGx @ W_ih
     if cell == "gru":
         # b_hn is not folded into b_ih: its gradient is the recurrent side's

@@ -701,13 +701,17 @@ def layer_forward(
 
 
 def layer_backward(
-    cache: _Cache, dhs: np.ndarray | None, d_final: np.ndarray | None = None
+    cache: _Cache,
+    dhs: np.ndarray | None,
+    d_final: np.ndarray | None = None,
+    weights: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Full backpropagation through time for one ``layer_forward`` call, on the GPU.
 
     Parameters: ``cache`` from ``layer_forward(..., training=True)``; ``dhs`` [nnz, H] = dL/dhs
     (None: zero); ``d_final`` [n, H] = dL/d(final state), added at each sequence's final step
-    (here on the host, into the dense ``dhs`` that is copied to the GPU).
+    (here on the host, into the dense ``dhs`` that is copied to the GPU); ``weights`` is
+    accepted for the common contract, and the weights' gradients are computed anyway.
 
     Returns ``(dx, dW_ih, dW_hh, db_ih, db_hh)``, float32 host arrays shaped like x, W_ih,
     W_hh, b_ih, b_hh. Bit-identical from run to run (no atomics, fixed summation order).

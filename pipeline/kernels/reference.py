@@ -235,13 +235,17 @@ def layer_forward(
 
 
 def layer_backward(
-    cache: _Cache, dhs: np.ndarray | None, d_final: np.ndarray | None = None
+    cache: _Cache,
+    dhs: np.ndarray | None,
+    d_final: np.ndarray | None = None,
+    weights: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Full backpropagation through time for one ``layer_forward`` call.
 
     Parameters: ``cache`` from ``layer_forward(..., training=True)``; ``dhs`` [nnz, H], dL/dhs
     (None: zero); ``d_final`` [n, H], dL/d(final state) of each sequence, which is the state
-    ``pool_forward(..., "last")`` returns: added at the sequence's final step.
+    ``pool_forward(..., "last")`` returns: added at the sequence's final step; ``weights``
+    False allows a backend to skip the weights' gradients (the oracle computes them anyway).
 
     Returns ``(dx, dW_ih, dW_hh, db_ih, db_hh)`` with the shapes of x, W_ih, W_hh, b_ih, b_hh,
     in the dtype of the forward computation.
