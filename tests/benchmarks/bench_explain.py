@@ -6,8 +6,8 @@ Run (PyTorch and Captum from the ``bench`` extra):
 
 Model: rnnpipe's default classifier trained on the movie-disjoint IMDB training split of
 ``bench_quality.py`` (trained once with ``rnnpipe train ... --valid-group movie`` and kept
-under ``tests/benchmarks/_gen/explain/``). Reviews: the first ``--reviews`` of that split's
-held-out films, never trained on.
+under ``tests/benchmarks/_gen/explain/``). Reviews: ``--reviews`` drawn at random (seed 0)
+from that split's held-out films, never trained on.
 
 * **Speed.** Integrated gradients with 32 Gauss-Legendre steps toward the positive class:
   rnnpipe (``pipeline.explain.attributions``, batches of 64 reviews) against Captum's
@@ -70,11 +70,16 @@ def ensure_model(threads: int) -> Path:
     return model
 
 
-def held_out(n: int) -> list[str]:
+def held_out(n: int, columns: tuple[str, ...] = ("review",)):
+    """``n`` reviews of the held-out films drawn at random (seed 0): the split's file is
+    ordered by label, so its first rows would all be negative. One column: a list of
+    texts; more: a pyarrow Table."""
     import pyarrow.parquet as pq
 
     _, held = bench_quality.imdb_split()
-    return pq.read_table(held, columns=["review"])["review"].to_pylist()[:n]
+    table = pq.read_table(held, columns=list(columns))
+    table = table.take(np.random.default_rng(0).permutation(table.num_rows)[:n])
+    return table[columns[0]].to_pylist() if len(columns) == 1 else table
 
 
 def child_torch(spec: dict) -> dict:
