@@ -45,6 +45,7 @@ import pyarrow as pa
 from pipeline import io, outputs
 from pipeline.errors import ConfigError, InputError
 from pipeline.model import WEIGHTS_FILE, Model
+from pipeline.score import ScoreOptions
 from pipeline.text import TokenIds
 
 __all__ = [
@@ -64,35 +65,23 @@ _ROWS_PER_PASS = 1 << 14
 
 
 @dataclass(frozen=True)
-class ExplainOptions:
+class ExplainOptions(ScoreOptions):
     """How to explain: ``method`` ig|grad|occlusion; ``steps`` quadrature nodes of ``ig``;
-    ``target`` a class name to explain toward (None: each row's predicted class);
-    ``text_col``, ``keep``, ``batch_rows``, ``threshold``, ``resume``, ``backend`` as in
-    ``score.ScoreOptions``. Raises ConfigError for an invalid value."""
+    ``target`` a class name to explain toward (None: each row's predicted class); the rest
+    as in ``score.ScoreOptions`` and checked by it, with smaller batches (each row costs
+    ``steps`` + 2 passes). Raises ConfigError for an invalid value."""
 
+    batch_rows: int = 256
     method: str = "ig"
     steps: int = 32
     target: str | None = None
-    text_col: str | None = None
-    keep: tuple[str, ...] | None = None
-    batch_rows: int = 256
-    threshold: float = 0.5
-    resume: bool = False
-    backend: str = "cpu"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.method not in METHODS:
             raise ConfigError(f"unknown method {self.method!r}: expected ig, grad or occlusion")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps must be an integer >= 1, got {self.steps!r}")
-        if isinstance(self.batch_rows, bool) or not isinstance(self.batch_rows, int) or (
-            self.batch_rows < 1
-        ):  # fmt: skip
-            raise ConfigError(f"batch_rows must be an integer >= 1, got {self.batch_rows!r}")
-        if not 0.0 <= float(self.threshold) <= 1.0:
-            raise ConfigError(f"threshold must be in [0, 1], got {self.threshold!r}")
-        if self.keep is not None:
-            object.__setattr__(self, "keep", tuple(self.keep))
 
 
 @dataclass

@@ -226,6 +226,27 @@ def test_explain_resume_and_bad_input(trained, tmp_path):
     assert res.exit_code == 2 and "--text-col" in res.stderr
 
 
+def test_explain_runs_on_the_device_asked_for(trained, tmp_path, monkeypatch):
+    # --device reaches the options: explain once re-bound every model to the default cpu
+    import pipeline.cli.scoring as cli_scoring
+    import pipeline.explain as explain_mod
+
+    seen = {}
+    real = explain_mod.run_explain
+
+    def spy(data, model, *args):
+        seen["backend"] = args[2].backend
+        return real(data, model, *args)
+
+    monkeypatch.setattr(explain_mod, "run_explain", spy)
+    monkeypatch.setattr(cli_scoring, "resolve_backend", lambda device: "reference")
+    model_dir, data = trained
+    res = runner.invoke(app, ["explain", str(data), "-m", str(model_dir), "-o",
+                              str(tmp_path / "e.parquet"), "-q", "--method", "grad"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert seen["backend"] == "reference"
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

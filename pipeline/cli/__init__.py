@@ -108,6 +108,11 @@ def resolve_backend(device: str) -> str:
     return runtime.resolve_backend(device)
 
 
+def keep_columns(keep: str | None) -> tuple[str, ...] | None:
+    """``--keep a, b`` as column names (None: the command's default)."""
+    return tuple(c.strip() for c in keep.split(",") if c.strip()) if keep else None
+
+
 def set_threads(n: int) -> None:
     runtime.set_threads(n or None)
 

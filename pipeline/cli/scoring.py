@@ -18,6 +18,7 @@ from pipeline.cli import (
     Threads,
     app,
     expected_errors,
+    keep_columns,
     load_model,
     resolve_backend,
     set_threads,
@@ -58,10 +59,10 @@ def explain(
     from pipeline.explain import ExplainOptions, run_explain
 
     set_threads(threads)
-    keep_cols = tuple(c.strip() for c in keep.split(",") if c.strip()) if keep else None
     options = ExplainOptions(
-        method=method, steps=steps, target=target, text_col=text_col, keep=keep_cols,
+        method=method, steps=steps, target=target, text_col=text_col, keep=keep_columns(keep),
         batch_rows=batch_rows, threshold=threshold, resume=resume,
+        backend=resolve_backend(device),
     )  # fmt: skip
     m = load_model(model, device)
     summary = run_explain(data, m, model, out, options, html, rows, quiet or json_out)
@@ -105,10 +106,9 @@ def score(
     from pipeline.score import score as run_score
 
     set_threads(threads)
-    keep_cols = tuple(c.strip() for c in keep.split(",") if c.strip()) if keep else None
     options = ScoreOptions(
         text_col=text_col,
-        keep=keep_cols,
+        keep=keep_columns(keep),
         batch_rows=batch_rows,
         threshold=threshold,
         resume=resume,
