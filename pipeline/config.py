@@ -285,13 +285,15 @@ class EncoderConfig:
     Example: ``EncoderConfig(cell="gru", embed_dim=128, hidden_dim=128)``.
     """
 
-    cell: str = "gru"
-    embed_dim: int = 128
-    hidden_dim: int = 128
-    num_layers: int = 1
-    bidirectional: bool = True
+    # the shape of the classifier `rnnpipe train` builds, so an encoder pretrained with the
+    # defaults warm-starts the default classifier
+    cell: str = ModelConfig.cell
+    embed_dim: int = ModelConfig.embed_dim
+    hidden_dim: int = ModelConfig.hidden_dim
+    num_layers: int = ModelConfig.num_layers
+    bidirectional: bool = ModelConfig.bidirectional
     vocab_size: int = 30002
-    max_len: int = 400
+    max_len: int = ModelConfig.max_len
     dropout: float = 0.0
     word_dropout: float = 0.0
     embed_dropout: float = 0.0
@@ -360,8 +362,8 @@ class PretrainConfig:
     warmup_steps: int = 200
     clip_norm: float = 1.0
     samples: int = 256
-    num_words: int = 30000
-    word_vectors: int = 5
+    num_words: int = TrainConfig.num_words
+    word_vectors: int = TrainConfig.word_vectors
     valid_frac: float = 0.01
     max_valid: int = 500
     seed: int = 0
