@@ -29,7 +29,7 @@ from pipeline.errors import ConfigError
 from pipeline.text import Tokenizer
 
 __all__ = ["CHECKPOINT_VERSION", "LoopState", "check_resumable", "checkpoint_dir_for",
-           "read_checkpoint", "write_checkpoint"]  # fmt: skip
+           "read_checkpoint", "read_state_dir", "write_checkpoint"]  # fmt: skip
 
 CHECKPOINT_VERSION = 1
 # options that may change between a run and its resumption without changing the result
@@ -56,16 +56,27 @@ def write_checkpoint(
         (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
 
 
+def read_state_dir(
+    path: Path, where: Path | None = None
+) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
+    """``(state, arrays, tokenizer)`` from a directory ``write_checkpoint`` wrote (no pickle);
+    ConfigError naming ``where`` (default: ``path``) when any part cannot be read."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        tokenizer = Tokenizer.load(path / "vocab.json")
+    except Exception as e:
+        raise ConfigError(
+            f"{where or path}: unreadable checkpoint ({e}): run without --resume"
+        ) from None
+    return state, arrays, tokenizer
+
+
 def read_checkpoint(ckpt: Path) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
     if not (ckpt / "state.json").is_file():
         raise ConfigError(f"no checkpoint to resume at {ckpt}: run without --resume")
-    try:
-        state = json.loads((ckpt / "state.json").read_text())
-        with np.load(ckpt / "arrays.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        tokenizer = Tokenizer.load(ckpt / "vocab.json")
-    except Exception as e:
-        raise ConfigError(f"{ckpt}: unreadable checkpoint ({e}): run without --resume") from None
+    state, arrays, tokenizer = read_state_dir(ckpt)
     if state.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(
             f"{ckpt}: checkpoint version {state.get('version')!r} is not {CHECKPOINT_VERSION}: "

@@ -32,7 +32,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ import numpy as np
 
 from pipeline import io
 from pipeline.batching import length_bucketed_batches
+from pipeline.checkpoint import read_state_dir, write_checkpoint
 from pipeline.config import EncoderConfig, PretrainConfig
 from pipeline.encoder import encoder_backward, encoder_forward, encoder_shapes, init_encoder_params
 from pipeline.errors import ConfigError, InputError, ModelFormatError, RunError
@@ -357,14 +358,6 @@ def _check_outputs(out_dir: Path, ckpt: Path, files: Sequence[Path]) -> None:
     io.check_writable(out_dir)
 
 
-def _save_state(ckpt: Path, state: dict[str, Any], arrays: Mapping[str, np.ndarray], tok) -> None:
-    with io.atomic_dir(ckpt / "state") as tmp:
-        np.savez(tmp / "arrays.npz", **arrays)
-        tokenizer_path = tmp / "vocab.json"
-        tok.save(tokenizer_path)
-        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
-
-
 @dataclass
 class _LMRun:
     """One pretraining run: what every epoch works on."""
@@ -455,7 +448,7 @@ def _checkpoint(run: _LMRun) -> None:
     arrays.update({f"optim/{k}": v for k, v in run.optimizer.state_dict().items()})
     state = {"version": CHECKPOINT_VERSION, **run.identity, "epoch": run.epoch,
              "history": _json_ready(run.history), "rng": run.rng.bit_generator.state}  # fmt: skip
-    _save_state(run.ckpt, state, arrays, run.tokenizer)
+    write_checkpoint(run.ckpt / "state", state, arrays, run.tokenizer)
 
 
 def _start(
@@ -627,12 +620,9 @@ def _read_state(ckpt: Path, stamp: dict[str, Any]):
         raise ConfigError(f"no pretraining checkpoint to resume at {ckpt}: run without --resume")
     try:
         saved_stamp = json.loads((ckpt / "stamp.json").read_text())
-        state = json.loads((state_dir / "state.json").read_text())
-        with np.load(state_dir / "arrays.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        tokenizer = Tokenizer.load(state_dir / "vocab.json")
-    except Exception as e:
+    except (OSError, ValueError) as e:
         raise ConfigError(f"{ckpt}: unreadable checkpoint ({e}): run without --resume") from None
+    state, arrays, tokenizer = read_state_dir(state_dir, where=ckpt)
     if saved_stamp != stamp:
         raise ConfigError(
             f"{ckpt}: the checkpoint was made from other input files or settings: run without "
