@@ -43,9 +43,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import io, outputs
+from pipeline.config import METHODS, ExplainOptions
 from pipeline.errors import ConfigError, InputError
 from pipeline.model import WEIGHTS_FILE, Model
-from pipeline.score import ScoreOptions
 from pipeline.text import TokenIds
 
 __all__ = [
@@ -58,30 +58,9 @@ __all__ = [
     "explain_texts",
 ]
 
-METHODS = ("ig", "grad", "occlusion")
 # interpolated token rows per forward + backward pass: bounds memory, and passes whose
 # caches stay near the CPU cache run faster (1 << 14 against 1 << 16: grad 1.3x faster)
 _ROWS_PER_PASS = 1 << 14
-
-
-@dataclass(frozen=True)
-class ExplainOptions(ScoreOptions):
-    """How to explain: ``method`` ig|grad|occlusion; ``steps`` quadrature nodes of ``ig``;
-    ``target`` a class name to explain toward (None: each row's predicted class); the rest
-    as in ``score.ScoreOptions`` and checked by it, with smaller batches (each row costs
-    ``steps`` + 2 passes). Raises ConfigError for an invalid value."""
-
-    batch_rows: int = 256
-    method: str = "ig"
-    steps: int = 32
-    target: str | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}: expected ig, grad or occlusion")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"steps must be an integer >= 1, got {self.steps!r}")
 
 
 @dataclass

@@ -37,8 +37,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import io
+from pipeline.config import ScoreOptions
 from pipeline.errors import ConfigError, RunError
-from pipeline.kernels import BACKENDS
 from pipeline.model import WEIGHTS_FILE, Model
 from pipeline.outputs import (
     ROW_GROUP_BYTES,
@@ -77,65 +77,6 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # Options and results
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    """How to score.
-
-    Fields: ``text_col`` the text column (None: ``text``, else ``review``); ``keep`` input
-    columns copied to the output, in this order (None: ``("id",)`` where the input has an
-    ``id`` column, else none); ``batch_rows`` rows per batch, which bounds memory;
-    ``threshold`` for binary models, the score at and above which the label is the positive
-    class; ``resume`` skip inputs whose output is already complete and current (``score``
-    only); ``backend`` the kernel backend scoring runs on (a model loaded with another one is
-    re-bound to it, sharing its weights).
-
-    Raises ConfigError for an invalid value.
-
-    Example: ``ScoreOptions(keep=("id", "rating"), batch_rows=4096, resume=True)``.
-    """
-
-    text_col: str | None = None
-    keep: tuple[str, ...] | None = None
-    batch_rows: int = 8192
-    threshold: float = 0.5
-    resume: bool = False
-    backend: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if self.text_col is not None and (not isinstance(self.text_col, str) or not self.text_col):
-            raise ConfigError(f"text column must be a non-empty name, got {self.text_col!r}")
-        if self.keep is not None:
-            if isinstance(self.keep, str) or not isinstance(self.keep, tuple | list):
-                raise ConfigError(f"keep must be a list of column names, got {self.keep!r}")
-            keep = tuple(self.keep)
-            bad = [c for c in keep if not isinstance(c, str) or not c]
-            if bad:
-                raise ConfigError(f"keep column names must be non-empty strings, got {bad[0]!r}")
-            dups = sorted({c for c in keep if keep.count(c) > 1})
-            if dups:
-                raise ConfigError(f"keep column {dups[0]!r} is listed twice")
-            object.__setattr__(self, "keep", keep)
-        if (
-            isinstance(self.batch_rows, bool)
-            or not isinstance(self.batch_rows, int | np.integer)
-            or self.batch_rows < 1
-        ):
-            raise ConfigError(f"batch_rows must be an integer >= 1, got {self.batch_rows!r}")
-        object.__setattr__(self, "batch_rows", int(self.batch_rows))
-        if (
-            isinstance(self.threshold, bool)
-            or not isinstance(self.threshold, int | float | np.floating)
-            or not 0.0 <= float(self.threshold) <= 1.0
-        ):
-            raise ConfigError(f"threshold must be a number in [0, 1], got {self.threshold!r}")
-        object.__setattr__(self, "threshold", float(self.threshold))
-        object.__setattr__(self, "resume", bool(self.resume))
-        if self.backend not in BACKENDS:
-            raise ConfigError(
-                f"unknown backend {self.backend!r}: expected one of {', '.join(BACKENDS)}"
-            )
 
 
 @dataclass

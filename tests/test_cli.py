@@ -482,3 +482,28 @@ def test_cli_and_library_defaults_are_the_same(tmp_path, monkeypatch):
     library = TrainConfig()
     cli_tc = seen["tc"]
     assert dataclasses.replace(cli_tc, threads=None) == library
+
+
+def test_score_and_explain_options_default_to_the_librarys(trained, tmp_path, monkeypatch):
+    # `rnnpipe score` and `rnnpipe explain` with no options build ScoreOptions() and
+    # ExplainOptions(), read from pipeline.config rather than repeated in the CLI
+    import pipeline.explain as explain_module
+    import pipeline.score as score_module
+    from pipeline.config import ExplainOptions, ScoreOptions
+
+    seen = {}
+
+    def capture(name):
+        def fake(data, model, *args, **kw):
+            seen[name] = next(a for a in (*args, *kw.values()) if isinstance(a, ScoreOptions))
+            raise SystemExit(0)
+
+        return fake
+
+    monkeypatch.setattr(score_module, "score", capture("score"))
+    monkeypatch.setattr(explain_module, "run_explain", capture("explain"))
+    model, data = trained
+    run("score", data, "--model", model, "--out", tmp_path / "s")
+    run("explain", data, "--model", model, "--out", tmp_path / "e")
+    assert seen["score"] == ScoreOptions()
+    assert seen["explain"] == ExplainOptions()

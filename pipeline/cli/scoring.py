@@ -23,6 +23,8 @@ from pipeline.cli import (
     resolve_backend,
     set_threads,
 )
+from pipeline.config import ExplainOptions as _X
+from pipeline.config import ScoreOptions as _S
 
 # --------------------------------------------------------------------------------- explain
 
@@ -33,14 +35,16 @@ def explain(
     data: Annotated[list[str], typer.Argument(help="Parquet file(s), directories or globs.")],
     model: ModelDir,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder, or FILE.parquet.")],
-    method: Annotated[str, typer.Option(help="ig, grad or occlusion.")] = "ig",
-    steps: Annotated[int, typer.Option(help="Integration steps of ig.", min=1)] = 32,
+    method: Annotated[str, typer.Option(help="ig, grad or occlusion.")] = _X.method,
+    steps: Annotated[int, typer.Option(help="Integration steps of ig.", min=1)] = _X.steps,
     target: Annotated[
         str | None, typer.Option(help="Class to explain toward (default: the predicted one).")
     ] = None,
     keep: Annotated[str | None, typer.Option(help="Input columns to keep (default: id).")] = None,
-    batch_rows: Annotated[int, typer.Option(help="Rows per streamed batch.", min=1)] = 256,
-    threshold: Annotated[float, typer.Option(help="Binary decision threshold.")] = 0.5,
+    batch_rows: Annotated[
+        int, typer.Option(help="Rows per streamed batch.", min=1)
+    ] = _X.batch_rows,
+    threshold: Annotated[float, typer.Option(help="Binary decision threshold.")] = _X.threshold,
     resume: Annotated[bool, typer.Option(help="Skip outputs already complete.")] = False,
     html: Annotated[Path | None, typer.Option(help="Also write an HTML report here.")] = None,
     rows: Annotated[int, typer.Option(help="Reviews shown in the HTML report.", min=0)] = 200,
@@ -56,10 +60,10 @@ def explain(
     (offsets into the text), attributions and ig_gap (integrated gradients' completeness).
     Example: rnnpipe explain reviews/ --model model/ --out explained/ --html report.html
     """
-    from pipeline.explain import ExplainOptions, run_explain
+    from pipeline.explain import run_explain
 
     set_threads(threads)
-    options = ExplainOptions(
+    options = _X(
         method=method, steps=steps, target=target, text_col=text_col, keep=keep_columns(keep),
         batch_rows=batch_rows, threshold=threshold, resume=resume,
         backend=resolve_backend(device),
@@ -86,8 +90,10 @@ def score(
     model: ModelDir,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder, or FILE.parquet.")],
     keep: Annotated[str | None, typer.Option(help="Input columns to keep (default: id).")] = None,
-    batch_rows: Annotated[int, typer.Option(help="Rows per streamed batch.", min=1)] = 8192,
-    threshold: Annotated[float, typer.Option(help="Binary decision threshold.")] = 0.5,
+    batch_rows: Annotated[
+        int, typer.Option(help="Rows per streamed batch.", min=1)
+    ] = _S.batch_rows,
+    threshold: Annotated[float, typer.Option(help="Binary decision threshold.")] = _S.threshold,
     resume: Annotated[bool, typer.Option(help="Skip outputs already complete.")] = False,
     engine: Annotated[str, typer.Option(help="local or ray.")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
@@ -102,11 +108,10 @@ def score(
 
     Example: rnnpipe score reviews/ --model model/ --out scores/ --keep id,date
     """
-    from pipeline.score import ScoreOptions
     from pipeline.score import score as run_score
 
     set_threads(threads)
-    options = ScoreOptions(
+    options = _S(
         text_col=text_col,
         keep=keep_columns(keep),
         batch_rows=batch_rows,
