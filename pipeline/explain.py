@@ -90,7 +90,7 @@ def _coefficients(model: Model, target: np.ndarray) -> np.ndarray:
 def _path_gradients(
     model: Model, tokens: TokenIds, coef: np.ndarray, alphas: np.ndarray, weights: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(sum_k weights[k] * df/dx at alphas[k] * x`` per token [nnz, E], f at each alpha
+    """``(x . sum_k weights[k] * df/dx at alphas[k] * x`` per token [nnz], f at each alpha
     [m, n])``: one forward and backward pass over m copies of the batch, every token with
     an embedding row of its own (so each token gets its own gradient, not its word's)."""
     cfg, p = model.config, model.params
@@ -108,16 +108,18 @@ def _path_gradients(
     offsets = np.concatenate([tokens.offsets[:-1] + k * nnz for k in range(m)] + [[m * nnz]])
     batch = TokenIds(offsets, np.arange(1, m * nnz + 1))
     logits, cache = path.forward(batch, training=True)
-    f = (logits.astype(np.float64) * np.tile(coef, (m, 1))).sum(axis=1).reshape(m, n)
-    dlogits = np.repeat(weights, n)[:, None] * np.tile(coef, (m, 1))
+    coefs = np.tile(coef, (m, 1))
+    f = (logits.astype(np.float64) * coefs).sum(axis=1).reshape(m, n)
+    dlogits = np.repeat(weights, n)[:, None] * coefs
     # the embedding's gradient only; its rows are the batch's ids, 1 .. m * nnz in order
     demb = path.backward(cache, dlogits, sparse_embedding=True, weights=False)["embedding"]
     grad = demb.values.reshape(m, nnz, -1).sum(axis=0, dtype=np.float64)
-    return grad, f
+    return (x.astype(np.float64) * grad).sum(axis=1), f
 
 
 def _chunks(tokens: TokenIds, copies: int) -> list[np.ndarray]:
-    """Row index chunks whose copies fit ``_ROWS_PER_PASS`` token rows (one row at least)."""
+    """Runs of consecutive row indices whose copies fit ``_ROWS_PER_PASS`` token rows (one
+    row at least)."""
     lens = tokens.lengths * copies
     out, start, acc = [], 0, 0
     for i, length in enumerate(lens.tolist()):
@@ -183,13 +185,9 @@ def attributions(
         alphas, weights = np.array([1.0]), np.array([1.0])
     for idx in _chunks(tokens, alphas.size):
         part = tokens.take(idx)
-        grad, f = _path_gradients(model, part, coef[idx], alphas, weights)
-        x = model.params["embedding"][part.ids].astype(np.float64)
-        contrib = (x * grad).sum(axis=1)  # per token
-        for j, row in enumerate(idx.tolist()):
-            values[tokens.offsets[row] : tokens.offsets[row + 1]] = contrib[
-                part.offsets[j] : part.offsets[j + 1]
-            ]
+        contrib, f = _path_gradients(model, part, coef[idx], alphas, weights)
+        # a chunk is a run of consecutive rows: its tokens are one slice of the batch's
+        values[tokens.offsets[idx[0]] : tokens.offsets[idx[-1] + 1]] = contrib
         f_x[idx] = f[-1]
         if method == "ig":
             f_base[idx] = f[-2]
