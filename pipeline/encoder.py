@@ -144,6 +144,7 @@ class EncoderCache:
     hs: dict[str, np.ndarray]  # direction -> (nnz, H) states of the last layer
     embed_mask: np.ndarray | None  # (U,) embedding dropout's scale per distinct id
     hh_masks: dict[str, np.ndarray] | None  # "l{l}.{dir}" -> DropConnect mask on W_hh
+    scaled: bool = False  # the first layer's inputs had a per-token scale
 
 
 def encoder_forward(
@@ -153,12 +154,16 @@ def encoder_forward(
     tokens: TokenIds,
     training: bool,
     rng: np.random.Generator | None = None,
+    input_scale: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], EncoderCache | None]:
     """The last layer's state after every token, per direction, and (when ``training``)
     what ``encoder_backward`` needs.
 
     Parameters: ``tokens`` already truncated; ``training`` turns the regularisers and the
-    cache on; ``rng`` draws their masks (required when any of them is > 0).
+    cache on; ``rng`` draws their masks (required when any of them is > 0);
+    ``input_scale`` float32[nnz] multiplies each token's embedding (explanations: a
+    review's copies along the integration path), and ``encoder_backward`` then returns
+    its gradient as ``"input_scale"``.
 
     Returns ``(hs, cache)``: ``hs[d]`` float[nnz, H] in token order; cache None unless training.
     """
@@ -213,6 +218,7 @@ def encoder_forward(
                 reverse=d == "bwd",
                 training=training,
                 rows=rows if layer == 0 else None,
+                scale=input_scale if layer == 0 else None,
             )
         layer_caches.append(caches)
         if layer + 1 < cfg.num_layers:  # the next layer's input (nnz, dirs*H)
@@ -220,8 +226,9 @@ def encoder_forward(
     if not training:
         return hs, None
     cache = EncoderCache(
-        distinct, offsets, layer_caches, input_masks, hs, embed_mask, hh_masks or None
-    )
+        distinct, offsets, layer_caches, input_masks, hs, embed_mask, hh_masks or None,
+        input_scale is not None,
+    )  # fmt: skip
     return hs, cache
 
 
@@ -242,7 +249,8 @@ def encoder_backward(
     batch's distinct ids but padding, and their rows), which the optimizers and
     ``clip_global_norm`` take as they take the dense array, for less memory traffic.
     ``weights`` False: the embedding's gradient only (what explanations need), and the
-    backend may skip the recurrent weights' products.
+    backend may skip the recurrent weights' products. When forward had an
+    ``input_scale``, ``"input_scale"`` holds its gradient, float32[nnz].
     """
     cfg, k, p = config, kernels, params
     H, dirs = cfg.hidden_dim, cfg.directions
@@ -251,10 +259,12 @@ def encoder_backward(
         dx = None
         for d in dirs:
             pre = f"l{layer}.{d}"
-            dx_d, dW_ih, dW_hh, db_ih, db_hh = k.layer_backward(
-                cache.layer_caches[layer][d], dhs[d], finals[d], weights=weights
-            )
+            out = k.layer_backward(cache.layer_caches[layer][d], dhs[d], finals[d], weights=weights)
+            dx_d, dW_ih, dW_hh, db_ih, db_hh = out[:5]
             dx = dx_d if dx is None else dx + dx_d  # both directions read the same input
+            if layer == 0 and cache.scaled:  # so do their scales
+                ds = grads.get("input_scale")
+                grads["input_scale"] = out[5] if ds is None else ds + out[5]
             if not weights:
                 continue
             if cache.hh_masks is not None:

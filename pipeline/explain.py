@@ -7,10 +7,12 @@ predicted one unless another is asked for):
   average gradient of the class's logit along the straight path from an all-zero input (the
   padding embedding, every position kept) to the review. The path is integrated with
   Gauss-Legendre quadrature (``steps`` nodes, as Captum does by default), and all the
-  nodes of a batch of reviews run through the backward kernels at once: the interpolated
-  inputs are laid out as one long batch whose every token has its own embedding row. The
-  attributions add up to f(review) - f(baseline) (completeness); each row carries how far
-  they miss it (``ig_gap``, relative).
+  nodes of a batch of reviews run through the kernels at once: copy k of the batch has
+  every token's embedding scaled by the node alpha_k (the kernels' per-token input
+  scale, so the input projection runs once per distinct word, not once per copy), and
+  the gradient of a token's scale, x . df/dx at alpha_k * x, summed with the nodes'
+  weights, is its attribution. The attributions add up to f(review) - f(baseline)
+  (completeness); each row carries how far they miss it (``ig_gap``, relative).
 * ``grad``: gradient times input, one forward and backward pass.
 * ``occlusion``: f(review) - f(review without the token), the model-agnostic check.
 
@@ -87,34 +89,41 @@ def _coefficients(model: Model, target: np.ndarray) -> np.ndarray:
     return coef
 
 
+def _quiet(model: Model) -> Model:
+    """The model without its training-time regularisers (the same parameters)."""
+    cfg = dataclasses.replace(
+        model.config, dropout=0.0, word_dropout=0.0, embed_dropout=0.0, weight_drop=0.0
+    )
+    return Model(cfg, model.params, backend=model.backend)
+
+
 def _path_gradients(
-    model: Model, tokens: TokenIds, coef: np.ndarray, alphas: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(x . sum_k weights[k] * df/dx at alphas[k] * x`` per token [nnz], f at each alpha
-    [m, n])``: one forward and backward pass over m copies of the batch, every token with
-    an embedding row of its own (so each token gets its own gradient, not its word's)."""
-    cfg, p = model.config, model.params
-    x = p["embedding"][tokens.ids]  # (nnz, E)
+    quiet: Model,
+    tokens: TokenIds,
+    targets: np.ndarray | None,
+    alphas: np.ndarray,
+    weights: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(sum_k weights[k] * x . df/dx at alphas[k] * x`` per token [nnz], f at each alpha
+    [m, n], targets [n])``: one forward and backward pass over m copies of the batch, copy
+    k with every token's embedding scaled by ``alphas[k]`` (the input projection still runs
+    once per distinct word). The gradient of a token's scale is x . df/dx at that point: its
+    own gradient, not its word's. ``targets`` None: each row's predicted class, read from
+    the logits of the last copy (alpha 1, the review itself) before the backward pass."""
     m, nnz, n = alphas.size, tokens.nnz, len(tokens)
-    emb = np.empty((m * nnz + 1, x.shape[1]), dtype=x.dtype)
-    emb[0] = 0.0  # row 0 is padding: unused, kept zero
-    for k, a in enumerate(alphas):
-        np.multiply(x, x.dtype.type(a), out=emb[1 + k * nnz : 1 + (k + 1) * nnz])
-    quiet = dataclasses.replace(
-        cfg, vocab_size=m * nnz + 1, dropout=0.0, word_dropout=0.0, embed_dropout=0.0,
-        weight_drop=0.0,
-    )  # fmt: skip
-    path = Model(quiet, {**p, "embedding": emb}, backend=model.backend)
     offsets = np.concatenate([tokens.offsets[:-1] + k * nnz for k in range(m)] + [[m * nnz]])
-    batch = TokenIds(offsets, np.arange(1, m * nnz + 1))
-    logits, cache = path.forward(batch, training=True)
-    coefs = np.tile(coef, (m, 1))
-    f = (logits.astype(np.float64) * coefs).sum(axis=1).reshape(m, n)
+    batch = TokenIds(offsets, np.tile(tokens.ids, m))
+    scale = np.repeat(alphas, nnz).astype(np.float32)
+    logits, cache = quiet.forward(batch, training=True, input_scale=scale)
+    z = logits.astype(np.float64)
+    if targets is None:  # the argmax of the probabilities, whatever the temperature
+        last = z[(m - 1) * n :]
+        targets = (last[:, 0] > 0).astype(np.int64) if quiet.config.binary else last.argmax(1)
+    coefs = np.tile(_coefficients(quiet, targets), (m, 1))
+    f = (z * coefs).sum(axis=1).reshape(m, n)
     dlogits = np.repeat(weights, n)[:, None] * coefs
-    # the embedding's gradient only; its rows are the batch's ids, 1 .. m * nnz in order
-    demb = path.backward(cache, dlogits, sparse_embedding=True, weights=False)["embedding"]
-    grad = demb.values.reshape(m, nnz, -1).sum(axis=0, dtype=np.float64)
-    return (x.astype(np.float64) * grad).sum(axis=1), f
+    grads = quiet.backward(cache, dlogits, sparse_embedding=True, weights=False)
+    return grads["input_scale"].reshape(m, nnz).sum(axis=0, dtype=np.float64), f, targets
 
 
 def _chunks(tokens: TokenIds, copies: int) -> list[np.ndarray]:
@@ -165,13 +174,14 @@ def attributions(
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: expected ig, grad or occlusion")
     n = len(tokens)
-    if targets is None:
+    if targets is None and method == "occlusion":
         targets = model.predict_proba(tokens).argmax(axis=1)
-    targets = np.asarray(targets, dtype=np.int64)
-    coef = _coefficients(model, targets)
+    if targets is not None:
+        targets = np.asarray(targets, dtype=np.int64)
     values = np.zeros(tokens.nnz, dtype=np.float64)
     f_x, f_base = np.full(n, np.nan), np.full(n, np.nan)
     if method == "occlusion":
+        coef = _coefficients(model, targets)
         values = _occlusion(model, tokens, coef)
         gap = np.full(n, np.nan, dtype=np.float32)
         z = model.predict_logits(tokens).astype(np.float64)
@@ -183,9 +193,12 @@ def attributions(
         weights = np.r_[w / 2, 0.0, 0.0]
     else:
         alphas, weights = np.array([1.0]), np.array([1.0])
+    quiet = _quiet(model)
+    chosen = np.zeros(n, dtype=np.int64)
     for idx in _chunks(tokens, alphas.size):
         part = tokens.take(idx)
-        contrib, f = _path_gradients(model, part, coef[idx], alphas, weights)
+        given = None if targets is None else targets[idx]
+        contrib, f, chosen[idx] = _path_gradients(quiet, part, given, alphas, weights)
         # a chunk is a run of consecutive rows: its tokens are one slice of the batch's
         values[tokens.offsets[idx[0]] : tokens.offsets[idx[-1] + 1]] = contrib
         f_x[idx] = f[-1]
@@ -198,7 +211,7 @@ def attributions(
         diff = f_x - f_base
         gap = (np.abs(sums - diff) / np.maximum(np.abs(diff), 1e-9)).astype(np.float32)
         gap[tokens.lengths == 0] = 0.0
-    return Explanation(values.astype(np.float32), tokens.offsets, targets, f_x, f_base, gap)
+    return Explanation(values.astype(np.float32), tokens.offsets, chosen, f_x, f_base, gap)
 
 
 # ---------------------------------------------------------------------------------------------

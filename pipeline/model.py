@@ -231,19 +231,25 @@ class Model:
     # ------------------------------------------------------------------ training path
 
     def forward(
-        self, tokens: TokenIds, training: bool, rng: np.random.Generator | None = None
+        self,
+        tokens: TokenIds,
+        training: bool,
+        rng: np.random.Generator | None = None,
+        input_scale: np.ndarray | None = None,
     ) -> tuple[np.ndarray, _ForwardCache | None]:
         """Logits for every sequence, and (when ``training``) what ``backward`` needs.
 
         Parameters: ``tokens`` already truncated to ``max_len``; ``training`` enables dropout and
-        the cache; ``rng`` draws the dropout masks (required when training with dropout > 0).
+        the cache; ``rng`` draws the dropout masks (required when training with dropout > 0);
+        ``input_scale`` float32[nnz] multiplies each token's embedding (``backward`` then
+        returns its gradient as ``"input_scale"``: ``pipeline.explain``).
 
         Returns ``(logits [n, C'], cache)``; ``cache`` is None unless ``training``.
 
         Example: ``logits, _ = model.forward(tokens, training=False)``.
         """
         cfg, k, p = self.config, self.kernels, self.params
-        hs, enc = encoder_forward(cfg, p, k, tokens, training, rng)
+        hs, enc = encoder_forward(cfg, p, k, tokens, training, rng, input_scale)
         offsets = tokens.offsets
         feats = np.concatenate(
             [
@@ -312,11 +318,14 @@ class Model:
             encoder_backward(cfg, p, k, cache.encoder, dhs, finals, sparse_embedding, weights)
         )
         as_rows = {"embedding"} if sparse_embedding else set()  # already a RowGrad
-        return {
+        out = {
             name: grads[name] if name in as_rows else np.ascontiguousarray(grads[name], self.dtype)
             for name in p
             if weights or name == "embedding"
         }
+        if "input_scale" in grads:
+            out["input_scale"] = grads["input_scale"]
+        return out
 
     def loss_and_grads(
         self,

@@ -56,6 +56,11 @@ def test_integrated_gradients_are_complete(cell, classes):
         z[np.arange(len(exp.target)), exp.target]
     )  # fmt: skip
     np.testing.assert_allclose(exp.f_x, f, rtol=1e-6, atol=1e-9)
+    # no target given: each row's predicted class (read from the path's own last copy)
+    predicted = model.predict_proba(_tokens()).argmax(axis=1)
+    assert np.array_equal(exp.target, predicted) and len(set(predicted.tolist())) > 1
+    for method in ("grad", "occlusion"):
+        assert np.array_equal(attributions(model, _tokens(), method=method).target, predicted)
 
 
 @pytest.mark.parametrize("method", ["ig", "grad", "occlusion"])

@@ -146,15 +146,54 @@ def test_distinct_rows_input_matches_reference(cell, reverse):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_distinct_rows_are_checked():
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("distinct_rows", [False, True])
+def test_input_scale_matches_reference(cell, reverse, distinct_rows):
+    # explanations scale each token's input (a review's copies along the integration path):
+    # states, every gradient and dscale as the reference computes them
+    E, H, V = 6, 5, 150
+    p = layer_params(cell, E, H, seed=25)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=26)
+    nnz = int(offsets[-1])
+    scale = np.random.default_rng(27).uniform(-0.2, 1.2, nnz).astype(np.float32)
+    scale[:3] = 0.0  # the baseline's copy
+    x, rows = (emb, ids.astype(np.int64)) if distinct_rows else (emb[ids], None)
+    dhs = np.random.default_rng(28).normal(size=(nnz, H)).astype(np.float32)
+    out = {}
+    for name, K in (("cpu", cpu), ("reference", reference)):
+        hs, cache = K.layer_forward(cell, x, offsets, **p, reverse=reverse, rows=rows, scale=scale)
+        out[name] = (hs, *K.layer_backward(cache, dhs))
+    names = ["hs", "dx", "dW_ih", "dW_hh", "db_ih", "db_hh", "dscale"]
+    assert len(out["cpu"]) == len(names) and out["cpu"][6].shape == (nnz,)
+    for name, a, b in zip(names, out["cpu"], out["reference"], strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3, err_msg=name)
+    assert np.abs(out["cpu"][6]).max() > 0
+    # scale 1 everywhere is the plain layer: same states, same gradients
+    ones = np.ones(nnz, np.float32)
+    hs1, c1 = cpu.layer_forward(cell, x, offsets, **p, reverse=reverse, rows=rows, scale=ones)
+    hs0, c0 = cpu.layer_forward(cell, x, offsets, **p, reverse=reverse, rows=rows)
+    np.testing.assert_allclose(hs1, hs0, atol=1e-6)
+    for a, b in zip(cpu.layer_backward(c1, dhs)[:5], cpu.layer_backward(c0, dhs), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"rows": np.array([0, 5])}, "rows must lie in"),
+        ({"rows": np.array([0.0, 1.0])}, "1-D integer"),
+        ({"scale": np.ones(3, np.float32)}, "one per token"),
+        ({"scale": np.array([1.0, np.nan])}, "finite"),
+    ],
+)
+def test_distinct_rows_and_scales_are_checked(kw, message):
     p = layer_params("rnn", 3, 4, seed=24)
     x = np.ones((5, 3), np.float32)
     offsets = np.array([0, 2], np.int64)
     for K in (cpu, reference):
-        with pytest.raises(ValueError, match="rows must lie in"):
-            K.layer_forward("rnn", x, offsets, **p, rows=np.array([0, 5]))
-        with pytest.raises(ValueError, match="1-D integer"):
-            K.layer_forward("rnn", x, offsets, **p, rows=np.array([0.0, 1.0]))
+        with pytest.raises(ValueError, match=message):
+            K.layer_forward("rnn", x[:2] if "scale" in kw else x, offsets, **p, **kw)
 
 
 @pytest.mark.parametrize("cell", CELLS)

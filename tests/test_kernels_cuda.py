@@ -121,6 +121,26 @@ def test_distinct_rows_input_matches_reference(K, cell):
 
 @needs_cuda
 @pytest.mark.parametrize("cell", CELLS)
+def test_input_scale_matches_reference(K, cell):
+    p = layer_params(cell, E, H, seed=34, scale=0.5)
+    offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=35)
+    nnz = int(offsets[-1])
+    scale = np.random.default_rng(36).uniform(0.0, 1.0, nnz).astype(np.float32)
+    dhs = np.random.default_rng(37).normal(size=(nnz, H)).astype(np.float32)
+    out = {}
+    for name, backend in (("cuda", K), ("reference", reference)):
+        hs, cache = backend.layer_forward(
+            cell, emb, offsets, **p, reverse=True, rows=ids, scale=scale
+        )
+        out[name] = (hs, *backend.layer_backward(cache, dhs))
+    names = ["hs", *NAMES[3:], "dscale"]
+    assert len(out["cuda"]) == len(names)
+    for name, a, b in zip(names, out["cuda"], out["reference"], strict=True):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4, err_msg=name)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_infer_matches_reference(K, cell, reverse):
     p = layer_params(cell, E, H, seed=4, scale=0.5)

@@ -90,6 +90,46 @@ def test_gradients_match_finite_differences(cell, reverse, mode):
     assert np.abs(grads[0]).sum() > 0  # the comparison was not between two zero arrays
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_input_scale_gradients_match_finite_differences(cell, reverse):
+    # token k reads scale[k] * x[rows[k]]: dscale (what explanations sum) and dx (onto the
+    # shared rows) against central differences of the same loss
+    rng = np.random.default_rng(zlib.crc32(f"scale-{cell}-{reverse}".encode()))
+    E, H = 3, 3
+    offsets = offsets_of(RAGGED)
+    nnz = int(offsets[-1])
+    x = rng.normal(0, 1.0, (4, E))
+    rows = rng.integers(0, 4, nnz)
+    scale = rng.uniform(0.1, 1.0, nnz)
+    params = list(make_params(cell, E, H, rng))
+    R = rng.normal(0, 1.0, (nnz, H))
+
+    def loss(x, scale):
+        hs, _ = ref.layer_forward(cell, x, offsets, *params, reverse, False, rows, scale)
+        return float(np.sum(hs * R))
+
+    _, cache = ref.layer_forward(cell, x, offsets, *params, reverse=reverse, rows=rows, scale=scale)
+    out = ref.layer_backward(cache, R)
+    assert len(out) == 6
+    eps = 1e-6
+    for name, k, grad in (("dx", 0, out[0]), ("dscale", 1, out[5])):
+        arrs = [x, scale]
+        assert grad.shape == arrs[k].shape, name
+        numeric = np.zeros_like(arrs[k])
+        for idx in np.ndindex(arrs[k].shape):
+            plus, minus = [a.copy() for a in arrs], [a.copy() for a in arrs]
+            plus[k][idx] += eps
+            minus[k][idx] -= eps
+            numeric[idx] = (loss(*plus) - loss(*minus)) / (2 * eps)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-8, err_msg=name)
+        assert np.abs(grad).sum() > 0
+    # the weights' gradients are those of feeding every token its scaled input
+    _, plain = ref.layer_forward(cell, x[rows] * scale[:, None], offsets, *params, reverse)
+    for a, b in zip(out[1:5], ref.layer_backward(plain, R)[1:], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_pool_backward_max_takes_first_of_tied_steps():
     hs = np.array([[1.0, 2.0], [3.0, 2.0], [3.0, 0.0]], dtype=np.float32)
     offsets = np.array([0, 3], dtype=np.int64)

@@ -18,12 +18,15 @@ first; ``hs[tok]`` is then the reverse state after consuming tokens end..tok.
 Every backend module exposes the same functions:
 
 ``layer_forward(cell, x, offsets, W_ih, W_hh, b_ih, b_hh, reverse=False, training=True,
-rows=None)``
+rows=None, scale=None)``
     -> ``(hs, cache)``; ``x`` float32[nnz, E]; ``hs`` float32[nnz, H] (state after each token,
     token order); ``cache`` is opaque, for ``layer_backward`` (None when not training).
     With ``rows`` (int[nnz]), token ``k``'s input is ``x[rows[k]]`` and ``x`` holds only the
     distinct inputs, e.g. the embedding rows of a batch's distinct ids: the input
     projection is then done once per distinct row instead of once per token.
+    With ``scale`` (float[nnz]), token ``k``'s input is ``scale[k] * x[rows[k]]`` (or
+    ``scale[k] * x[k]``): explanations run a review's interpolated copies this way, one
+    projection per distinct row whatever the number of copies.
 ``layer_backward(cache, dhs, d_final=None, weights=True)``
     -> ``(dx, dW_ih, dW_hh, db_ih, db_hh)``: gradients given ``dhs`` = dL/dhs float32[nnz, H]
     (None: zero) and ``d_final`` = dL/d(final state) float32[n, H], the gradient of what
@@ -33,6 +36,10 @@ rows=None)``
     ``dx`` has ``x``'s shape: with ``rows``, row ``u`` sums the gradients of the tokens
     that read it (``pipeline.kernels.rows``). ``weights`` False: only the inputs' gradient
     is wanted, and a backend may return None for ``dW_ih`` and ``dW_hh`` (the cpu one does).
+    When forward had a ``scale``, a sixth element ``dscale`` float32[nnz], the gradient
+    with respect to each token's scale (its unscaled input . dL/d(its input)): summed over
+    a path's copies, the tokens' integrated gradients; ``dx`` is then with respect to the
+    unscaled ``x``.
 ``pool_forward(hs, offsets, mode, reverse=False)`` -> float32[n, H]
     ``mode``: ``last`` (forward: state at the sequence's last token; reverse: state at its
     first token, i.e. after the whole sequence), ``max`` or ``mean`` over its valid steps.

@@ -47,7 +47,7 @@ from pipeline.kernels.gemm import pack as _pack
 from pipeline.kernels.gemm import padded_width as _padded_width
 from pipeline.kernels.memory import aligned as _aligned
 from pipeline.kernels.memory import prefetch_read, prefetch_write
-from pipeline.kernels.rows import check_rows, sum_by_row
+from pipeline.kernels.rows import check_rows, check_scale, sum_by_row
 
 F32 = np.float32
 _CLAMP = np.float32(7.90531110763549805)
@@ -162,8 +162,9 @@ def _tok_at(starts, lens, r, t, reverse):
 
 @njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
 def _forward(
-    cell, xsrc, rowmap, WhhP, b_hn, starts, lens, blocks, reverse, S_h, S_c, Gb, hs, acts, aux, pool
-):
+    cell, xsrc, rowmap, WhhP, b_hn, starts, lens, blocks, reverse, S_h, S_c, Gb, hs, acts, aux,
+    pool, scale, bias,
+):  # fmt: skip
     # Slots are grouped in blocks, each sorted by length (descending), one thread a block:
     # at step t the block's running rows are a prefix, so their recurrent product is one
     # small matrix product on W_hh, which stays in cache across the block's steps.
@@ -171,12 +172,16 @@ def _forward(
     # Gb (n, Np): scratch, Np = G*H rounded up to gemm's panels
     # hs (nnz, H), acts (nnz, G*H), aux (nnz, H): stores for backward (size 0 at inference)
     # pool (2, n, H): running max and sum (size 0 when not needed)
+    # scale (nnz,): each token's input scale, or size 0 for none; with it, xsrc holds the
+    # rows' projections without bias, and a step's input is scale * row + bias (G*H,)
     H = S_h.shape[1]
     GH = xsrc.shape[1]
     Np = Gb.shape[1]
     store = hs.shape[0] > 0
     dopool = pool.shape[0] > 0
     hn_tmp = np.empty((blocks.shape[0], H), np.float32)
+    scaled = scale.shape[0] > 0
+    xb_all = np.empty((blocks.shape[0] if scaled else 0, GH), np.float32)
     for bi in prange(blocks.shape[0] - 1):
         r0 = blocks[bi]
         r1 = blocks[bi + 1]
@@ -200,6 +205,12 @@ def _forward(
                             prefetch_write(aux, nxt)
                 g = Gb[r, :GH]
                 x = xsrc[row]
+                if scaled:
+                    xb = xb_all[bi]
+                    s = scale[tok]
+                    for j in range(GH):
+                        xb[j] = s * x[j] + bias[j]
+                    x = xb
                 h = S_h[r]
                 if cell == 0:
                     _lstm_row(g, x, h, S_c[r], H)
@@ -288,11 +299,16 @@ class _Cache:
         "acts",
         "aux",
         "rows",
+        "scale",
+        "proj",
     )
 
 
-def _run(cell, xsrc, rowmap, offsets, W_hh, b_hh, reverse, need_pool, store_nnz):
-    """Run the recurrence; returns (S_h, pool, hs, acts, aux, plan)."""
+def _run(
+    cell, xsrc, rowmap, offsets, W_hh, b_hh, reverse, need_pool, store_nnz, scale=None, bias=None
+):
+    """Run the recurrence; returns (S_h, pool, hs, acts, aux, plan). With ``scale``, token
+    k's input is ``scale[k] * xsrc[row] + bias``."""
     G, H = gates(cell), W_hh.shape[1]
     n = offsets.size - 1
     plan = _plan(offsets)
@@ -323,18 +339,22 @@ def _run(cell, xsrc, rowmap, offsets, W_hh, b_hh, reverse, need_pool, store_nnz)
         acts,
         aux,
         pool,
+        np.empty(0, F32) if scale is None else scale,
+        np.empty(0, F32) if bias is None else bias,
     )
     return S_h, pool, hs, acts, aux, plan
 
 
 def layer_forward(
-    cell, x, offsets, W_ih, W_hh, b_ih, b_hh, reverse=False, training=True, rows=None
-):
+    cell, x, offsets, W_ih, W_hh, b_ih, b_hh, reverse=False, training=True, rows=None,
+    scale=None,
+):  # fmt: skip
     """One recurrent layer over ragged sequences; see ``pipeline.kernels`` for the contract.
 
     Returns ``(hs, cache)``: ``hs`` float32[nnz, H], the state after every token. With
     ``rows``, the input projection runs once per row of ``x`` (each distinct input), and
-    the kernel reads token k's projection from row ``rows[k]``.
+    the kernel reads token k's projection from row ``rows[k]``. With ``scale``, token k's
+    projection is ``scale[k]`` times its row's (projected once) plus the bias.
     """
     x, W_ih, W_hh, b_ih, b_hh = map(_as32, (x, W_ih, W_hh, b_ih, b_hh))
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
@@ -345,8 +365,14 @@ def layer_forward(
         rowmap = check_rows(rows, x.shape[0])
         nnz = rowmap.size
     xproj = np.matmul(x, W_ih.T, out=_aligned((x.shape[0], W_ih.shape[0])))  # all steps at once
-    xproj += _folded_bias(cell, b_ih, b_hh)
-    _, _, hs, acts, aux, plan = _run(cell, xproj, rowmap, offsets, W_hh, b_hh, reverse, False, nnz)
+    bias = _folded_bias(cell, b_ih, b_hh)
+    if scale is None:
+        xproj += bias
+    else:  # the kernel adds the bias after each token's scale
+        scale = _as32(check_scale(scale, nnz))
+    _, _, hs, acts, aux, plan = _run(
+        cell, xproj, rowmap, offsets, W_hh, b_hh, reverse, False, nnz, scale, bias
+    )
     cache = None
     if training:
         cache = _Cache()
@@ -354,6 +380,7 @@ def layer_forward(
         cache.W_ih, cache.W_hh, cache.reverse = W_ih, W_hh, reverse
         cache.plan, cache.hs, cache.acts, cache.aux = plan, hs, acts, aux
         cache.rows = None if rows is None else rowmap
+        cache.scale, cache.proj = scale, (xproj if scale is not None else None)
     return hs, cache
 
 
@@ -399,7 +426,7 @@ def _gru_row_bwd(dh, a, hn, hp, gx, gh, dd, H):
 
 @njit(parallel=True, cache=True, fastmath=_BACKWARD_MATH, error_model="numpy")
 def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dS, dC, Dd,
-              Db, acc, zeros, weights):  # fmt: skip
+              Db, acc, zeros, weights, scaling):  # fmt: skip
     # W_hhP: W_hh (G*H, H) packed for gemm
     # dhs (nnz, H): dL/dh per token, or (0, H) for none
     # dS (n, Np): dL/dh of every slot from the later steps (columns H: are gemm's padding),
@@ -411,7 +438,13 @@ def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dG
     # (nb, G*H, float64) the recurrent-side bias gradient; SG (nb, KS, G*H) and SH (nb, KS, Np)
     # stage a block's gate gradients and previous states, KS tokens at a time, for
     # dW += SG.T @ SH while they are still in cache; weights False skips dW (dx only)
+    # scaling: scale (nnz,) each token's input scale (size 0: none), proj (rows, G*H) the
+    # unscaled projections forward read through rowmap (size 0: row = token); dscale (nnz,)
+    # receives dL/d scale = dGx . proj, then dGx is scaled (the gradient of the unscaled
+    # row); dbx (nb, G*H, float64) receives the unscaled dGx summed (gru's input bias)
     dW, db, SG, SH = acc
+    scale, proj, rowmap, dscale, dbx = scaling
+    scaled = scale.shape[0] > 0
     H = zeros.shape[0]
     has_dhs = dhs.shape[0] > 0
     GH = Db.shape[1]
@@ -467,6 +500,20 @@ def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dG
                         hv = hs[tok, j]
                         gx[j] = dh[j] * (_ONE - hv * hv)
                     Db[r, :] = gx
+                if scaled:
+                    gx = dGx[tok]
+                    src = proj[np.int64(tok) if rowmap.shape[0] == 0 else rowmap[tok]]
+                    ds = 0.0
+                    for j in range(GH):
+                        ds += np.float64(gx[j]) * np.float64(src[j])
+                    dscale[tok] = ds
+                    if cell == 1:
+                        dbxb = dbx[bi]
+                        for j in range(GH):
+                            dbxb[j] += gx[j]
+                    s = scale[tok]
+                    for j in range(GH):
+                        gx[j] *= s
                 g = Db[r]
                 for j in range(GH):
                     dbb[j] += g[j]
@@ -488,7 +535,8 @@ _STAGE = 128  # tokens a block stages before adding them to its dW_hh
 
 
 def layer_backward(cache, dhs, d_final=None, weights=True):
-    """Backpropagation through time for one layer; returns (dx, dW_ih, dW_hh, db_ih, db_hh).
+    """Backpropagation through time for one layer; returns (dx, dW_ih, dW_hh, db_ih, db_hh),
+    and ``dscale`` [nnz] sixth when the forward pass had a ``scale``.
 
     ``dhs`` [nnz, H] or None; ``d_final`` [n, H] or None (see ``pipeline.kernels``): it
     starts each slot's running gradient, so no dense [nnz, H] array is built for it.
@@ -522,6 +570,15 @@ def layer_backward(cache, dhs, d_final=None, weights=True):
     # dW_hh is summed per block inside the kernel, from staged rows still in cache: the
     # product over all tokens afterwards ran at about 96 GFLOP/s and had to build every
     # token's previous state first
+    scaled = cache.scale is not None
+    dscale = np.empty(nnz if scaled else 0, F32)
+    scaling = (
+        cache.scale if scaled else np.empty(0, F32),
+        cache.proj if scaled else np.empty((0, GH), F32),
+        cache.rows if scaled and cache.rows is not None else np.empty(0, np.int64),
+        dscale,
+        np.zeros((nb if scaled and cell == "gru" else 0, GH), np.float64),
+    )
     # without the weights' gradients, the dW and staging blocks shrink to 1x1 (never used)
     wGH, wNp, wS = (GH, Np, _STAGE) if weights else (1, 1, 1)
     acc = (
@@ -549,20 +606,27 @@ def layer_backward(cache, dhs, d_final=None, weights=True):
         acc,
         np.zeros(H, F32),
         weights,
+        scaling,
     )
     # blocks summed in a fixed order: the same bits run after run
     dW_hh = np.ascontiguousarray(acc[0].sum(axis=0)[:, :H]) if weights else None
     db_rec = acc[1].sum(axis=0).astype(F32)
+    db_x = None
+    if scaled:  # gru's input bias takes every token's unscaled share
+        db_x = scaling[4].sum(axis=0).astype(F32) if cell == "gru" else None
     if cache.rows is not None:
         dGx = sum_by_row(dGx, cache.rows, x.shape[0])  # (rows of x, G*H)
     dW_ih = dGx.T @ x if weights else None
     dx = dGx @ W_ih
     if cell == "gru":
         # b_hn is not folded into b_ih: its gradient is the recurrent side's
-        db_ih, db_hh = dGx.sum(axis=0, dtype=F32), db_rec
+        db_ih = dGx.sum(axis=0, dtype=F32) if db_x is None else db_x
+        db_hh = db_rec
     else:
         # lstm and rnn add both biases to the same pre-activation: one sum serves both
         db_ih, db_hh = db_rec, db_rec.copy()
+    if scaled:
+        return dx, dW_ih, dW_hh, db_ih, db_hh, dscale
     return dx, dW_ih, dW_hh, db_ih, db_hh
 
 

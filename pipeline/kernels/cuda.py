@@ -67,7 +67,7 @@ from pipeline.kernels.checks import (
     foldable_bias,
     hs_gradient,
 )
-from pipeline.kernels.rows import check_rows, sum_by_row
+from pipeline.kernels.rows import check_rows, check_scale, sum_by_row
 
 # This module is imported when the CUDA backend is bound (get_backend("cuda")): only then is
 # NumPy given back the np.row_stack that numba-cuda needs, before its CUDA target is used.
@@ -639,6 +639,8 @@ class _Cache:
     rows: np.ndarray | None = None  # layer_forward's rows, to fold dx back onto them
     n_x: int = 0  # rows of the x that layer_forward was given
     offsets: np.ndarray | None = None  # (n+1,) int64 on the host, for layer_backward's d_final
+    scale: np.ndarray | None = None  # layer_forward's scale (host): x holds the scaled inputs
+    x_in: np.ndarray | None = None  # (nnz, E) host: each token's input before its scale
 
 
 def layer_forward(
@@ -652,6 +654,7 @@ def layer_forward(
     reverse: bool = False,
     training: bool = True,
     rows: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
 ) -> tuple[np.ndarray, _Cache | None]:
     """Run one recurrent layer in one direction over ragged sequences, on the GPU.
 
@@ -660,7 +663,8 @@ def layer_forward(
     the host here: the GPU's input projection is cheap beside the copies); ``offsets``
     int64[n+1]; ``W_ih`` [G*H, E], ``W_hh`` [G*H, H], ``b_ih``, ``b_hh`` [G*H] (PyTorch's
     layout); ``reverse`` reads each sequence from its last token; ``training`` keeps on the
-    device what ``layer_backward`` needs.
+    device what ``layer_backward`` needs; ``scale`` (float[nnz]) multiplies each token's
+    input (applied on the host, like ``rows``).
 
     Returns ``(hs, cache)``: ``hs`` float32[nnz, H], the state after each token, and the
     cache (None unless training).
@@ -680,6 +684,11 @@ def layer_forward(
         n_x = x.shape[0]
         rows = check_rows(rows, n_x)
         x = x[rows]
+    x_in = None
+    if scale is not None:
+        x_in = _host_float(x, "x")
+        scale = check_scale(scale, x_in.shape[0] if x_in.ndim == 2 else -1).astype(F32)
+        x = x_in * scale[:, None]
     x, offsets, G, H = _check_layer(cell, x, offsets, W_ih, W_hh, b_ih, b_hh)
     nnz = x.shape[0]
     b_ih, b_hh = np.asarray(b_ih, F32), np.asarray(b_hh, F32)
@@ -695,8 +704,9 @@ def layer_forward(
     cache = None
     if training:
         cache = _Cache(
-            cell, bool(reverse), x_d, W_ih_d, W_hh_d, seq_d, hs, acts, aux, rows, n_x, offsets
-        )
+            cell, bool(reverse), x_d, W_ih_d, W_hh_d, seq_d, hs, acts, aux, rows, n_x, offsets,
+            scale, x_in,
+        )  # fmt: skip
     return hs.copy_to_host(), cache
 
 
@@ -714,7 +724,8 @@ def layer_backward(
     accepted for the common contract, and the weights' gradients are computed anyway.
 
     Returns ``(dx, dW_ih, dW_hh, db_ih, db_hh)``, float32 host arrays shaped like x, W_ih,
-    W_hh, b_ih, b_hh. Bit-identical from run to run (no atomics, fixed summation order).
+    W_hh, b_ih, b_hh, and ``dscale`` [nnz] sixth when forward had a ``scale``.
+    Bit-identical from run to run (no atomics, fixed summation order).
 
     Raises ValueError when ``cache`` is None or ``dhs`` or ``d_final`` has the wrong shape.
 
@@ -762,8 +773,14 @@ def layer_backward(
     db_ih = _colsum(dGx)
     db_hh = _colsum(dGh)
     dx, dW_ih, dW_hh, db_ih, db_hh = (a.copy_to_host() for a in (dx, dW_ih, dW_hh, db_ih, db_hh))
+    dscale = None
+    if cache.scale is not None:  # dx is the scaled inputs' gradient
+        dscale = (dx.astype(np.float64) * cache.x_in).sum(axis=1).astype(F32)
+        dx = dx * cache.scale[:, None]
     if cache.rows is not None:
         dx = sum_by_row(dx, cache.rows, cache.n_x)
+    if dscale is not None:
+        return dx, dW_ih, dW_hh, db_ih, db_hh, dscale
     return dx, dW_ih, dW_hh, db_ih, db_hh
 
 

@@ -33,7 +33,7 @@ from pipeline.kernels.checks import (
     foldable_bias,
     hs_gradient,
 )
-from pipeline.kernels.rows import check_rows
+from pipeline.kernels.rows import check_rows, check_scale
 
 __all__ = [
     "fold_table",
@@ -163,6 +163,8 @@ class _Cache:
     ghn: np.ndarray  # (nnz, H) gru W_hn h + b_hn (zeros otherwise)
     rows: np.ndarray | None = None  # layer_forward's rows, to fold dx back onto them
     n_x: int = 0  # rows of the x that layer_forward was given
+    scale: np.ndarray | None = None  # layer_forward's scale: x holds the scaled inputs
+    x_in: np.ndarray | None = None  # (nnz, E) each token's input before its scale
 
 
 def layer_forward(
@@ -176,6 +178,7 @@ def layer_forward(
     reverse: bool = False,
     training: bool = True,
     rows: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
 ) -> tuple[np.ndarray, _Cache | None]:
     """Run one recurrent layer in one direction over ragged sequences.
 
@@ -183,7 +186,9 @@ def layer_forward(
     with ``rows`` (int[nnz]) the distinct inputs, token k reading ``x[rows[k]]``;
     ``offsets`` int64[n+1] (sequence i owns rows offsets[i]:offsets[i+1]); ``W_ih`` [G*H, E],
     ``W_hh`` [G*H, H], ``b_ih`` and ``b_hh`` [G*H] in PyTorch's layout; ``reverse`` reads each
-    sequence from its last token to its first; ``training`` keeps what backward needs.
+    sequence from its last token to its first; ``training`` keeps what backward needs;
+    ``scale`` (float[nnz]) multiplies each token's input (``layer_backward`` then also
+    returns the gradient with respect to it).
 
     Returns ``(hs, cache)``: ``hs`` [nnz, H], the state after each token (for ``reverse``, after
     consuming tokens end..tok), and the cache for ``layer_backward`` (None unless training).
@@ -207,6 +212,10 @@ def layer_forward(
     check_input_weights(cell, W_ih, b_ih, G, H, E)
     offsets = check_offsets(offsets, nnz)
     x, W_ih, W_hh, b_ih, b_hh = (a.astype(dtype, copy=False) for a in (x, W_ih, W_hh, b_ih, b_hh))
+    x_in = None
+    if scale is not None:
+        scale = check_scale(scale, nnz).astype(dtype)
+        x_in, x = x, x * scale[:, None]
 
     # The input projection does not depend on the state: one product over all tokens.
     xw = x @ W_ih.T + b_ih  # (nnz, G*H)
@@ -229,8 +238,9 @@ def layer_forward(
     if not training:
         return hs, None
     cache = _Cache(
-        cell, bool(reverse), x, offsets, W_ih, W_hh, h_prev, c_prev, cs, acts, ghns, rows, n_x
-    )
+        cell, bool(reverse), x, offsets, W_ih, W_hh, h_prev, c_prev, cs, acts, ghns, rows, n_x,
+        scale, x_in,
+    )  # fmt: skip
     return hs, cache
 
 
@@ -248,7 +258,8 @@ def layer_backward(
     False allows a backend to skip the weights' gradients (the oracle computes them anyway).
 
     Returns ``(dx, dW_ih, dW_hh, db_ih, db_hh)`` with the shapes of x, W_ih, W_hh, b_ih, b_hh,
-    in the dtype of the forward computation.
+    in the dtype of the forward computation; when forward had a ``scale``, a sixth, its
+    gradient ``dscale`` [nnz] (token k's: its input before the scale . dL/d(its input)).
 
     Raises ValueError when ``cache`` is None (forward ran with training=False) or ``dhs`` or
     ``d_final`` has the wrong shape.
@@ -288,7 +299,11 @@ def layer_backward(
             )
             dh_next = dh_direct + cache.W_hh.T @ dgh[tok]
 
-    dx = dxw @ cache.W_ih  # (nnz, E)
+    dx = dxw @ cache.W_ih  # (nnz, E), with respect to each token's (scaled) input
+    dscale = None
+    if cache.scale is not None:
+        dscale = (dx * cache.x_in).sum(axis=1)
+        dx = dx * cache.scale[:, None]  # with respect to the input before the scale
     if cache.rows is not None:
         folded = np.zeros((cache.n_x, dx.shape[1]), dtype=dx.dtype)  # (n_x, E), like x
         np.add.at(folded, cache.rows, dx)  # each row: the sum over the tokens that read it
@@ -297,6 +312,8 @@ def layer_backward(
     dW_hh = dgh.T @ cache.h_prev  # (G*H, H)
     db_ih = dxw.sum(axis=0)
     db_hh = dgh.sum(axis=0)
+    if dscale is not None:
+        return dx, dW_ih, dW_hh, db_ih, db_hh, dscale
     return dx, dW_ih, dW_hh, db_ih, db_hh
 
 

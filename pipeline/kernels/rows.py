@@ -1,5 +1,5 @@
-"""Distinct input rows for ``layer_forward(..., rows=)``: checking them, and summing the
-per-token gradients back onto them.
+"""Distinct input rows and per-token input scales for ``layer_forward(..., rows=, scale=)``:
+checking them, and summing the per-token gradients back onto the rows.
 
 A batch repeats its token ids (64 IMDB reviews: 3.9-4.6x as many tokens as distinct ids),
 so the first layer can read each distinct embedding row once; the gradients of the tokens
@@ -25,6 +25,22 @@ def check_rows(rows, n_x: int) -> np.ndarray:
     if rows.size and (rows.min() < 0 or rows.max() >= n_x):
         raise ValueError(f"rows must lie in [0, {n_x}) (the rows of x)")
     return np.ascontiguousarray(rows, dtype=np.int64)
+
+
+def check_scale(scale, nnz: int) -> np.ndarray:
+    """``scale`` for ``layer_forward`` as a contiguous float[nnz] of its own dtype (the
+    reference computes in float64), finite.
+
+    Raises ValueError when it is not one finite number per token.
+    """
+    scale = np.asarray(scale)
+    if scale.shape != (nnz,) or not np.issubdtype(scale.dtype, np.floating):
+        raise ValueError(
+            f"scale must be float[{nnz}] (one per token), got {scale.dtype} {scale.shape}"
+        )
+    if not np.isfinite(scale).all():
+        raise ValueError("scale must be finite")
+    return np.ascontiguousarray(scale)
 
 
 def sum_by_row(per_token: np.ndarray, rows: np.ndarray, n_x: int) -> np.ndarray:
