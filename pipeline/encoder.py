@@ -250,16 +250,21 @@ def encoder_backward(
     ``clip_global_norm`` take as they take the dense array, for less memory traffic.
     ``weights`` False: the embedding's gradient only (what explanations need), and the
     backend may skip the recurrent weights' products. When forward had an
-    ``input_scale``, ``"input_scale"`` holds its gradient, float32[nnz].
+    ``input_scale``, ``"input_scale"`` holds its gradient, float32[nnz] (and with
+    ``weights`` False it is the only gradient returned).
     """
     cfg, k, p = config, kernels, params
     H, dirs = cfg.hidden_dim, cfg.directions
     grads: dict[str, Any] = {}
     for layer in reversed(range(cfg.num_layers)):
+        # an explanation's input scales need no embedding gradient
+        inputs = layer > 0 or weights or not cache.scaled
         dx = None
         for d in dirs:
             pre = f"l{layer}.{d}"
-            out = k.layer_backward(cache.layer_caches[layer][d], dhs[d], finals[d], weights=weights)
+            out = k.layer_backward(
+                cache.layer_caches[layer][d], dhs[d], finals[d], weights=weights, inputs=inputs
+            )
             dx_d, dW_ih, dW_hh, db_ih, db_hh = out[:5]
             dx = dx_d if dx is None else dx + dx_d  # both directions read the same input
             if layer == 0 and cache.scaled:  # so do their scales
@@ -278,6 +283,8 @@ def encoder_backward(
             dhs = {d: np.ascontiguousarray(dx[:, j * H : (j + 1) * H]) for j, d in enumerate(dirs)}
             finals = {d: None for d in dirs}
             continue
+        if not inputs:
+            break
         if cache.embed_mask is not None:
             dx *= cache.embed_mask[:, None]
         dtype = p["embedding"].dtype

@@ -280,8 +280,9 @@ class Model:
         With ``sparse_embedding`` the embedding's gradient is a ``pipeline.optim.RowGrad``
         (the batch's distinct ids but padding, and their rows), which the optimizers and
         ``clip_global_norm`` take as they take the dense array, for less memory traffic.
-        ``weights`` False returns the embedding's gradient only (``pipeline.explain``): the
-        recurrent weights' products are skipped where the backend can.
+        ``weights`` False returns the embedding's gradient only, or with an ``input_scale``
+        in forward only that scale's (``pipeline.explain``): the recurrent weights'
+        products are skipped where the backend can.
 
         Example::
 
@@ -321,7 +322,7 @@ class Model:
         out = {
             name: grads[name] if name in as_rows else np.ascontiguousarray(grads[name], self.dtype)
             for name in p
-            if weights or name == "embedding"
+            if name in grads
         }
         if "input_scale" in grads:
             out["input_scale"] = grads["input_scale"]

@@ -27,7 +27,7 @@ rows=None, scale=None)``
     With ``scale`` (float[nnz]), token ``k``'s input is ``scale[k] * x[rows[k]]`` (or
     ``scale[k] * x[k]``): explanations run a review's interpolated copies this way, one
     projection per distinct row whatever the number of copies.
-``layer_backward(cache, dhs, d_final=None, weights=True)``
+``layer_backward(cache, dhs, d_final=None, weights=True, inputs=True)``
     -> ``(dx, dW_ih, dW_hh, db_ih, db_hh)``: gradients given ``dhs`` = dL/dhs float32[nnz, H]
     (None: zero) and ``d_final`` = dL/d(final state) float32[n, H], the gradient of what
     ``pool_forward(hs, offsets, "last", reverse)`` returns, added at each sequence's final
@@ -35,7 +35,8 @@ rows=None, scale=None)``
     into a dense ``dhs`` (``pool_backward(..., "last")``) without building one.
     ``dx`` has ``x``'s shape: with ``rows``, row ``u`` sums the gradients of the tokens
     that read it (``pipeline.kernels.rows``). ``weights`` False: only the inputs' gradient
-    is wanted, and a backend may return None for ``dW_ih`` and ``dW_hh`` (the cpu one does).
+    is wanted, and a backend may return None for ``dW_ih`` and ``dW_hh`` (the cpu one does);
+    ``inputs`` False: ``dx`` is not wanted either, and may be None.
     When forward had a ``scale``, a sixth element ``dscale`` float32[nnz], the gradient
     with respect to each token's scale (its unscaled input . dL/d(its input)): summed over
     a path's copies, the tokens' integrated gradients; ``dx`` is then with respect to the

@@ -424,6 +424,30 @@ def _gru_row_bwd(dh, a, hn, hp, gx, gh, dd, H):
         hnn[j] = dn * ar[j]
 
 
+_LANES = 16  # float64 partial sums of _dot: two AVX-512 registers
+
+
+@njit(cache=True, fastmath=_BACKWARD_MATH, error_model="numpy", inline="always")
+def _dot(a, b, lanes):
+    # a . b (float32) summed in float64, in _LANES interleaved partial sums: a fixed order
+    # that still vectorises (a single running sum cannot without reassociation)
+    for k in range(_LANES):
+        lanes[k] = 0.0
+    n = a.shape[0]
+    j = 0
+    while j + _LANES <= n:
+        for k in range(_LANES):
+            lanes[k] += np.float64(a[j + k]) * np.float64(b[j + k])
+        j += _LANES
+    total = 0.0
+    for k in range(_LANES):
+        total += lanes[k]
+    while j < n:
+        total += np.float64(a[j]) * np.float64(b[j])
+        j += 1
+    return total
+
+
 @njit(parallel=True, cache=True, fastmath=_BACKWARD_MATH, error_model="numpy")
 def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dS, dC, Dd,
               Db, acc, zeros, weights, scaling):  # fmt: skip
@@ -458,6 +482,7 @@ def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dG
         fp = flush_subnormals()
         T = lens[r0]
         dh = np.empty(H, np.float32)
+        lanes = np.empty(_LANES, np.float64)
         sg, sh, dWb, dbb = SG[bi], SH[bi], dW[bi], db[bi]
         ks = 0
         for t in range(T - 1, -1, -1):
@@ -503,10 +528,7 @@ def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dG
                 if scaled:
                     gx = dGx[tok]
                     src = proj[np.int64(tok) if rowmap.shape[0] == 0 else rowmap[tok]]
-                    ds = 0.0
-                    for j in range(GH):
-                        ds += np.float64(gx[j]) * np.float64(src[j])
-                    dscale[tok] = ds
+                    dscale[tok] = _dot(gx, src, lanes)
                     if cell == 1:
                         dbxb = dbx[bi]
                         for j in range(GH):
@@ -534,14 +556,15 @@ def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dG
 _STAGE = 128  # tokens a block stages before adding them to its dW_hh
 
 
-def layer_backward(cache, dhs, d_final=None, weights=True):
+def layer_backward(cache, dhs, d_final=None, weights=True, inputs=True):
     """Backpropagation through time for one layer; returns (dx, dW_ih, dW_hh, db_ih, db_hh),
     and ``dscale`` [nnz] sixth when the forward pass had a ``scale``.
 
     ``dhs`` [nnz, H] or None; ``d_final`` [n, H] or None (see ``pipeline.kernels``): it
     starts each slot's running gradient, so no dense [nnz, H] array is built for it.
     ``weights`` False: only ``dx`` (and the biases') is computed, ``dW_ih`` and ``dW_hh``
-    are None (explanations need the inputs' gradient only)."""
+    are None (explanations need the inputs' gradient only); ``inputs`` False: ``dx`` is
+    None too (explanations with an input scale need only ``dscale``)."""
     if cache is None:
         raise ValueError("layer_backward needs the cache of layer_forward(..., training=True)")
     cell, x, W_ih, W_hh = cache.cell, cache.x, cache.W_ih, cache.W_hh
@@ -614,10 +637,10 @@ def layer_backward(cache, dhs, d_final=None, weights=True):
     db_x = None
     if scaled:  # gru's input bias takes every token's unscaled share
         db_x = scaling[4].sum(axis=0).astype(F32) if cell == "gru" else None
-    if cache.rows is not None:
+    if cache.rows is not None and (weights or inputs):
         dGx = sum_by_row(dGx, cache.rows, x.shape[0])  # (rows of x, G*H)
     dW_ih = dGx.T @ x if weights else None
-    dx = dGx @ W_ih
+    dx = dGx @ W_ih if inputs else None
     if cell == "gru":
         # b_hn is not folded into b_ih: its gradient is the recurrent side's
         db_ih = dGx.sum(axis=0, dtype=F32) if db_x is None else db_x

@@ -715,13 +715,15 @@ def layer_backward(
     dhs: np.ndarray | None,
     d_final: np.ndarray | None = None,
     weights: bool = True,
+    inputs: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Full backpropagation through time for one ``layer_forward`` call, on the GPU.
 
     Parameters: ``cache`` from ``layer_forward(..., training=True)``; ``dhs`` [nnz, H] = dL/dhs
     (None: zero); ``d_final`` [n, H] = dL/d(final state), added at each sequence's final step
     (here on the host, into the dense ``dhs`` that is copied to the GPU); ``weights`` is
-    accepted for the common contract, and the weights' gradients are computed anyway.
+    accepted for the common contract, and the weights' gradients are computed anyway (so
+    is ``dx`` whatever ``inputs``).
 
     Returns ``(dx, dW_ih, dW_hh, db_ih, db_hh)``, float32 host arrays shaped like x, W_ih,
     W_hh, b_ih, b_hh, and ``dscale`` [nnz] sixth when forward had a ``scale``.

@@ -249,13 +249,15 @@ def layer_backward(
     dhs: np.ndarray | None,
     d_final: np.ndarray | None = None,
     weights: bool = True,
+    inputs: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Full backpropagation through time for one ``layer_forward`` call.
 
     Parameters: ``cache`` from ``layer_forward(..., training=True)``; ``dhs`` [nnz, H], dL/dhs
     (None: zero); ``d_final`` [n, H], dL/d(final state) of each sequence, which is the state
     ``pool_forward(..., "last")`` returns: added at the sequence's final step; ``weights``
-    False allows a backend to skip the weights' gradients (the oracle computes them anyway).
+    False allows a backend to skip the weights' gradients, ``inputs`` False the inputs'
+    (the oracle computes them anyway).
 
     Returns ``(dx, dW_ih, dW_hh, db_ih, db_hh)`` with the shapes of x, W_ih, W_hh, b_ih, b_hh,
     in the dtype of the forward computation; when forward had a ``scale``, a sixth, its
