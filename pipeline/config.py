@@ -195,8 +195,12 @@ class TrainConfig:
     epochs at the start in which only the dense layer learns; ``average`` the decay of an
     exponential moving average of the weights, which validation and the saved model use
     (0: off; 0.998 averages about the last 500 steps); ``calibrate`` fit the model's
-    temperature on the validation rows after training; ``threads`` for the kernels (None:
-    leave as is); ``backend`` cpu|reference|cuda.
+    temperature on the validation rows after training; ``refit`` then train again from the
+    same starting weights on the training and validation rows together, for the epochs
+    kept, and save that model with the temperature just fitted (only when the validation
+    rows were held out of the training data; the validation figures stay the first
+    model's); ``threads`` for the kernels (None: leave as is); ``backend``
+    cpu|reference|cuda.
 
     Raises ConfigError for invalid values.
 
@@ -223,6 +227,7 @@ class TrainConfig:
     freeze_epochs: int = 0
     average: float = 0.0
     calibrate: bool = True
+    refit: bool = True
     threads: int | None = None
     backend: str = "cpu"
 

@@ -16,6 +16,7 @@ __all__ = [
     "PretrainEpochEnd",
     "PretrainReady",
     "ProgressEvent",
+    "RefitStart",
     "WordVectorsDone",
 ]
 
@@ -33,6 +34,15 @@ class DataReady:
     start_epoch: int  # > 0 when resuming
     embedding_coverage: float | None
     kind: str = "data_ready"
+
+
+@dataclass(frozen=True)
+class RefitStart:
+    """Training starts again on the training and validation rows together (``refit``)."""
+
+    rows: int
+    epochs: int
+    kind: str = "refit"
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,7 @@ ProgressEvent = (
     | EpochStart
     | BatchDone
     | EpochEnd
+    | RefitStart
     | PretrainReady
     | PretrainEpochEnd
     | WordVectorsDone

@@ -60,6 +60,11 @@ class TrainProgress:
                 f"classes {list(event.classes)}, vocabulary {event.vocab_size:,}"
                 + (f", resuming after epoch {event.start_epoch}" if event.start_epoch else "")
             )
+        elif kind == "refit":
+            _console.print(
+                f"training again on all {event.rows:,} reviews (the validation rows too) for "
+                f"{event.epochs} epoch{'s' if event.epochs != 1 else ''}, keeping the temperature"
+            )
         elif kind == "word_vectors":
             _console.print(
                 f"word vectors: {event.epochs} epochs over {event.tokens:,} tokens of the "

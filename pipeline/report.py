@@ -15,7 +15,9 @@ Example::
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -256,3 +258,14 @@ def evaluate_page(
         f"{''.join(_review(s) for s in worst)}"
     )
     return _page(title, body)
+
+
+def history_csv(history: Sequence[Mapping[str, float]]) -> str:
+    """``history.csv``'s text: one row per epoch, the columns ``evaluate_page`` draws."""
+    buf = io.StringIO()
+    cols = ["epoch", "train_loss", "valid_loss", "valid_acc", "seconds", "tokens_per_s"]
+    writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({c: row[c] for c in cols})
+    return buf.getvalue()

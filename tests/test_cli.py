@@ -389,10 +389,13 @@ from pipeline.cli import main
 sys.argv = ["rnnpipe", *sys.argv[1:]]
 main()
 """
-# 200 reviews, 20 held out: 180 in batches of 16 is 12 steps an epoch
+# 200 reviews, 20 held out: 180 in batches of 16 is 12 steps an epoch; then the refit's
+# 2 epochs over all 200, 13 steps each
 _TRAIN_ARGS = ("--embed-dim", "8", "--hidden-dim", "8", "--epochs", "2", "--batch-size", "16")
 _TRAIN_ARGS += ("--max-len", "20", "--lr", "0.01", "--quiet")
 _STEPS_PER_EPOCH = 12
+_REFIT_STEPS = 2 * 13
+_ALL_STEPS = 2 * _STEPS_PER_EPOCH + _REFIT_STEPS
 
 
 def _cache_files(folder: Path) -> dict[str, tuple[int, int]]:
@@ -441,11 +444,11 @@ def test_train_gives_the_same_bits_cold_or_warm_cache_and_after_kill_and_resume(
         return int(re.search(r"training steps: (\d+)", proc.stderr).group(1))
 
     # an empty cache: the run compiles every kernel and leaves them in the cache
-    assert steps(train(tmp_path / "cold")) == 2 * _STEPS_PER_EPOCH
+    assert steps(train(tmp_path / "cold")) == _ALL_STEPS
     compiled = _cache_files(cache)
     assert compiled
     # the cache it left: the same command loads every kernel, compiles none, same bits
-    assert steps(train(tmp_path / "warm")) == 2 * _STEPS_PER_EPOCH
+    assert steps(train(tmp_path / "warm")) == _ALL_STEPS
     assert _cache_files(cache) == compiled
     _assert_same_weights(tmp_path / "cold", tmp_path / "warm")
 
@@ -456,9 +459,15 @@ def test_train_gives_the_same_bits_cold_or_warm_cache_and_after_kill_and_resume(
     assert not out.exists()
     checkpoint = json.loads((out.parent / "resumed.checkpoint" / "state.json").read_text())
     assert checkpoint["epoch"] == 1
-    assert steps(train(out, "--resume")) == _STEPS_PER_EPOCH  # epoch 2 only
+    assert steps(train(out, "--resume")) == _STEPS_PER_EPOCH + _REFIT_STEPS  # epoch 2 on
     _assert_same_weights(tmp_path / "cold", out)
     assert _history(out) == _history(tmp_path / "cold")
+    # killed -9 in the refit (not checkpointed): --resume runs the refit again, same bits
+    out = tmp_path / "refit"
+    killed = train(out, kill_at=2 * _STEPS_PER_EPOCH + 5)
+    assert killed.returncode == -signal.SIGKILL and not out.exists()
+    assert steps(train(out, "--resume")) == _REFIT_STEPS
+    _assert_same_weights(tmp_path / "cold", out)
     assert _cache_files(cache) == compiled
 
 

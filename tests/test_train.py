@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.batching import group_split
 from pipeline.errors import ConfigError, InputError, RunError
-from pipeline.events import WordVectorsDone
+from pipeline.events import RefitStart, WordVectorsDone
 from pipeline.model import Model, init_params
 from pipeline.train import (
     BatchDone,
@@ -72,7 +72,7 @@ def binary_file(tmp_path) -> Path:
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(epochs=2, batch_size=16, lr=0.02, backend="reference", patience=0)
+    base = dict(epochs=2, batch_size=16, lr=0.02, backend="reference", patience=0, refit=False)
     return TrainConfig(**{**base, **kw})
 
 
@@ -154,6 +154,54 @@ def test_resume_is_bit_identical(binary_file, tmp_path, extra):
     assert [{k: v for k, v in r.items() if k not in timing} for r in straight.history] == [
         {k: v for k, v in r.items() if k not in timing} for r in resumed.history
     ]
+
+
+def test_refit_trains_again_on_every_row_and_resumes_to_the_same_bits(binary_file, tmp_path):
+    overrides = {**TINY, "dropout": 0.2, "cell": "gru"}
+    first = train(binary_file, tmp_path / "first", overrides, _config())
+    events = []
+    refit = train(
+        binary_file, tmp_path / "a", overrides, _config(refit=True), progress=events.append
+    )
+    # the figures and temperature are the first model's, on rows it never saw
+    assert refit.metrics["refit"] == {"rows": 240, "epochs": 2}
+    for key in ("n", "accuracy", "log_loss", "ece"):
+        assert refit.metrics[key] == first.metrics[key], key
+    assert refit.model.config.temperature == first.model.config.temperature != 1.0
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["training"]["refit"] == {"rows": 240, "epochs": 2}
+    # then the same training again on all 240 rows, from the same starting weights
+    start = next(i for i, e in enumerate(events) if isinstance(e, RefitStart))
+    assert (events[start].rows, events[start].epochs) == (240, 2)
+    batches = [e for e in events if isinstance(e, BatchDone)]
+    assert len(batches) == 2 * 14 + 2 * 15  # 216 rows then 240, batches of 16
+    later = [e for e in events[start:] if isinstance(e, BatchDone)]
+    assert abs(later[0].loss - batches[0].loss) < 0.05 and later[-1].loss < later[0].loss - 0.1
+    a, f = _weights(tmp_path / "a"), _weights(tmp_path / "first")
+    assert not np.array_equal(a["out.W"], f["out.W"])
+
+    # killed during the refit: --resume trains it again from the same start, to the same bits
+    class Interrupt(Exception):
+        pass
+
+    seen = []
+
+    def stop_in_refit(event):
+        seen.append(event)
+        if isinstance(event, EpochEnd) and any(isinstance(e, RefitStart) for e in seen):
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(binary_file, tmp_path / "b", overrides, _config(refit=True), progress=stop_in_refit)
+    train(binary_file, tmp_path / "b", overrides, _config(refit=True), resume=True)
+    b = _weights(tmp_path / "b")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+    # nothing to refit on: no held-out rows, or validation files of their own
+    for cfg, kw in ((_config(refit=True, valid_frac=0.0), {}),
+                    (_config(refit=True), {"valid_paths": binary_file})):  # fmt: skip
+        assert "refit" not in train(binary_file, tmp_path / "c", TINY, cfg, **kw).metrics
 
 
 def test_resume_refuses_an_incompatible_checkpoint(binary_file, tmp_path):

@@ -95,6 +95,12 @@ def train(
     calibrate: Annotated[
         bool, typer.Option(help="Fit the scores' temperature on the validation rows.")
     ] = _T.calibrate,
+    refit: Annotated[
+        bool,
+        typer.Option(
+            help="Then train again on all rows, validation rows too, keeping the temperature."
+        ),
+    ] = _T.refit,
     valid: Annotated[list[str] | None, typer.Option(help="Validation file(s) instead.")] = None,
     classes: Annotated[
         str | None, typer.Option(help="Class names in order, comma-separated.")
@@ -114,7 +120,8 @@ def train(
 
     By default: word vectors learned from the training text first (5 epochs of
     skip-gram), then a bidirectional GRU (E=128, H=128) with max pooling over the last 400
-    tokens, 2 epochs of Adam, and the scores calibrated on the validation rows. Pass
+    tokens, 2 epochs of Adam, the scores calibrated on the validation rows, then the same
+    training again on every row (the validation rows too). Pass
     --valid-group when rows come in groups (the reviews of a film) so validation is honest.
     Example: rnnpipe train reviews.parquet --out model/ --valid-group movie
     """
@@ -138,6 +145,7 @@ def train(
         freeze_epochs=freeze_epochs,
         average=average,
         calibrate=calibrate,
+        refit=refit,
         seed=seed,
         class_weights=class_weights,
         num_words=num_words,
