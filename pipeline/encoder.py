@@ -183,8 +183,6 @@ def encoder_forward(
     # last 400 tokens, has 3.9-4.6x as many tokens as distinct ids).
     distinct, rows = distinct_ids(ids, cfg.vocab_size)
     x = p["embedding"][distinct]  # (U, E)
-    if distinct.size == ids.size and np.array_equal(distinct, ids):
-        rows = None  # every token its own row, in token order (explanations): x as it is
     embed_mask = None
     if p_embed > 0:  # whole words: one scale per distinct id, shared by its occurrences
         embed_mask = dropout_mask(rng, distinct.shape, p_embed, x.dtype)

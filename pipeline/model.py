@@ -292,10 +292,9 @@ class Model:
         cfg, k, p, enc = self.config, self.kernels, self.params, cache.encoder
         H, dirs = cfg.hidden_dim, cfg.directions
         dlogits = np.asarray(dlogits, dtype=self.dtype)
-        grads: dict[str, np.ndarray] = {
-            "out.W": dlogits.T @ cache.feats,
-            "out.b": dlogits.sum(axis=0),
-        }
+        grads: dict[str, np.ndarray] = {}
+        if weights:
+            grads["out.W"], grads["out.b"] = dlogits.T @ cache.feats, dlogits.sum(axis=0)
         dfeats = dlogits @ p["out.W"]  # (n, F)
         if cache.feat_mask is not None:
             dfeats *= cache.feat_mask

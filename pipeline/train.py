@@ -124,9 +124,6 @@ def _check_outputs(out_dir: Path, ckpt: Path, data_paths: Any, valid_paths: Any)
     io.check_writable(out_dir)
 
 
-# --------------------------------------------------------------------------- outputs
-
-
 # --------------------------------------------------------------------------- train
 
 
@@ -419,13 +416,23 @@ def _weights_and_schedule(
 
 
 def _new_run(
-    tc: TrainConfig, model: Model, split: Split, ckpt: Path | None, coverage: float | None
-) -> _Run:
-    """A run on ``split`` from ``model``'s weights: tokens, optimizer, schedule, fresh state."""
-    max_len = model.config.max_len
-    train_tokens = model.tokenizer.encode(split.train_texts).truncate(max_len)
-    valid_tokens = model.tokenizer.encode(split.valid_texts).truncate(max_len)
+    tc: TrainConfig, model: Model, split: Split, tokens: tuple[TokenIds, TokenIds],
+    ckpt: Path | None, coverage: float | None,
+) -> _Run:  # fmt: skip
+    """A run on ``split`` (its ``tokens``, training and validation) from ``model``'s
+    weights: optimizer, schedule, fresh state; ``ckpt`` None: never checkpointed (the
+    refit), so no identity is kept."""
+    train_tokens, valid_tokens = tokens
     class_weights, schedule = _weights_and_schedule(tc, split.y_train, len(model.config.classes))
+    identity = {}
+    if ckpt is not None:
+        identity = {
+            "model_config": model.config.to_dict(),
+            "train_config": tc.to_dict(),
+            "classes": list(model.config.classes),
+            "data_fingerprint": fingerprint_data(train_tokens, split.y_train),
+            "valid_fingerprint": fingerprint_data(valid_tokens, split.y_valid),
+        }
     return _Run(
         tc=tc,
         model=model,
@@ -438,13 +445,7 @@ def _new_run(
         class_weights=class_weights,
         rng=np.random.default_rng(tc.seed),
         best={k: v.copy() for k, v in model.params.items()},
-        identity={
-            "model_config": model.config.to_dict(),
-            "train_config": tc.to_dict(),
-            "classes": list(model.config.classes),
-            "data_fingerprint": fingerprint_data(train_tokens, split.y_train),
-            "valid_fingerprint": fingerprint_data(valid_tokens, split.y_valid),
-        },
+        identity=identity,
         ckpt=ckpt,
         coverage=coverage,
     )
@@ -455,7 +456,9 @@ def _build(req: _Request, emit: Callable[[ProgressEvent], None]) -> _Run:
     optimisation state; restore the checkpoint when resuming."""
     split, tokenizer, config, params, coverage, state, arrays = _starting_point(req, emit)
     model = Model(config, params, tokenizer=tokenizer, backend=req.tc.backend)
-    run = _new_run(req.tc, model, split, req.ckpt, coverage)
+    texts = (split.train_texts, split.valid_texts)
+    tokens = tuple(tokenizer.encode(t).truncate(config.max_len) for t in texts)
+    run = _new_run(req.tc, model, split, tokens, req.ckpt, coverage)
     if _refits(req.tc, split):
         run.initial = {k: v.copy() for k, v in model.params.items()}
     if state is not None:
@@ -576,7 +579,8 @@ def _refit(run: _Run, epochs: int, emit: Callable[[ProgressEvent], None]) -> Mod
     config = dataclasses.replace(first.config, temperature=1.0)
     params = {k: v.copy() for k, v in run.initial.items()}
     model = Model(config, params, tokenizer=first.tokenizer, backend=tc.backend)
-    again = _new_run(tc, model, everything, None, run.coverage)  # no checkpoints
+    tokens = TokenIds.concat([run.train_tokens, run.valid_tokens])  # already encoded
+    again = _new_run(tc, model, everything, (tokens, tokens.take(np.arange(0))), None, run.coverage)
     _fit(again, emit)
     _keep_and_calibrate(again)  # the last epoch's weights (or their average); no rows left
     model.config = dataclasses.replace(config, temperature=first.config.temperature)
@@ -672,8 +676,9 @@ def train(
     split, loop = run.split, run.loop
     model, refit = run.model, None
     if run.initial is not None:
-        model = _refit(run, max(kept_epoch, 1), emit)
-        refit = {"rows": int(split.y_train.size + split.y_valid.size), "epochs": max(kept_epoch, 1)}
+        epochs = max(kept_epoch, 1)
+        model = _refit(run, epochs, emit)
+        refit = {"rows": int(split.y_train.size + split.y_valid.size), "epochs": epochs}
         # the figures above are the first model's, on rows it never saw
         metrics["refit"] = refit
     training_info = _training_info(req, run, kept_epoch, refit)
