@@ -54,6 +54,7 @@ import importlib.util
 import os
 import sys
 import threading
+import warnings
 from collections.abc import MutableMapping
 from functools import lru_cache
 from pathlib import Path
@@ -113,7 +114,8 @@ def apply_defaults(env: MutableMapping[str, str] | None = None) -> list[str]:
     (``tune_cpu``, unless ``RNNPIPE_CPU_TUNING=0``); a variable the user set is left alone.
     NumPy, OpenBLAS and Numba read these when they load: call this before importing them
     (the ``rnnpipe`` command does, at start). Later, the settings reach only child processes.
-    Calling it again sets nothing new.
+    Calling it again sets nothing new. Called after NumPy loaded, when it had to set
+    OpenBLAS's hand-over, it warns (``RuntimeWarning``): that setting came too late.
 
     Example: ``runtime.apply_defaults()  # ['OPENBLAS_THREAD_TIMEOUT', 'OMP_WAIT_POLICY']``.
     """
@@ -130,6 +132,16 @@ def apply_defaults(env: MutableMapping[str, str] | None = None) -> list[str]:
         set_now += tune_cpu(target)
     if env is None:
         _applied.extend(k for k in set_now if k not in _applied)
+        late = [k for k in set_now if k in THREAD_ENV and k.startswith("OPENBLAS")]
+        if late and "numpy" in sys.modules:
+            warnings.warn(
+                "rnnpipe: runtime.apply_defaults() ran after NumPy was imported, so this "
+                "process's OpenBLAS keeps its threads spinning after each product, taking "
+                "cores from rnnpipe's kernels (explanations about 1.4x slower on 2 cores); "
+                "call it before importing NumPy",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     return set_now
 
 

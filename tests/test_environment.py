@@ -151,7 +151,26 @@ def test_importing_the_library_changes_no_environment():
 def test_a_peers_environment_has_none_of_what_the_defaults_set(monkeypatch):
     for key in ("RNNPIPE_THREAD_ENV", "RNNPIPE_CPU_TUNING", runtime.CPU_MARK, *KEYS):
         monkeypatch.delenv(key, raising=False)  # restored after the test
-    set_here = runtime.apply_defaults()
+    with pytest.warns(RuntimeWarning, match="after NumPy was imported"):  # it is, here
+        set_here = runtime.apply_defaults()
     assert set(runtime.THREAD_ENV) <= set(set_here)
     env = runtime.peer_environment({"PATH": "/bin", **{k: os.environ[k] for k in set_here}})
     assert env == {"PATH": "/bin", "RNNPIPE_THREAD_ENV": "0"}
+
+
+def test_applying_the_defaults_after_numpy_loaded_warns():
+    # OpenBLAS read its thread hand-over when NumPy loaded: too late, and the user is told
+    code = "from pipeline import runtime\nruntime.apply_defaults()\n"
+    for before, warned in (("", False), ("import numpy\n", True)):
+        out = subprocess.run(
+            [sys.executable, "-W", "always", "-c", before + code + "import numpy"],
+            env=_child_env(), capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        assert ("after NumPy was imported" in out.stderr) is warned, out.stderr
+    # nothing to warn about when the user set the variable before NumPy loaded
+    env = _child_env(OPENBLAS_THREAD_TIMEOUT="4")
+    out = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import numpy\n" + code],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "after NumPy" not in out.stderr, out.stderr

@@ -40,16 +40,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 GEN = HERE / "_gen" / "explain"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
+# first: rnnpipe's runtime defaults, before NumPy loads OpenBLAS. rnnpipe runs in this
+# process, and OpenBLAS's threads left spinning after each product (its default) took a
+# core from the Numba kernel that follows: grad ran at about 70 % of its speed under
+# `rnnpipe explain`
+import make_reviews  # noqa: E402, F401, I001
 import bench_quality  # noqa: E402
-import make_reviews  # noqa: E402, F401  (applies rnnpipe's runtime defaults for this process)
+import numpy as np  # noqa: E402
 
 STEPS = 32
 

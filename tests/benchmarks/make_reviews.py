@@ -31,17 +31,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 # The benchmarks measure rnnpipe as its CLI runs it: a benchmark that imports this module
-# gets rnnpipe's runtime defaults in its environment before it loads Numba, and its child
-# processes inherit them (bench_score.py and bench_train.py rely on this).
+# first gets rnnpipe's runtime defaults before NumPy loads OpenBLAS (which reads its thread
+# hand-over then) and before Numba loads, and its child processes inherit them
+# (bench_score.py and bench_train.py rely on this).
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from pipeline import runtime  # noqa: E402
 
 runtime.apply_defaults()
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 GEN_DIR = Path(__file__).resolve().parent / "_gen"
 SOURCE_NAME = "imdb_unsup.parquet"
