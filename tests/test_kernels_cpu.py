@@ -169,11 +169,14 @@ def test_input_scale_matches_reference(cell, reverse, distinct_rows):
     for name, a, b in zip(names, out["cpu"], out["reference"], strict=True):
         np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-3, err_msg=name)
     assert np.abs(out["cpu"][6]).max() > 0
-    # what explanations ask for: dscale alone, the same bits
+    # what explanations ask for: dscale alone (the gate gradients then never leave a
+    # scratch row per block), the same bits
     _, cache = cpu.layer_forward(cell, x, offsets, **p, reverse=reverse, rows=rows, scale=scale)
     only = cpu.layer_backward(cache, dhs, weights=False, inputs=False)
     assert only[0] is None and only[1] is None and only[2] is None
     np.testing.assert_array_equal(only[5], out["cpu"][6])
+    np.testing.assert_array_equal(only[3], out["cpu"][4])  # the biases' too
+    np.testing.assert_array_equal(only[4], out["cpu"][5])
     # scale 1 everywhere is the plain layer: same states, same gradients
     ones = np.ones(nnz, np.float32)
     hs1, c1 = cpu.layer_forward(cell, x, offsets, **p, reverse=reverse, rows=rows, scale=ones)

@@ -457,7 +457,8 @@ def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dG
     # holding dL/d(final state) before the first step back
     # dC (n, H): same for lstm's c; Dd (n, H): gru's direct z*dh term
     # Db (n, G*H): gate gradients on the recurrent side
-    # dGx (nnz, G*H): input-side gate gradients per token, for the products at the end
+    # dGx (nnz, G*H): input-side gate gradients per token, for the products at the end,
+    # or (nb, G*H) when only dscale needs them: each block's one row, used and forgotten
     # acc: per block, zeroed: dW (nb, G*H, Np) receives dW_hh (columns H: stay 0) and db
     # (nb, G*H, float64) the recurrent-side bias gradient; SG (nb, KS, G*H) and SH (nb, KS, Np)
     # stage a block's gate gradients and previous states, KS tokens at a time, for
@@ -471,6 +472,7 @@ def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dG
     scaled = scale.shape[0] > 0
     H = zeros.shape[0]
     has_dhs = dhs.shape[0] > 0
+    keep = dGx.shape[0] == hs.shape[0]  # else one scratch row per block (dscale only)
     GH = Db.shape[1]
     Np = dS.shape[1]
     KS = SG.shape[1]
@@ -495,7 +497,8 @@ def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dG
                 if t > 0:  # what the row's next step (t - 1) reads and writes
                     if has_dhs:
                         prefetch_read(dhs, prev)
-                    prefetch_write(dGx, prev)
+                    if keep:
+                        prefetch_write(dGx, prev)
                     if cell != 2:
                         prefetch_read(acts, prev)
                         prefetch_read(aux, prev)
@@ -510,32 +513,32 @@ def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dG
                 else:
                     for j in range(H):
                         dh[j] = dS[r, j]
+                gx = dGx[tok] if keep else dGx[bi]
                 if cell == 0:
                     cp = aux[prev] if t > 0 else zeros
-                    _lstm_row_bwd(dh, dC[r], acts[tok], aux[tok], cp, dGx[tok], H)
-                    Db[r, :] = dGx[tok]
+                    _lstm_row_bwd(dh, dC[r], acts[tok], aux[tok], cp, gx, H)
+                    Db[r, :] = gx
                 elif cell == 1:
                     for j in range(H):
                         dh[j] += Dd[r, j]
                     hp = hs[prev] if t > 0 else zeros
-                    _gru_row_bwd(dh, acts[tok], aux[tok], hp, dGx[tok], Db[r], Dd[r], H)
+                    _gru_row_bwd(dh, acts[tok], aux[tok], hp, gx, Db[r], Dd[r], H)
                 else:
-                    gx = dGx[tok]
                     for j in range(H):
                         hv = hs[tok, j]
                         gx[j] = dh[j] * (_ONE - hv * hv)
                     Db[r, :] = gx
                 if scaled:
-                    gx = dGx[tok]
                     src = proj[np.int64(tok) if rowmap.shape[0] == 0 else rowmap[tok]]
                     dscale[tok] = _dot(gx, src, lanes)
                     if cell == 1:
                         dbxb = dbx[bi]
                         for j in range(GH):
                             dbxb[j] += gx[j]
-                    s = scale[tok]
-                    for j in range(GH):
-                        gx[j] *= s
+                    if keep:  # the unscaled row's gradient, for dx and dW_ih
+                        s = scale[tok]
+                        for j in range(GH):
+                            gx[j] *= s
                 g = Db[r]
                 for j in range(GH):
                     dbb[j] += g[j]
@@ -578,9 +581,13 @@ def layer_backward(cache, dhs, d_final=None, weights=True, inputs=True):
             raise ValueError(f"dhs must be [nnz, H]=[{nnz}, {H}] like hs, got {dhs.shape}")
     perm, lens_s, starts_s, blocks = cache.plan
     nb, GH, Np = blocks.size - 1, G * H, _padded_width(H)
+    scaled = cache.scale is not None
     # _backward writes every token's row of dGx: no zeroing (17 MB for a GRU batch of 64
-    # IMDB reviews)
-    dGx = np.empty((nnz, GH), F32)
+    # IMDB reviews). An explanation's scales need each row only while its token is stepped
+    # (dscale and gru's input bias are summed in the kernel): one scratch row per block
+    # then, which spares writing and reading 1.5 KB per token and direction (gru, H=128)
+    keep = weights or inputs or not scaled
+    dGx = np.empty((nnz if keep else nb, GH), F32)
     dS = _aligned((n, Np), 0.0)  # columns past H: gemm's padding
     if d_final is not None:
         d_final = _as32(d_final)
@@ -593,7 +600,6 @@ def layer_backward(cache, dhs, d_final=None, weights=True, inputs=True):
     # dW_hh is summed per block inside the kernel, from staged rows still in cache: the
     # product over all tokens afterwards ran at about 96 GFLOP/s and had to build every
     # token's previous state first
-    scaled = cache.scale is not None
     dscale = np.empty(nnz if scaled else 0, F32)
     scaling = (
         cache.scale if scaled else np.empty(0, F32),
