@@ -239,9 +239,11 @@ def encoder_backward(
     finals: dict[str, np.ndarray | None],
     sparse_embedding: bool = False,
     weights: bool = True,
+    maxes: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Gradients of every encoder parameter given, per direction, ``dhs[d]`` = dL/dhs
-    float[nnz, H] (or None) and ``finals[d]`` = dL/d(final state) float[n, H] (or None).
+    float[nnz, H] (or None), ``finals[d]`` = dL/d(final state) float[n, H] and
+    ``maxes[d]`` = dL/d(max over the steps) float[n, H] (either missing or None: zero).
 
     With ``sparse_embedding`` the embedding's gradient is a ``pipeline.optim.RowGrad`` (the
     batch's distinct ids but padding, and their rows), which the optimizers and
@@ -261,8 +263,9 @@ def encoder_backward(
         for d in dirs:
             pre = f"l{layer}.{d}"
             out = k.layer_backward(
-                cache.layer_caches[layer][d], dhs[d], finals[d], weights=weights, inputs=inputs
-            )
+                cache.layer_caches[layer][d], dhs[d], finals.get(d), weights=weights,
+                inputs=inputs, d_max=(maxes or {}).get(d),
+            )  # fmt: skip
             dx_d, dW_ih, dW_hh, db_ih, db_hh = out[:5]
             dx = dx_d if dx is None else dx + dx_d  # both directions read the same input
             if layer == 0 and cache.scaled:  # so do their scales
@@ -279,7 +282,7 @@ def encoder_backward(
             if mask is not None:
                 dx *= mask
             dhs = {d: np.ascontiguousarray(dx[:, j * H : (j + 1) * H]) for j, d in enumerate(dirs)}
-            finals = {d: None for d in dirs}
+            finals, maxes = {}, None
             continue
         if not inputs:
             break

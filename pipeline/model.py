@@ -300,22 +300,29 @@ class Model:
             dfeats *= cache.feat_mask
         # split the features back per direction and mode, in forward's order
         dhs: dict[str, np.ndarray | None] = {d: None for d in dirs}
-        finals: dict[str, np.ndarray | None] = {d: None for d in dirs}
-        # mean first: it writes every token's row, so a backend can skip zero-filling dhs
-        # (the sum of two poolings' gradients is the same either way round)
-        order = sorted(range(len(cfg.modes)), key=lambda m: cfg.modes[m] != "mean")
+        # the final state's and the maxima's gradients go to the kernels as they are, [n, H]
+        # each: no dense [nnz, H] array (and its zero fill) for them
+        picked: dict[str, dict[str, np.ndarray]] = {"last": {}, "max": {}}
         for di, d in enumerate(dirs):
-            for m in order:
-                mode, col = cfg.modes[m], (di * len(cfg.modes) + m) * H
+            for m, mode in enumerate(cfg.modes):
+                col = (di * len(cfg.modes) + m) * H
                 part = np.ascontiguousarray(dfeats[:, col : col + H])
-                if mode == "last":  # the final state's gradient: no dense [nnz, H] array
-                    finals[d] = part
-                else:  # a second pooling of the same states adds into the first one's
-                    dhs[d] = k.pool_backward(
-                        part, enc.hs[d], enc.offsets, mode, reverse=d == "bwd", out=dhs[d]
-                    )
+                if mode in picked:
+                    picked[mode][d] = part
+                else:  # mean: every token's row
+                    dhs[d] = k.pool_backward(part, enc.hs[d], enc.offsets, mode, reverse=d == "bwd")
         grads.update(
-            encoder_backward(cfg, p, k, cache.encoder, dhs, finals, sparse_embedding, weights)
+            encoder_backward(
+                cfg,
+                p,
+                k,
+                cache.encoder,
+                dhs,
+                picked["last"],
+                sparse_embedding,
+                weights,
+                maxes=picked["max"],
+            )  # fmt: skip
         )
         as_rows = {"embedding"} if sparse_embedding else set()  # already a RowGrad
         out = {

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from kernel_cases import layer_params, ragged_batch
 
-from pipeline.kernels import cpu, reference
+from pipeline.kernels import checks, cpu, reference
 from pipeline.runtime import set_threads
 
 CELLS = ["lstm", "gru", "rnn"]
@@ -68,27 +68,40 @@ def test_several_blocks_per_thread(cell, monkeypatch):
 @pytest.mark.parametrize("backend", [cpu, reference])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("reverse", [False, True])
-def test_final_state_gradient_needs_no_dense_array(backend, cell, reverse):
-    # layer_backward(cache, dhs, d_final) == layer_backward(cache, dhs + last-pool gradient),
-    # bit for bit, with and without a dense part
+def test_final_state_and_max_gradients_need_no_dense_array(backend, cell, reverse):
+    # layer_backward(cache, dhs, d_final, d_max=) == layer_backward(cache, dhs + the last-
+    # and max-pool gradients), bit for bit, with and without a dense part
     E, H, V = 6, 5, 30
     p = layer_params(cell, E, H, seed=41)
     offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=42)
     rng = np.random.default_rng(43)
-    d_final, d_mean = (rng.normal(size=(len(LENGTHS), H)).astype(np.float32) for _ in range(2))
+    d_final, d_mean, d_max = (rng.normal(size=(len(LENGTHS), H)).astype(np.float32) for _ in "fam")
     hs, cache = backend.layer_forward(cell, emb[ids], offsets, **p, reverse=reverse)
     last = backend.pool_backward(d_final, hs, offsets, "last", reverse)
     mean = backend.pool_backward(d_mean, hs, offsets, "mean", reverse)
-    cases = [((last,), (None, d_final)), ((mean + last,), (mean, d_final))]
-    for dense_args, final_args in cases:
+    top = backend.pool_backward(d_max, hs, offsets, "max", reverse)
+    cases = [
+        ((last,), dict(dhs=None, d_final=d_final)),
+        ((mean + last,), dict(dhs=mean, d_final=d_final)),
+        ((top,), dict(dhs=None, d_max=d_max)),
+        ((mean + top,), dict(dhs=mean, d_max=d_max)),
+        ((mean + last + top,), dict(dhs=mean, d_final=d_final, d_max=d_max)),
+    ]
+    for dense_args, given in cases:
         dense = backend.layer_backward(cache, *dense_args)
-        final = backend.layer_backward(cache, *final_args)
+        final = backend.layer_backward(cache, **given)
         for name, a, b in zip(
             ["dx", "dW_ih", "dW_hh", "db_ih", "db_hh"], dense, final, strict=True
         ):
-            np.testing.assert_array_equal(a, b, err_msg=name)
+            msg = f"{name} {sorted(given)}"
+            if len(given) < 3:
+                np.testing.assert_array_equal(a, b, err_msg=msg)
+            else:  # three terms at a final step: summed in another order, a rounding apart
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=msg)
     with pytest.raises(ValueError, match="d_final"):
         backend.layer_backward(cache, None, d_final[:2])
+    with pytest.raises(ValueError, match="d_max"):
+        backend.layer_backward(cache, None, d_max=d_max[:, :2])
     with pytest.raises(ValueError, match="dhs"):
         backend.layer_backward(cache, hs[:3])
 
@@ -452,3 +465,15 @@ def test_benchmark_training_products_are_the_backward_kernels_products(monkeypat
         full, rest = divmod(count, _STAGE)
         want = full * (SG[b].T @ SH[b]) + SG[b, :rest].T @ SH[b, :rest]
         np.testing.assert_allclose(dW[b], want, rtol=1e-4, atol=1e-3)
+
+
+def test_max_steps_pick_the_first_maximum():
+    # what d_max is added at: ties go to the lowest token index, empty sequences get -1
+    hs = np.array([[1, 4], [3, 0], [3, 4], [2, 1], [5, 5]], np.float32)
+    offsets = np.array([0, 4, 4, 5], np.int64)
+    want = [[1, 0], [-1, -1], [4, 4]]
+    np.testing.assert_array_equal(checks.max_steps(hs, offsets), want)
+    lens = np.diff(offsets)
+    best = np.full((3, 2), -1, np.int64)
+    cpu._max_steps(hs, offsets[:-1].copy(), lens, best)
+    np.testing.assert_array_equal(best, want)

@@ -182,13 +182,17 @@ def test_pool_backward_adds_into_out(K, reverse):
 
 @needs_cuda
 @pytest.mark.parametrize("reverse", [False, True])
-def test_final_state_gradient_equals_the_dense_one(K, reverse):
+def test_final_state_and_max_gradients_equal_the_dense_ones(K, reverse):
     p = layer_params("lstm", E, H, seed=41)
     offsets, ids, emb = ragged_batch(LENGTHS, E, V, seed=42)
     d_final = np.random.default_rng(43).normal(size=(len(LENGTHS), H)).astype(np.float32)
     hs, cache = K.layer_forward("lstm", emb[ids], offsets, **p, reverse=reverse)
     dense = K.layer_backward(cache, K.pool_backward(d_final, hs, offsets, "last", reverse))
     for a, b in zip(dense, K.layer_backward(cache, None, d_final), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # and max pooling's, added at each unit's maximum
+    dense = K.layer_backward(cache, K.pool_backward(d_final, hs, offsets, "max", reverse))
+    for a, b in zip(dense, K.layer_backward(cache, None, d_max=d_final), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -27,12 +27,15 @@ rows=None, scale=None)``
     With ``scale`` (float[nnz]), token ``k``'s input is ``scale[k] * x[rows[k]]`` (or
     ``scale[k] * x[k]``): explanations run a review's interpolated copies this way, one
     projection per distinct row whatever the number of copies.
-``layer_backward(cache, dhs, d_final=None, weights=True, inputs=True)``
+``layer_backward(cache, dhs, d_final=None, weights=True, inputs=True, d_max=None)``
     -> ``(dx, dW_ih, dW_hh, db_ih, db_hh)``: gradients given ``dhs`` = dL/dhs float32[nnz, H]
     (None: zero) and ``d_final`` = dL/d(final state) float32[n, H], the gradient of what
     ``pool_forward(hs, offsets, "last", reverse)`` returns, added at each sequence's final
-    step (ignored for empty sequences). ``d_final`` gives the same gradients as adding it
-    into a dense ``dhs`` (``pool_backward(..., "last")``) without building one.
+    step (ignored for empty sequences), and ``d_max`` float32[n, H], the gradient of
+    ``pool_forward(hs, offsets, "max", reverse)``, added at the step holding each unit's
+    maximum (the first one of ties, as ``pool_backward`` picks it). Each gives the same
+    gradients as adding it into a dense ``dhs`` (``pool_backward(..., "last")`` or
+    ``"max"``) without building one.
     ``dx`` has ``x``'s shape: with ``rows``, row ``u`` sums the gradients of the tokens
     that read it (``pipeline.kernels.rows``). ``weights`` False: only the inputs' gradient
     is wanted, and a backend may return None for ``dW_ih`` and ``dW_hh`` (the cpu one does);

@@ -27,10 +27,12 @@ __all__ = [
     "check_input_weights",
     "check_mode",
     "check_offsets",
+    "check_per_sequence",
     "check_recurrent",
     "float_dtype",
     "foldable_bias",
     "hs_gradient",
+    "max_steps",
 ]
 
 
@@ -131,23 +133,57 @@ def accumulator(out, shape: tuple[int, ...]):
     return out
 
 
-def hs_gradient(dhs, d_final, offsets, reverse: bool, shape: tuple[int, int], dtype):
-    """``layer_backward``'s two gradient arguments checked and merged into one dense dL/dhs
-    of ``shape`` [nnz, H] (a new array when ``d_final`` is given): ``d_final`` [n, H] is
-    added at each non-empty sequence's final step. ValueError on a wrong shape."""
+def max_steps(hs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """int64[n, H]: the token holding each sequence's maximum of each unit of ``hs``
+    [nnz, H], the first (lowest index) where several do, as ``pool_backward(..., "max")``
+    picks it; -1 for empty sequences."""
+    n, H = offsets.size - 1, hs.shape[1]
+    best = np.full((n, H), -1, np.int64)
+    ran = np.flatnonzero(offsets[1:] > offsets[:-1])
+    if ran.size == 0 or H == 0:
+        return best
+    starts, lens = offsets[ran], offsets[ran + 1] - offsets[ran]
+    hs = hs[offsets[ran[0]] : offsets[ran[-1] + 1]]  # ran's tokens are contiguous...
+    starts = starts - offsets[ran[0]]  # ...as empty sequences own none
+    top = np.maximum.reduceat(hs, starts, axis=0)
+    at = np.where(hs == np.repeat(top, lens, axis=0), np.arange(hs.shape[0])[:, None], hs.size)
+    first = np.minimum.reduceat(at, starts, axis=0)
+    first = np.where(first < hs.shape[0], first, starts[:, None])  # NaN: the first step
+    best[ran] = first + offsets[ran[0]]
+    return best
+
+
+def hs_gradient(
+    dhs, d_final, offsets, reverse: bool, shape: tuple[int, int], dtype, d_max=None, hs=None
+):
+    """``layer_backward``'s gradient arguments checked and merged into one dense dL/dhs of
+    ``shape`` [nnz, H] (a new array when ``d_final`` or ``d_max`` is given): ``d_final``
+    [n, H] is added at each non-empty sequence's final step, ``d_max`` [n, H] at the step
+    holding each unit's maximum of ``hs`` (``max_steps``). ValueError on a wrong shape."""
     if dhs is None:
         dhs = np.zeros(shape, dtype)
     else:
         dhs = np.asarray(dhs)
         if dhs.shape != tuple(shape):
             raise ValueError(f"dhs must be [nnz, H]={list(shape)} like hs, got {dhs.shape}")
-        dhs = dhs.astype(dtype, copy=d_final is not None)
+        dhs = dhs.astype(dtype, copy=d_final is not None or d_max is not None)
+    n = offsets.size - 1
     if d_final is not None:
-        d_final = np.asarray(d_final)
-        n = offsets.size - 1
-        if d_final.shape != (n, shape[1]):
-            raise ValueError(f"d_final must be [n, H]=[{n}, {shape[1]}], got {d_final.shape}")
+        d_final = check_per_sequence(d_final, "d_final", n, shape[1])
         ends = offsets[:-1] if reverse else offsets[1:] - 1
         ran = offsets[1:] > offsets[:-1]
         dhs[ends[ran]] += d_final[ran].astype(dtype, copy=False)
+    if d_max is not None:
+        d_max = check_per_sequence(d_max, "d_max", n, shape[1])
+        best = max_steps(np.asarray(hs), offsets)
+        seq, unit = np.nonzero(best >= 0)
+        dhs[best[seq, unit], unit] += d_max[seq, unit].astype(dtype, copy=False)
     return dhs
+
+
+def check_per_sequence(a, name: str, n: int, H: int) -> np.ndarray:
+    """``a`` as an array of shape [n, H] (one row per sequence); ValueError otherwise."""
+    a = np.asarray(a)
+    if a.shape != (n, H):
+        raise ValueError(f"{name} must be [n, H]=[{n}, {H}], got {a.shape}")
+    return a

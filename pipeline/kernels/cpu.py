@@ -37,6 +37,7 @@ from pipeline.kernels import POOL_MODES, gates
 from pipeline.kernels.checks import (
     accumulator,
     check_input_weights,
+    check_per_sequence,
     check_recurrent,
     foldable_bias,
 )
@@ -448,9 +449,29 @@ def _dot(a, b, lanes):
     return total
 
 
+@njit(parallel=True, cache=True, error_model="numpy")
+def _max_steps(hs, starts, lens, best):
+    # best (n, H): the token holding slot r's maximum of each unit, the first one of ties
+    # (lowest index, either direction), as _pool_bwd picks it
+    H = hs.shape[1]
+    for r in prange(starts.shape[0]):
+        s = starts[r]
+        if lens[r] == 0:
+            continue
+        top = hs[s].copy()
+        b = best[r]
+        for j in range(H):
+            b[j] = s
+        for tok in range(s + 1, s + lens[r]):
+            for j in range(H):
+                if hs[tok, j] > top[j]:
+                    top[j] = hs[tok, j]
+                    b[j] = tok
+
+
 @njit(parallel=True, cache=True, fastmath=_BACKWARD_MATH, error_model="numpy")
 def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dGx, dS, dC, Dd,
-              Db, acc, zeros, weights, scaling):  # fmt: skip
+              Db, acc, zeros, weights, scaling, pick):  # fmt: skip
     # W_hhP: W_hh (G*H, H) packed for gemm
     # dhs (nnz, H): dL/dh per token, or (0, H) for none
     # dS (n, Np): dL/dh of every slot from the later steps (columns H: are gemm's padding),
@@ -467,7 +488,12 @@ def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dG
     # unscaled projections forward read through rowmap (size 0: row = token); dscale (nnz,)
     # receives dL/d scale = dGx . proj, then dGx is scaled (the gradient of the unscaled
     # row); dbx (nb, G*H, float64) receives the unscaled dGx summed (gru's input bias)
+    # pick: best (n, H) the token holding each slot's maximum of each unit, dmax (n, H)
+    # dL/d(that maximum), added to dh at that token's step (size 0: none): max pooling's
+    # gradient without a dense dhs
     dW, db, SG, SH = acc
+    best, dmax = pick
+    picking = best.shape[0] > 0
     scale, proj, rowmap, dscale, dbx = scaling
     scaled = scale.shape[0] > 0
     H = zeros.shape[0]
@@ -507,7 +533,15 @@ def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dG
                         prefetch_read(hs, before)
                         if cell == 0:
                             prefetch_read(aux, before)
-                if has_dhs:
+                if picking:  # dh = dS + (dhs + picked): a dense dhs's very sums
+                    bb, dm = best[r], dmax[r]
+                    if has_dhs:
+                        for j in range(H):
+                            dh[j] = dS[r, j] + (dhs[tok, j] + (dm[j] if bb[j] == tok else _ZERO))
+                    else:
+                        for j in range(H):
+                            dh[j] = dS[r, j] + (dm[j] if bb[j] == tok else _ZERO)
+                elif has_dhs:
                     for j in range(H):
                         dh[j] = dS[r, j] + dhs[tok, j]
                 else:
@@ -559,12 +593,13 @@ def _backward(cell, W_hhP, starts, lens, blocks, reverse, dhs, hs, acts, aux, dG
 _STAGE = 128  # tokens a block stages before adding them to its dW_hh
 
 
-def layer_backward(cache, dhs, d_final=None, weights=True, inputs=True):
+def layer_backward(cache, dhs, d_final=None, weights=True, inputs=True, d_max=None):
     """Backpropagation through time for one layer; returns (dx, dW_ih, dW_hh, db_ih, db_hh),
     and ``dscale`` [nnz] sixth when the forward pass had a ``scale``.
 
     ``dhs`` [nnz, H] or None; ``d_final`` [n, H] or None (see ``pipeline.kernels``): it
-    starts each slot's running gradient, so no dense [nnz, H] array is built for it.
+    starts each slot's running gradient, so no dense [nnz, H] array is built for it;
+    ``d_max`` [n, H] or None: added at each unit's maximum as its step runs, likewise.
     ``weights`` False: only ``dx`` (and the biases') is computed, ``dW_ih`` and ``dW_hh``
     are None (explanations need the inputs' gradient only); ``inputs`` False: ``dx`` is
     None too (explanations with an input scale need only ``dscale``)."""
@@ -590,10 +625,14 @@ def layer_backward(cache, dhs, d_final=None, weights=True, inputs=True):
     dGx = np.empty((nnz if keep else nb, GH), F32)
     dS = _aligned((n, Np), 0.0)  # columns past H: gemm's padding
     if d_final is not None:
-        d_final = _as32(d_final)
-        if d_final.shape != (n, H):
-            raise ValueError(f"d_final must be [n, H]=[{n}, {H}], got {d_final.shape}")
+        d_final = _as32(check_per_sequence(d_final, "d_final", n, H))
         dS[:, :H] = d_final[perm]  # empty sequences' slots never run: theirs is ignored
+    pick = (np.empty((0, H), np.int64), np.empty((0, H), F32))
+    if d_max is not None:
+        d_max = _as32(check_per_sequence(d_max, "d_max", n, H))
+        best = np.empty((n, H), np.int64)
+        _max_steps(cache.hs, starts_s, lens_s, best)
+        pick = (best, np.ascontiguousarray(d_max[perm]))
     dC = _aligned((n if cell == "lstm" else 0, H), 0.0)
     Dd = np.zeros((n if cell == "gru" else 0, H), F32)
     Db = _aligned((n, GH))
@@ -636,6 +675,7 @@ def layer_backward(cache, dhs, d_final=None, weights=True, inputs=True):
         np.zeros(H, F32),
         weights,
         scaling,
+        pick,
     )
     # blocks summed in a fixed order: the same bits run after run
     dW_hh = np.ascontiguousarray(acc[0].sum(axis=0)[:, :H]) if weights else None

@@ -716,12 +716,14 @@ def layer_backward(
     d_final: np.ndarray | None = None,
     weights: bool = True,
     inputs: bool = True,
+    d_max: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Full backpropagation through time for one ``layer_forward`` call, on the GPU.
 
     Parameters: ``cache`` from ``layer_forward(..., training=True)``; ``dhs`` [nnz, H] = dL/dhs
-    (None: zero); ``d_final`` [n, H] = dL/d(final state), added at each sequence's final step
-    (here on the host, into the dense ``dhs`` that is copied to the GPU); ``weights`` is
+    (None: zero); ``d_final`` [n, H] = dL/d(final state), added at each sequence's final step,
+    and ``d_max`` [n, H] = dL/d(max-pooled state), added at each unit's maximum (both here
+    on the host, into the dense ``dhs`` that is copied to the GPU); ``weights`` is
     accepted for the common contract, and the weights' gradients are computed anyway (so
     is ``dx`` whatever ``inputs``).
 
@@ -729,7 +731,8 @@ def layer_backward(
     W_hh, b_ih, b_hh, and ``dscale`` [nnz] sixth when forward had a ``scale``.
     Bit-identical from run to run (no atomics, fixed summation order).
 
-    Raises ValueError when ``cache`` is None or ``dhs`` or ``d_final`` has the wrong shape.
+    Raises ValueError when ``cache`` is None or ``dhs``, ``d_final`` or ``d_max`` has the
+    wrong shape.
 
     Example::
 
@@ -744,7 +747,8 @@ def layer_backward(
     n = cache.seq.shape[1]
     if dhs is not None:
         dhs = _host_float(dhs, "dhs")
-    dhs = hs_gradient(dhs, d_final, cache.offsets, cache.reverse, (nnz, H), F32)
+    hs = cache.hs.copy_to_host() if d_max is not None else None
+    dhs = hs_gradient(dhs, d_final, cache.offsets, cache.reverse, (nnz, H), F32, d_max, hs)
     dhs_d = _dev(dhs, "dhs")
     # every token is one row's step, and the kernel writes all G*H of its entries
     dGx = cuda.device_array((nnz, GH), F32)

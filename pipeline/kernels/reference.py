@@ -165,6 +165,7 @@ class _Cache:
     n_x: int = 0  # rows of the x that layer_forward was given
     scale: np.ndarray | None = None  # layer_forward's scale: x holds the scaled inputs
     x_in: np.ndarray | None = None  # (nnz, E) each token's input before its scale
+    hs: np.ndarray | None = None  # (nnz, H) state after each token (d_max's maxima)
 
 
 def layer_forward(
@@ -239,7 +240,7 @@ def layer_forward(
         return hs, None
     cache = _Cache(
         cell, bool(reverse), x, offsets, W_ih, W_hh, h_prev, c_prev, cs, acts, ghns, rows, n_x,
-        scale, x_in,
+        scale, x_in, hs,
     )  # fmt: skip
     return hs, cache
 
@@ -250,12 +251,15 @@ def layer_backward(
     d_final: np.ndarray | None = None,
     weights: bool = True,
     inputs: bool = True,
+    d_max: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Full backpropagation through time for one ``layer_forward`` call.
 
     Parameters: ``cache`` from ``layer_forward(..., training=True)``; ``dhs`` [nnz, H], dL/dhs
     (None: zero); ``d_final`` [n, H], dL/d(final state) of each sequence, which is the state
-    ``pool_forward(..., "last")`` returns: added at the sequence's final step; ``weights``
+    ``pool_forward(..., "last")`` returns: added at the sequence's final step; ``d_max``
+    [n, H], dL/d ``pool_forward(..., "max")``: added at the step holding each unit's
+    maximum, as ``pool_backward(..., "max")`` sends it; ``weights``
     False allows a backend to skip the weights' gradients, ``inputs`` False the inputs'
     (the oracle computes them anyway).
 
@@ -264,7 +268,7 @@ def layer_backward(
     gradient ``dscale`` [nnz] (token k's: its input before the scale . dL/d(its input)).
 
     Raises ValueError when ``cache`` is None (forward ran with training=False) or ``dhs`` or
-    ``d_final`` has the wrong shape.
+    ``d_final`` or ``d_max`` has the wrong shape.
 
     Example::
 
@@ -275,7 +279,7 @@ def layer_backward(
         raise ValueError("layer_backward needs the cache of layer_forward(..., training=True)")
     nnz, H = cache.h_prev.shape
     dtype = cache.x.dtype
-    dhs = hs_gradient(dhs, d_final, cache.offsets, cache.reverse, (nnz, H), dtype)
+    dhs = hs_gradient(dhs, d_final, cache.offsets, cache.reverse, (nnz, H), dtype, d_max, cache.hs)
     GH = cache.W_hh.shape[0]
 
     # Per-token gradients w.r.t. the input projection and the recurrent pre-activation;
