@@ -468,15 +468,18 @@ METHODS = ("ig", "grad", "occlusion")
 
 @dataclass(frozen=True)
 class ExplainOptions(ScoreOptions):
-    """How to explain: ``method`` ig|grad|occlusion; ``steps`` quadrature nodes of ``ig``;
+    """How to explain: ``method`` ig|grad|occlusion; ``steps`` quadrature nodes of ``ig``
+    for every row; ``tolerance`` the relative completeness gap above which a row's ig gets
+    more nodes where its path needs them (0: never; see ``pipeline.attribution``);
     ``target`` a class name to explain toward (None: each row's predicted class); the rest
     as in ``score.ScoreOptions`` and checked by it, with smaller batches (each row costs
-    ``steps`` + 2 passes). Raises ConfigError for an invalid value."""
+    ``steps`` + 2 passes or more). Raises ConfigError for an invalid value."""
 
     batch_rows: int = 256
     method: str = "ig"
     steps: int = 32
     target: str | None = None
+    tolerance: float = 0.01
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -484,3 +487,6 @@ class ExplainOptions(ScoreOptions):
             raise ConfigError(f"unknown method {self.method!r}: expected ig, grad or occlusion")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps must be an integer >= 1, got {self.steps!r}")
+        tol = self.tolerance
+        if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 <= tol < 1:
+            raise ConfigError(f"tolerance must be a number in [0, 1), got {tol!r}")

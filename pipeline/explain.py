@@ -1,30 +1,16 @@
-"""Which words drove each score: token attributions in batch, through the model's own kernels.
+"""Which words drove each score: ``rnnpipe explain`` and ``predict --explain``, and the
+HTML reports.
 
-Three methods, each giving every token the model saw a number toward one class (the
-predicted one unless another is asked for):
+The attributions themselves (integrated gradients, gradient x input, occlusion) are
+``pipeline.attribution``'s; this module turns texts into tokens and their places in the
+text, streams Parquet like ``score`` (bounded batches, one output per input written
+atomically, ``resume``, ``keep``) and writes the pages.
 
-* ``ig``, integrated gradients (Sundararajan et al. 2017): the token's embedding times the
-  average gradient of the class's logit along the straight path from an all-zero input (the
-  padding embedding, every position kept) to the review. The path is integrated with
-  Gauss-Legendre quadrature (``steps`` nodes, as Captum does by default), and all the
-  nodes of a batch of reviews run through the kernels at once: copy k of the batch has
-  every token's embedding scaled by the node alpha_k (the kernels' per-token input
-  scale, so the input projection runs once per distinct word, not once per copy), and
-  the gradient of a token's scale, x . df/dx at alpha_k * x, summed with the nodes'
-  weights, is its attribution. The attributions add up to f(review) - f(baseline)
-  (completeness); each row carries how far they miss it (``ig_gap``, relative).
-* ``grad``: gradient times input, one forward and backward pass.
-* ``occlusion``: f(review) - f(review without the token), the model-agnostic check.
-
-f is the logit of the class (for a binary model the single logit, negated for the negative
-class), before the temperature: a temperature rescales every attribution alike.
-
-``explain`` streams Parquet like ``score`` (bounded batches, one output per input written
-atomically, ``resume``, ``keep``): the score columns, then ``target`` (the class explained),
-``tokens`` (list<string>, as the tokenizer normalised them), ``token_start`` and
-``token_end`` (list<int32>, code-point offsets into the original text, so any UI can
-highlight the raw review), ``attributions`` (list<float32>) and ``ig_gap`` (float32, NaN for
-the other methods).
+The output holds the score columns, then ``target`` (the class explained), ``tokens``
+(list<string>, as the tokenizer normalised them), ``token_start`` and ``token_end``
+(list<int32>, code-point offsets into the original text, so any UI can highlight the raw
+review), ``attributions`` (list<float32>) and ``ig_gap`` (float32, NaN for the other
+methods).
 
 Example::
 
@@ -34,7 +20,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,10 +30,10 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import io, outputs
+from pipeline.attribution import Explanation, attributions
 from pipeline.config import METHODS, ExplainOptions
 from pipeline.errors import ConfigError, InputError
 from pipeline.model import WEIGHTS_FILE, Model
-from pipeline.text import TokenIds
 
 __all__ = [
     "METHODS",
@@ -59,170 +44,6 @@ __all__ = [
     "explain",
     "explain_texts",
 ]
-
-# interpolated token rows per forward + backward pass: bounds memory (the default model
-# peaks near 550 MB explaining with ig); on random IMDB reviews 1 << 15 ran ig 1.06x and
-# grad 1.05x as fast as 1 << 14, and 1 << 16 about 1.15x but peaked near 800 MB
-_ROWS_PER_PASS = 1 << 15
-
-
-@dataclass
-class Explanation:
-    """Attributions of a batch: ``values`` float32[nnz] in token order (``offsets`` the
-    tokens' int64[n+1]); ``target`` int[n] the class each row is explained toward; ``f_x`` and
-    ``f_base`` float64[n] the class's logit for the review and the baseline (ig); ``gap``
-    float32[n] |sum(values) - (f_x - f_base)| / |f_x - f_base| (ig; NaN otherwise)."""
-
-    values: np.ndarray
-    offsets: np.ndarray
-    target: np.ndarray
-    f_x: np.ndarray
-    f_base: np.ndarray
-    gap: np.ndarray
-
-
-def _coefficients(model: Model, target: np.ndarray) -> np.ndarray:
-    """(n, C') with f = sum(coef * logits): +-1 on a binary model's logit, else one-hot."""
-    if model.config.binary:
-        return np.where(target == 1, 1.0, -1.0)[:, None]
-    coef = np.zeros((target.size, model.config.num_outputs))
-    coef[np.arange(target.size), target] = 1.0
-    return coef
-
-
-def _quiet(model: Model) -> Model:
-    """The model without its training-time regularisers (the same parameters)."""
-    cfg = dataclasses.replace(
-        model.config, dropout=0.0, word_dropout=0.0, embed_dropout=0.0, weight_drop=0.0
-    )
-    return Model(cfg, model.params, backend=model.backend)
-
-
-def _path_gradients(
-    quiet: Model,
-    tokens: TokenIds,
-    targets: np.ndarray | None,
-    alphas: np.ndarray,
-    weights: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(sum_k weights[k] * x . df/dx at alphas[k] * x`` per token [nnz], f at each alpha
-    [m, n], targets [n])``: one forward and backward pass over m copies of the batch, copy
-    k with every token's embedding scaled by ``alphas[k]`` (the input projection still runs
-    once per distinct word). The gradient of a token's scale is x . df/dx at that point: its
-    own gradient, not its word's. ``targets`` None: each row's predicted class, read from
-    the logits of the last copy (alpha 1, the review itself) before the backward pass."""
-    m, nnz, n = alphas.size, tokens.nnz, len(tokens)
-    offsets = np.concatenate([tokens.offsets[:-1] + k * nnz for k in range(m)] + [[m * nnz]])
-    batch = TokenIds(offsets, np.tile(tokens.ids, m))
-    scale = np.repeat(alphas, nnz).astype(np.float32)
-    logits, cache = quiet.forward(batch, training=True, input_scale=scale)
-    z = logits.astype(np.float64)
-    if targets is None:  # the argmax of the probabilities, whatever the temperature
-        last = z[(m - 1) * n :]
-        targets = (last[:, 0] > 0).astype(np.int64) if quiet.config.binary else last.argmax(1)
-    coefs = np.tile(_coefficients(quiet, targets), (m, 1))
-    f = (z * coefs).sum(axis=1).reshape(m, n)
-    dlogits = np.repeat(weights, n)[:, None] * coefs
-    grads = quiet.backward(cache, dlogits, sparse_embedding=True, weights=False)
-    return grads["input_scale"].reshape(m, nnz).sum(axis=0, dtype=np.float64), f, targets
-
-
-def _chunks(tokens: TokenIds, copies: int) -> list[np.ndarray]:
-    """Row indices in passes whose copies fit ``_ROWS_PER_PASS`` token rows (one row at
-    least), the rows taken in order of length: a pass's sequences then end at about the
-    same step, so the kernels' blocks keep all their rows running (grad 1.1x, ig 1.2x
-    faster than passes of consecutive rows on random IMDB reviews)."""
-    lens = tokens.lengths * copies
-    order = np.argsort(lens, kind="stable")
-    out, start, acc = [], 0, 0
-    for k, length in enumerate(lens[order].tolist()):
-        if acc and acc + length > _ROWS_PER_PASS:
-            out.append(order[start:k])
-            start, acc = k, 0
-        acc += length
-    if start < len(tokens):
-        out.append(order[start:])
-    return out
-
-
-def _token_positions(offsets: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """The positions of rows ``idx``'s tokens in the batch, in ``take(idx)`` order."""
-    starts, lens = offsets[idx], offsets[idx + 1] - offsets[idx]
-    first = np.repeat(starts - np.r_[0, np.cumsum(lens)[:-1]], lens)
-    return first + np.arange(lens.sum())
-
-
-def _occlusion(model: Model, tokens: TokenIds, coef: np.ndarray) -> np.ndarray:
-    """f(x) - f(x without token t), every token of every row (the reviews with one token
-    left out each run through the inference path)."""
-    values = np.zeros(tokens.nnz, dtype=np.float64)
-    for i in range(len(tokens)):
-        seq = tokens[i]
-        L = seq.size
-        if L == 0:
-            continue
-        keep = ~np.eye(L, dtype=bool)  # row t: every token but t
-        ids = np.concatenate([seq[None, :].repeat(L, axis=0)[keep], seq])
-        offsets = np.r_[np.arange(L + 1) * (L - 1), L * (L - 1) + L]
-        z = model.predict_logits(TokenIds(offsets, ids)).astype(np.float64)
-        f = z @ coef[i]
-        values[tokens.offsets[i] : tokens.offsets[i + 1]] = f[-1] - f[:-1]
-    return values
-
-
-def attributions(
-    model: Model,
-    tokens: TokenIds,
-    targets: np.ndarray | None = None,
-    method: str = "ig",
-    steps: int = 32,
-) -> Explanation:
-    """Attributions of every token of ``tokens`` (already truncated, as ``model.encode``
-    gives them) toward ``targets`` (int class per row; None: the predicted class).
-
-    Example: ``attributions(model, model.encode(texts), method="grad").values``.
-    """
-    if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}: expected ig, grad or occlusion")
-    n = len(tokens)
-    if targets is None and method == "occlusion":
-        targets = model.predict_proba(tokens).argmax(axis=1)
-    if targets is not None:
-        targets = np.asarray(targets, dtype=np.int64)
-    values = np.zeros(tokens.nnz, dtype=np.float64)
-    f_x, f_base = np.full(n, np.nan), np.full(n, np.nan)
-    if method == "occlusion":
-        coef = _coefficients(model, targets)
-        values = _occlusion(model, tokens, coef)
-        gap = np.full(n, np.nan, dtype=np.float32)
-        z = model.predict_logits(tokens).astype(np.float64)
-        f_x = (z * coef).sum(axis=1)
-        return Explanation(values.astype(np.float32), tokens.offsets, targets, f_x, f_base, gap)
-    if method == "ig":  # Gauss-Legendre nodes on [0, 1], and the two ends (weight 0) for f
-        nodes, w = np.polynomial.legendre.leggauss(steps)
-        alphas = np.r_[(nodes + 1) / 2, 0.0, 1.0]
-        weights = np.r_[w / 2, 0.0, 0.0]
-    else:
-        alphas, weights = np.array([1.0]), np.array([1.0])
-    quiet = _quiet(model)
-    chosen = np.zeros(n, dtype=np.int64)
-    for idx in _chunks(tokens, alphas.size):
-        part = tokens.take(idx)
-        given = None if targets is None else targets[idx]
-        contrib, f, chosen[idx] = _path_gradients(quiet, part, given, alphas, weights)
-        values[_token_positions(tokens.offsets, idx)] = contrib
-        f_x[idx] = f[-1]
-        if method == "ig":
-            f_base[idx] = f[-2]
-    gap = np.full(n, np.nan, dtype=np.float32)
-    if method == "ig":
-        sums = np.add.reduceat(values, tokens.offsets[:-1]) if tokens.nnz else np.zeros(n)
-        sums[tokens.lengths == 0] = 0.0
-        diff = f_x - f_base
-        gap = (np.abs(sums - diff) / np.maximum(np.abs(diff), 1e-9)).astype(np.float32)
-        gap[tokens.lengths == 0] = 0.0
-    return Explanation(values.astype(np.float32), tokens.offsets, chosen, f_x, f_base, gap)
-
 
 # ---------------------------------------------------------------------------------------------
 # Texts: tokens, their places in the text, and their attributions
@@ -277,6 +98,7 @@ def explain_texts(
     steps: int = 32,
     target: str | None = None,
     threshold: float = 0.5,
+    tolerance: float = 0.01,
 ) -> list[TextExplanation]:
     """Explanations of a few texts (``rnnpipe predict --explain``).
 
@@ -286,7 +108,7 @@ def explain_texts(
     tokens = model.encode(arr)
     probs = model.predict_proba(tokens)
     targets = _targets(model, probs, target, threshold)
-    exp = attributions(model, tokens, targets, method, steps)
+    exp = attributions(model, tokens, targets, method, steps, tolerance)
     words, rows, (starts, ends) = _token_columns(model, arr)
     classes = model.config.classes
     out = []
@@ -354,7 +176,7 @@ def _explain_batch(
 ) -> tuple[list[pa.Array], Explanation, list[list[str]], tuple[np.ndarray, ...]]:
     targets = _targets(model, probs, options.target, options.threshold)
     tokens = model.encode(texts)
-    exp = attributions(model, tokens, targets, options.method, options.steps)
+    exp = attributions(model, tokens, targets, options.method, options.steps, options.tolerance)
     words, rows, (starts, ends) = _token_columns(model, texts)
     flat = [w for ws in words for w in ws]
     names = np.asarray(model.config.classes, dtype=object)[targets]
@@ -448,7 +270,7 @@ def explain(
         schema = outputs.with_metadata(schema, fingerprint, plan.text_col, options.threshold)
         schema = schema.with_metadata(
             {**schema.metadata, outputs.META_PREFIX + b"explain": repr(
-                (options.method, options.steps, options.target)
+                (options.method, options.steps, options.target, options.tolerance)
             ).encode()}
         )  # fmt: skip
         if options.resume and outputs.is_complete(plan, schema, weights):

@@ -263,7 +263,7 @@ class Model:
         if training and cfg.dropout > 0:
             feat_mask = dropout_mask(rng, feats.shape, cfg.dropout, feats.dtype)
             feats = feats * feat_mask
-        logits = feats @ p["out.W"].T + p["out.b"]  # (n, C')
+        logits = _dense(feats, p["out.W"], p["out.b"])  # (n, C'), row by row
         if not training:
             return logits, None
         return logits, _ForwardCache(enc, feats, feat_mask)

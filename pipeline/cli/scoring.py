@@ -37,6 +37,10 @@ def explain(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder, or FILE.parquet.")],
     method: Annotated[str, typer.Option(help="ig, grad or occlusion.")] = _X.method,
     steps: Annotated[int, typer.Option(help="Integration steps of ig.", min=1)] = _X.steps,
+    tolerance: Annotated[
+        float,
+        typer.Option(help="ig: refine rows whose completeness gap exceeds this (0: never)."),
+    ] = _X.tolerance,
     target: Annotated[
         str | None, typer.Option(help="Class to explain toward (default: the predicted one).")
     ] = None,
@@ -64,7 +68,8 @@ def explain(
 
     set_threads(threads)
     options = _X(
-        method=method, steps=steps, target=target, text_col=text_col, keep=keep_columns(keep),
+        method=method, steps=steps, target=target, tolerance=tolerance, text_col=text_col,
+        keep=keep_columns(keep),
         batch_rows=batch_rows, threshold=threshold, resume=resume,
         backend=resolve_backend(device),
     )  # fmt: skip
