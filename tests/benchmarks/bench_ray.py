@@ -53,17 +53,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 GEN = HERE / "_gen"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from make_reviews import data_dir  # noqa: E402
+from make_reviews import data_dir  # noqa: E402, I001  (first: the runtime defaults before NumPy)
+import numpy as np  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 
 EMBED_DIM = HIDDEN_DIM = 128
 MAX_LEN = 256

@@ -72,14 +72,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from make_reviews import data_dir  # noqa: E402
+from make_reviews import data_dir  # noqa: E402, I001  (first: the runtime defaults before NumPy)
+import numpy as np  # noqa: E402
 
 from pipeline.bench import machine_line  # noqa: E402
 
