@@ -325,6 +325,27 @@ def _occlusion(model: Model, tokens: TokenIds, coef: np.ndarray) -> np.ndarray:
     return values
 
 
+def _mean_of_members(
+    model: Model, tokens: TokenIds, targets: np.ndarray, method: str, steps: int, tolerance: float
+) -> Explanation:
+    """An ensemble's attributions: its f is the mean of its members', so is every token's
+    integral and gradient (toward the ensemble's class); the gap is the mean one's."""
+    parts = [attributions(m, tokens, targets, method, steps, tolerance) for m in model.members()]
+    k = len(parts)
+    values = sum(p.values.astype(np.float64) for p in parts) / k
+    f_x = sum(p.f_x for p in parts) / k
+    f_base = sum(p.f_base for p in parts) / k
+    gap = parts[0].gap
+    if method == "ig":
+        diff = f_x - f_base
+        missed = _segment_sums(values, tokens.offsets) - diff
+        gap = (np.abs(missed) / np.maximum(np.abs(diff), 1e-9)).astype(np.float32)
+        gap[tokens.lengths == 0] = 0.0
+    evaluations = sum(p.evaluations for p in parts)
+    return Explanation(values.astype(np.float32), tokens.offsets, parts[0].target, f_x, f_base,
+                       gap, evaluations)  # fmt: skip
+
+
 def attributions(
     model: Model,
     tokens: TokenIds,
@@ -344,8 +365,10 @@ def attributions(
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: expected ig, grad or occlusion")
     n = len(tokens)
-    if targets is None and method == "occlusion":
+    if targets is None and (method == "occlusion" or model.config.members > 1):
         targets = model.predict_proba(tokens).argmax(axis=1)
+    if model.config.members > 1 and method != "occlusion":
+        return _mean_of_members(model, tokens, np.asarray(targets), method, steps, tolerance)
     chosen = np.full(n, -1, np.int64) if targets is None else np.array(targets, dtype=np.int64)
     nan = np.full(n, np.nan)
     if method == "occlusion":

@@ -50,7 +50,7 @@ DIRECTIONS = ("fwd", "bwd")
 # training-only regularisers
 _REGULARISERS = ("word_dropout", "embed_dropout", "weight_drop")
 # fields added after format version 1 first shipped, and their value for older models
-_ADDED_LATER = {**dict.fromkeys(_REGULARISERS, 0.0), "temperature": 1.0}
+_ADDED_LATER = {**dict.fromkeys(_REGULARISERS, 0.0), "temperature": 1.0, "members": 1}
 
 
 def _is_int(x: Any) -> bool:
@@ -92,13 +92,15 @@ class ModelConfig:
     embed_dropout: float = 0.0
     weight_drop: float = 0.0
     temperature: float = 1.0
+    members: int = 1
 
     format_version = FORMAT_VERSION  # class constant, not a field
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ConfigError(f"unknown cell {self.cell!r}: expected one of lstm, gru, rnn")
-        minimums = {"embed_dim": 1, "hidden_dim": 1, "num_layers": 1, "vocab_size": 2, "max_len": 1}
+        minimums = {"embed_dim": 1, "hidden_dim": 1, "num_layers": 1, "vocab_size": 2, "max_len": 1,
+                    "members": 1}  # fmt: skip
         for name, low in minimums.items():
             value = getattr(self, name)
             if not _is_int(value) or value < low:
@@ -154,6 +156,8 @@ class ModelConfig:
         """JSON-ready dict of every field (``classes`` as a list)."""
         d = dataclasses.asdict(self)
         d["classes"] = list(self.classes)
+        if self.members == 1:  # a single model's config (and fingerprint) as before ensembles
+            del d["members"]
         return d
 
     @classmethod
@@ -199,8 +203,9 @@ class TrainConfig:
     same starting weights on the training and validation rows together, for the epochs
     kept, and save that model with the temperature just fitted (only when the validation
     rows were held out of the training data; the validation figures stay the first
-    model's); ``threads`` for the kernels (None: leave as is); ``backend``
-    cpu|reference|cuda.
+    model's); ``ensemble`` save the refit and the first model together, their logits
+    averaged (two recurrences per review when scoring; needs the refit); ``threads`` for the
+    kernels (None: leave as is); ``backend`` cpu|reference|cuda.
 
     Raises ConfigError for invalid values.
 
@@ -228,6 +233,7 @@ class TrainConfig:
     average: float = 0.0
     calibrate: bool = True
     refit: bool = True
+    ensemble: bool = False
     threads: int | None = None
     backend: str = "cpu"
 
@@ -270,6 +276,9 @@ class TrainConfig:
             raise ConfigError(f"average must be in [0, 1) (0: off), got {self.average!r}")
         if self.class_weights not in ("none", "balanced"):
             raise ConfigError(f"class_weights must be none or balanced, got {self.class_weights!r}")
+        if self.ensemble and not (self.refit and self.valid_frac > 0):
+            raise ConfigError("ensemble joins the refit to the first model: it needs refit on "
+                              "and held-out validation rows (valid_frac > 0)")  # fmt: skip
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
         if self.backend not in BACKENDS:

@@ -37,7 +37,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -67,6 +67,7 @@ __all__ = [
     "Model",
     "ModelConfig",
     "check_model_target",
+    "ensemble",
     "expected_shapes",
     "init_params",
     "is_model_dir",
@@ -85,7 +86,30 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes = encoder_shapes(config)
     shapes["out.W"] = (config.num_outputs, config.feature_dim)
     shapes["out.b"] = (config.num_outputs,)
+    one = dict(shapes)
+    for k in range(1, config.members):  # an ensemble's other members: the same shapes
+        shapes.update({_member_name(k, name): shape for name, shape in one.items()})
     return shapes
+
+
+def _member_name(k: int, name: str) -> str:  # an ensemble's member k >= 1: "m<k>.<name>"
+    return name if k == 0 else f"m{k}.{name}"
+
+
+def ensemble(models: Sequence[Model]) -> Model:
+    """One model whose logits are the mean of ``models``' (one config, the first one's
+    temperature and tokenizer); ``models[0]``'s weights keep their names, the others' are
+    prefixed ``m1.``, ``m2.``... Example: ``ensemble([refit, first]).predict_proba(tokens)``.
+    """
+    first = models[0]
+    single = dataclasses.replace(first.config, members=1)
+    params: dict[str, np.ndarray] = {}
+    for k, m in enumerate(models):
+        if dataclasses.replace(m.config, temperature=first.config.temperature) != single:
+            raise ConfigError("ensemble members must share one model config")
+        params.update({_member_name(k, n): v for n, v in m.params.items()})
+    config = dataclasses.replace(single, members=len(models))
+    return Model(config, params, tokenizer=first.tokenizer, backend=first.backend)
 
 
 def init_params(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
@@ -193,6 +217,7 @@ class Model:
         self.backend = backend
         self._kernels: ModuleType | None = None
         self._tables: dict[str, np.ndarray] | None = None
+        self._members: list[Model] | None = None
         if params is None:
             params = init_params(config, seed)
         problem = _params_problem(config, params, float32_only=False)
@@ -212,6 +237,25 @@ class Model:
     def clear_cache(self) -> None:
         """Forget the folded inference tables; call after changing ``params`` in place."""
         self._tables = None
+        self._members = None
+
+    def members(self) -> list[Model]:
+        """An ensemble's members, each a single model over its own weights (the arrays are
+        shared, not copied); ``[self]`` for a single model."""
+        if self.config.members == 1:
+            return [self]
+        if self._members is None:
+            cfg = dataclasses.replace(self.config, members=1)
+            self._members = [
+                Model(
+                    cfg,
+                    {n: self.params[_member_name(k, n)] for n in expected_shapes(cfg)},
+                    tokenizer=self.tokenizer,
+                    backend=self.backend,
+                )  # fmt: skip
+                for k in range(self.config.members)
+            ]
+        return self._members
 
     @property
     def dtype(self) -> np.dtype:
@@ -249,6 +293,8 @@ class Model:
         Example: ``logits, _ = model.forward(tokens, training=False)``.
         """
         cfg, k, p = self.config, self.kernels, self.params
+        if cfg.members > 1:
+            raise ConfigError("an ensemble has no training pass: use members() for its models")
         hs, enc = encoder_forward(cfg, p, k, tokens, training, rng, input_scale)
         offsets = tokens.offsets
         feats = np.concatenate(
@@ -397,8 +443,12 @@ class Model:
         return self._tables
 
     def logits(self, tokens: TokenIds) -> np.ndarray:
-        """Inference logits [n, C'] (folded-table fast path for one-layer models)."""
+        """Inference logits [n, C'] (folded-table fast path for one-layer models); an
+        ensemble's, the mean of its members'."""
         cfg, p = self.config, self.params
+        if cfg.members > 1:
+            parts = [m.logits(tokens).astype(np.float64) for m in self.members()]
+            return (sum(parts) / len(parts)).astype(self.dtype)
         if cfg.num_layers != 1:
             return self.forward(tokens, training=False)[0]
         tables = self._folded_tables()

@@ -62,7 +62,7 @@ from pipeline.events import (
     WordVectorsDone,
 )
 from pipeline.metrics import accuracy, evaluate_probs, fit_temperature, log_loss
-from pipeline.model import Model, check_model_target, init_params, probabilities
+from pipeline.model import Model, check_model_target, ensemble, init_params, probabilities
 from pipeline.optim import (
     LRSchedule,
     WeightAverage,
@@ -355,6 +355,7 @@ def _starting_point(
     else:
         init_from_model = init_from
     warm = Model.load(init_from_model, backend=tc.backend) if init_from_model is not None else None
+    warm = warm.members()[0] if warm is not None else None  # an ensemble: its first member
     declared = tuple(str(c) for c in req.classes) if req.classes is not None else None
     if warm is not None:
         if declared is not None and declared != warm.config.classes:
@@ -461,14 +462,15 @@ def _build(req: _Request, emit: Callable[[ProgressEvent], None]) -> _Run:
     run = _new_run(req.tc, model, split, tokens, req.ckpt, coverage)
     if _refits(req.tc, split):
         run.initial = {k: v.copy() for k, v in model.params.items()}
+    elif req.tc.ensemble:  # no refit to join to the first model
+        raise ConfigError("ensemble needs a refit: validation rows held out, not --valid files")
     if state is not None:
         _restore_checkpoint(run, state, arrays)
     return run
 
 
 def _refits(tc: TrainConfig, split: Split) -> bool:
-    """Whether training runs again on all the rows: asked for, and the validation rows were
-    held out of the training data (not given as files, not absent)."""
+    """Training runs again on all rows: asked for, and validation rows held out of the data."""
     return tc.refit and split.valid_files is None and split.y_valid.size > 0
 
 
@@ -641,19 +643,16 @@ def train(
     After the last epoch the model's temperature is fitted on the validation rows (see
     ``TrainConfig.calibrate``); with ``TrainConfig.refit`` (the default) and validation rows
     held out of the data, the model is then trained again on all the rows and keeps that
-    temperature. It is saved with ``metrics.json`` (validation metrics of the first model
-    after calibration, before it under ``calibration``, and ``refit``) and ``history.csv``.
-
-    Returns a ``TrainResult``.
+    temperature (with ``TrainConfig.ensemble``, joined to the first model). It is saved with
+    ``metrics.json`` (validation metrics of the first model after calibration, before it
+    under ``calibration``, and ``refit``) and ``history.csv``. Returns a ``TrainResult``.
 
     Raises InputError for unreadable or bad data (null or undeclared labels with file,
     column and row; a single class; fewer rows than one batch; an empty input), ConfigError
     for bad options, an ``out_dir`` that is not a model directory, or an incompatible
     checkpoint, RunError if the loss diverges, OutputError when the model cannot be written.
 
-    Example::
-
-        result = train("train.parquet", "model/", {"cell": "lstm"}, TrainConfig(epochs=2))
+    Example: ``result = train("train.parquet", "model/", {"cell": "lstm"}, TrainConfig())``.
     """
     tc = train_config or TrainConfig()
     emit = progress or (lambda event: None)
@@ -673,12 +672,13 @@ def train(
     _fit(run, emit)
     kept_epoch, metrics = _keep_and_calibrate(run)
     metrics["best_epoch"] = kept_epoch
-    split, loop = run.split, run.loop
-    model, refit = run.model, None
+    split, loop, model, refit = run.split, run.loop, run.model, None
     if run.initial is not None:
         epochs = max(kept_epoch, 1)
         model = _refit(run, epochs, emit)
         refit = {"rows": int(split.y_train.size + split.y_valid.size), "epochs": epochs}
+        if tc.ensemble:  # the refit and the first model, their logits averaged
+            model, refit["members"] = ensemble([model, run.model]), 2
         # the figures above are the first model's, on rows it never saw
         metrics["refit"] = refit
     training_info = _training_info(req, run, kept_epoch, refit)

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.config import ModelConfig
 from pipeline.explain import attributions, explain_texts
-from pipeline.model import Model, init_params
+from pipeline.model import Model, ensemble, init_params
 from pipeline.text import TokenIds, Tokenizer, reference_tokens
 
 runner = CliRunner()
@@ -107,6 +107,26 @@ def test_refinement_brings_each_gap_within_the_tolerance(backend):
         a, b = exp.offsets[i], exp.offsets[i + 1]
         np.testing.assert_array_equal(alone.values, exp.values[a:b])
         assert alone.gap[0] == exp.gap[i] and alone.evaluations[0] == exp.evaluations[i]
+
+
+@pytest.mark.parametrize("method", ["ig", "grad"])
+def test_an_ensembles_attributions_are_its_members_mean(method):
+    a = _model(bidirectional=True, pooling="max")
+    b = Model(a.config, {k: v.astype(np.float64) for k, v in init_params(a.config, 5).items()},
+              backend="reference")  # fmt: skip
+    b.params["embedding"] *= 20
+    both = ensemble([a, b])
+    tokens = _tokens(4)
+    exp = attributions(both, tokens, method=method, tolerance=0)
+    # toward the ensemble's own class
+    assert np.array_equal(exp.target, both.predict_proba(tokens).argmax(axis=1))
+    parts = [attributions(m, tokens, exp.target, method, tolerance=0) for m in (a, b)]
+    mean = (parts[0].values.astype(np.float64) + parts[1].values) / 2
+    np.testing.assert_allclose(exp.values, mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(exp.f_x, (parts[0].f_x + parts[1].f_x) / 2)
+    if method == "ig":  # complete against the ensemble's own f
+        assert np.all(exp.gap < 0.02)
+        assert np.array_equal(exp.evaluations, parts[0].evaluations + parts[1].evaluations)
 
 
 def test_a_token_that_cannot_change_the_output_gets_nothing():

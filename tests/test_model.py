@@ -20,6 +20,7 @@ from pipeline.model import (
     FORMAT_VERSION,
     Model,
     ModelConfig,
+    ensemble,
     expected_shapes,
     init_params,
 )
@@ -566,3 +567,38 @@ def test_weights_that_overflow_are_a_run_error_not_a_crash():
     model = Model(cfg, params, tokenizer=_tokenizer())
     with pytest.raises(RunError, match="not finite"), np.errstate(all="ignore"):
         model.predict_proba(_ragged(np.random.default_rng(0), [3, 2, 5, 1, 4, 6, 2, 3], 10))
+
+
+def test_an_ensemble_scores_the_mean_of_its_members(tmp_path):
+    cfg = ModelConfig(vocab_size=30, embed_dim=6, hidden_dim=5, temperature=1.5)
+    a, b = Model(cfg, seed=1), Model(cfg, seed=2)
+    both = ensemble([a, b])
+    assert both.config.members == 2 and set(both.params) == set(a.params) | {
+        f"m1.{k}" for k in b.params
+    }
+    tokens = TokenIds(np.array([0, 4, 4, 9]), np.arange(1, 10) % 29 + 1)
+    z = [m.predict_logits(tokens).astype(np.float64) for m in (both, a, b)]
+    np.testing.assert_allclose(z[0], (z[1] + z[2]) / 2, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(both.predict_proba(tokens)[:, 1] > 0.5, z[0][:, 0] > 0)
+    assert all(m.params["embedding"] is p.params["embedding"]
+               for m, p in zip(both.members(), (a, b), strict=True))  # fmt: skip
+    # a single model's config and fingerprint carry no trace of ensembles
+    assert "members" not in cfg.to_dict() and ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="training pass"):
+        both.forward(tokens, training=False)
+    with pytest.raises(ConfigError, match="one model config"):
+        ensemble([a, Model(dataclasses.replace(cfg, hidden_dim=4))])
+    with pytest.raises(ConfigError, match="members"):
+        ModelConfig(members=0)
+    # the format keeps every member, and refuses one missing
+    tok = Tokenizer(num_words=28).fit(["w" + str(i) for i in range(40)])
+    both.tokenizer = tok
+    both.save(tmp_path / "m")
+    loaded = Model.load(tmp_path / "m")
+    assert loaded.fingerprint() == both.fingerprint()
+    np.testing.assert_array_equal(loaded.predict_logits(tokens), both.predict_logits(tokens))
+    with np.load(tmp_path / "m" / "weights.npz") as npz:
+        kept = {k: npz[k] for k in npz.files if k != "m1.out.W"}
+    np.savez(tmp_path / "m" / "weights.npz", **kept)
+    with pytest.raises(ModelFormatError, match="m1.out.W"):
+        Model.load(tmp_path / "m")

@@ -204,6 +204,34 @@ def test_refit_trains_again_on_every_row_and_resumes_to_the_same_bits(binary_fil
         assert "refit" not in train(binary_file, tmp_path / "c", TINY, cfg, **kw).metrics
 
 
+def test_ensemble_joins_the_refit_to_the_first_model(binary_file, tmp_path):
+    overrides = {**TINY, "dropout": 0.2, "cell": "gru"}
+    train(binary_file, tmp_path / "first", overrides, _config())
+    train(binary_file, tmp_path / "refit", overrides, _config(refit=True))
+    both = train(binary_file, tmp_path / "both", overrides, _config(refit=True, ensemble=True))
+    assert both.model.config.members == 2 and both.metrics["refit"]["members"] == 2
+    w, f, r = (_weights(tmp_path / d) for d in ("both", "first", "refit"))
+    assert set(w) == set(r) | {f"m1.{k}" for k in f}
+    for k in r:  # the refit's weights, then the first model's, bit for bit
+        np.testing.assert_array_equal(w[k], r[k], err_msg=k)
+        np.testing.assert_array_equal(w[f"m1.{k}"], f[k], err_msg=k)
+    models = [Model.load(tmp_path / d) for d in ("both", "refit", "first")]
+    assert models[0].config.temperature == models[2].config.temperature
+    tokens = models[0].encode(pq.read_table(binary_file)["review"].combine_chunks())
+    z = [m.predict_logits(tokens).astype(np.float64) for m in models]
+    np.testing.assert_allclose(z[0], (z[1] + z[2]) / 2, rtol=1e-6, atol=1e-7)
+    # a warm start from an ensemble starts from its first member (the refit)
+    warm = train(binary_file, tmp_path / "warm", None, _config(epochs=1),
+                 init_from=tmp_path / "both")  # fmt: skip
+    assert warm.model.config.members == 1
+    # nothing to join without a refit
+    with pytest.raises(ConfigError, match="ensemble"):
+        _config(ensemble=True)
+    with pytest.raises(ConfigError, match="ensemble needs a refit"):
+        train(binary_file, tmp_path / "c", TINY, _config(refit=True, ensemble=True),
+              valid_paths=binary_file)  # fmt: skip
+
+
 def test_resume_refuses_an_incompatible_checkpoint(binary_file, tmp_path):
     with pytest.raises(ConfigError, match="no checkpoint"):
         train(binary_file, tmp_path / "m", TINY, _config(), resume=True)

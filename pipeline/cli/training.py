@@ -101,6 +101,12 @@ def train(
             help="Then train again on all rows, validation rows too, keeping the temperature."
         ),
     ] = _T.refit,
+    ensemble: Annotated[
+        bool,
+        typer.Option(
+            help="Save the refit and the first model together, logits averaged (2x scoring)."
+        ),
+    ] = _T.ensemble,
     valid: Annotated[list[str] | None, typer.Option(help="Validation file(s) instead.")] = None,
     classes: Annotated[
         str | None, typer.Option(help="Class names in order, comma-separated.")
@@ -146,6 +152,7 @@ def train(
         average=average,
         calibrate=calibrate,
         refit=refit,
+        ensemble=ensemble,
         seed=seed,
         class_weights=class_weights,
         num_words=num_words,
