@@ -21,7 +21,8 @@ and the modules) happens before the clock starts, after one untimed warm-up run 
   makes (bidirectional GRU E=H=128, max pooling, the last 400 tokens), its 20,000-word
   vocabulary fitted on the input, saved once and loaded with ``Model.load``. The PyTorch
   peer of ``default`` is ``nn.GRU(bidirectional=True)`` with the max over each review's
-  own steps (its padding masked).
+  own steps (its padding masked). ``--cells ensemble``: what ``rnnpipe train --ensemble``
+  saves, two such models whose logits are averaged, and the same two on the PyTorch side.
 * PyTorch, built the way a good engineer would: per file, Polars reads it and tokenizes
   (lowercase, ``<br />`` replaced, ``str.extract_all(r"[a-z0-9']+")``, explode, a left join
   to the SAME vocabulary, OOV = 1, regroup, the last 256 tokens kept); NumPy pre-pads
@@ -180,7 +181,7 @@ def child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
     """Fit the vocabulary on the input and save one random-weight model per cell."""
     from pipeline import io
     from pipeline.kernels.threads import set_threads
-    from pipeline.model import Model, ModelConfig
+    from pipeline.model import Model, ModelConfig, ensemble
     from pipeline.text import Tokenizer
 
     set_threads(spec["threads"])
@@ -190,9 +191,12 @@ def child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
     tok = Tokenizer(num_words=NUM_WORDS).fit(texts)
     fit_s = time.perf_counter() - t0
     for cell in spec["cells"]:
-        if cell == "default":  # the classifier rnnpipe train makes, with random weights
+        if cell in ("default", "ensemble"):  # the classifier rnnpipe train makes, random
             config = ModelConfig(vocab_size=tok.vocab_size)
-            Model(config, tokenizer=tok, seed=0).save(Path(spec["models"]) / cell)
+            model = Model(config, tokenizer=tok, seed=0)
+            if cell == "ensemble":  # what train --ensemble saves: two of them, logits averaged
+                model = ensemble([model, Model(config, tokenizer=tok, seed=1)])
+            model.save(Path(spec["models"]) / cell)
             continue
         config = ModelConfig(
             cell=cell,
@@ -263,22 +267,30 @@ def child_torch(spec: dict[str, Any]) -> dict[str, Any]:
     bidirectional, pooling = bool(config["bidirectional"]), config["pooling"]
     if pooling not in ("last", "max") or (bidirectional and pooling != "max"):
         raise SystemExit(f"the PyTorch peer pools last (one direction) or max, not {pooling}")
-    emb = torch.nn.Embedding(V, E, padding_idx=0)
-    rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
-        E, H, batch_first=True, bidirectional=bidirectional
-    )
-    lin = torch.nn.Linear(H * (2 if bidirectional else 1), 1)
-    with torch.no_grad():
-        emb.weight.copy_(torch.from_numpy(w["embedding"]))
-        # rnnpipe keeps PyTorch's gate order and layout, so the arrays copy as they are
-        for d, suffix in (("fwd", ""), ("bwd", "_reverse"))[: 2 if bidirectional else 1]:
-            for mine, theirs in (("W_ih", "weight_ih"), ("W_hh", "weight_hh"),
-                                 ("b_ih", "bias_ih"), ("b_hh", "bias_hh")):  # fmt: skip
-                getattr(rnn, f"{theirs}_l0{suffix}").copy_(torch.from_numpy(w[f"l0.{d}.{mine}"]))
-        lin.weight.copy_(torch.from_numpy(w["out.W"]))
-        lin.bias.copy_(torch.from_numpy(w["out.b"]))
-    for m in (emb, rnn, lin):
-        m.eval()
+
+    def build(prefix: str) -> tuple[Any, Any, Any]:
+        emb = torch.nn.Embedding(V, E, padding_idx=0)
+        rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
+            E, H, batch_first=True, bidirectional=bidirectional
+        )
+        lin = torch.nn.Linear(H * (2 if bidirectional else 1), 1)
+        with torch.no_grad():
+            emb.weight.copy_(torch.from_numpy(w[f"{prefix}embedding"]))
+            # rnnpipe keeps PyTorch's gate order and layout, so the arrays copy as they are
+            for d, suffix in (("fwd", ""), ("bwd", "_reverse"))[: 2 if bidirectional else 1]:
+                for mine, theirs in (("W_ih", "weight_ih"), ("W_hh", "weight_hh"),
+                                     ("b_ih", "bias_ih"), ("b_hh", "bias_hh")):  # fmt: skip
+                    getattr(rnn, f"{theirs}_l0{suffix}").copy_(
+                        torch.from_numpy(w[f"{prefix}l0.{d}.{mine}"])
+                    )
+            lin.weight.copy_(torch.from_numpy(w[f"{prefix}out.W"]))
+            lin.bias.copy_(torch.from_numpy(w[f"{prefix}out.b"]))
+        for m in (emb, rnn, lin):
+            m.eval()
+        return emb, rnn, lin
+
+    # an ensemble (train --ensemble): its members' logits averaged, as rnnpipe scores it
+    members = [build("" if k == 0 else f"m{k}.") for k in range(config.get("members", 1))]
 
     def score_file(src: Path, dst: Path) -> int:
         frame = pl.read_parquet(src, columns=["id", "text"])
@@ -290,19 +302,22 @@ def child_torch(spec: dict[str, Any]) -> dict[str, Any]:
                 b1 = min(b0 + BATCH, lengths.size)
                 width = max(1, int(lengths[b0:b1].max()))
                 xb = torch.from_numpy(np.ascontiguousarray(x[b0:b1, max_len - width :]))
-                if pooling == "max":
-                    # max over each review's own steps: the pre-padding's outputs are masked
-                    # (the backward direction reaches them only after the real tokens)
-                    outputs, _ = rnn(emb(xb))  # (B, width, dirs*H)
-                    lens = torch.from_numpy(lengths[b0:b1].astype(np.int64))
-                    pad = torch.arange(width)[None, :] < (width - lens)[:, None]
-                    pooled = outputs.masked_fill(pad[:, :, None], float("-inf")).amax(dim=1)
-                    pooled = torch.where(lens[:, None] > 0, pooled, torch.zeros_like(pooled))
-                    scores[b0:b1] = torch.sigmoid(lin(pooled))[:, 0].numpy()
-                    continue
-                _, state = rnn(emb(xb))
-                h = state[0] if cell == "lstm" else state  # (1, B, H)
-                scores[b0:b1] = torch.sigmoid(lin(h[-1]))[:, 0].numpy()
+                logits = 0.0
+                for emb, rnn, lin in members:
+                    if pooling == "max":
+                        # max over each review's own steps: the pre-padding's outputs are
+                        # masked (the backward direction reaches them after the real tokens)
+                        outputs, _ = rnn(emb(xb))  # (B, width, dirs*H)
+                        lens = torch.from_numpy(lengths[b0:b1].astype(np.int64))
+                        pad = torch.arange(width)[None, :] < (width - lens)[:, None]
+                        pooled = outputs.masked_fill(pad[:, :, None], float("-inf")).amax(dim=1)
+                        pooled = torch.where(lens[:, None] > 0, pooled, torch.zeros_like(pooled))
+                        logits = logits + lin(pooled)
+                        continue
+                    _, state = rnn(emb(xb))
+                    h = state[0] if cell == "lstm" else state  # (1, B, H)
+                    logits = logits + lin(h[-1])
+                scores[b0:b1] = torch.sigmoid(logits / len(members))[:, 0].numpy()
         out = pl.DataFrame({"id": frame["id"], "score": scores}).with_columns(
             label=pl.when(pl.col("score") >= 0.5)
             .then(pl.lit("positive"))
@@ -425,7 +440,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per engine")
     ap.add_argument(
-        "--cells", default="lstm,gru", help="comma-separated: lstm, gru, default (the trainer's)"
+        "--cells",
+        default="lstm,gru",
+        help="comma-separated: lstm, gru, default (the trainer's), ensemble (train --ensemble's)",
     )
     ap.add_argument("--no-torch", action="store_true", help="rnnpipe rows only")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -437,9 +454,9 @@ def main() -> None:
         return
 
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    bad = [c for c in cells if c not in ("lstm", "gru", "default")]
+    bad = [c for c in cells if c not in ("lstm", "gru", "default", "ensemble")]
     if bad or not cells:
-        raise SystemExit(f"--cells takes lstm, gru and/or default, got {args.cells!r}")
+        raise SystemExit(f"--cells takes lstm, gru, default, ensemble, got {args.cells!r}")
     if args.repeats < 1 or args.threads < 1:
         raise SystemExit("--repeats and --threads must be >= 1")
     torch_ok = not args.no_torch and importlib.util.find_spec("torch") is not None
