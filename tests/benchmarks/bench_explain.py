@@ -3,11 +3,14 @@
 Run (PyTorch and Captum from the ``bench`` extra):
 
     python tests/benchmarks/bench_explain.py [--reviews 1000] [--timed 100] [--threads 2]
+        [--model DIR]
 
 Model: rnnpipe's default classifier trained on the movie-disjoint IMDB training split of
 ``bench_quality.py`` (trained once with ``rnnpipe train ... --valid-group movie`` and kept
-under ``tests/benchmarks/_gen/explain/``). Reviews: ``--reviews`` drawn at random (seed 0)
-from that split's held-out films, never trained on.
+under ``tests/benchmarks/_gen/explain/``), or ``--model`` (one trained on the same split,
+e.g. with ``--ensemble``: Captum then explains the same members, their logits averaged).
+Reviews: ``--reviews`` drawn at random (seed 0) from that split's held-out films, never
+trained on.
 
 * **Speed.** Integrated gradients with 32 Gauss-Legendre steps toward the positive class:
   rnnpipe (``pipeline.attribution.attributions`` on all the timed reviews at once) as
@@ -111,17 +114,26 @@ def child_torch(spec: dict) -> dict:
             states, _ = self.rnn(self.emb(ids))  # (B, L, 2H): no padding, one review
             return self.out(states.amax(dim=1))  # (B, 1), the positive class's logit
 
-    net = Net()
-    with torch.no_grad():
-        net.emb.weight.copy_(w["embedding"])
-        for d, suffix in (("fwd", ""), ("bwd", "_reverse")):
-            for mine, theirs in (("W_ih", "weight_ih"), ("W_hh", "weight_hh"),
-                                 ("b_ih", "bias_ih"), ("b_hh", "bias_hh")):  # fmt: skip
-                getattr(net.rnn, f"{theirs}_l0{suffix}").copy_(w[f"l0.{d}.{mine}"])
-        net.out.weight.copy_(w["out.W"])
-        net.out.bias.copy_(w["out.b"])
-    net.eval()
-    lig = LayerIntegratedGradients(lambda ids: net(ids)[:, 0], net.emb)
+    def member(prefix: str) -> Net:
+        net = Net()
+        with torch.no_grad():
+            net.emb.weight.copy_(w[f"{prefix}embedding"])
+            for d, suffix in (("fwd", ""), ("bwd", "_reverse")):
+                for mine, theirs in (("W_ih", "weight_ih"), ("W_hh", "weight_hh"),
+                                     ("b_ih", "bias_ih"), ("b_hh", "bias_hh")):  # fmt: skip
+                    getattr(net.rnn, f"{theirs}_l0{suffix}").copy_(w[f"{prefix}l0.{d}.{mine}"])
+            net.out.weight.copy_(w[f"{prefix}out.W"])
+            net.out.bias.copy_(w[f"{prefix}out.b"])
+        return net.eval()
+
+    # a train --ensemble model: its members' logits averaged, every member's embedding
+    # output scaled along the path together (Captum's multi-layer form), as rnnpipe does
+    nets = [member("" if k == 0 else f"m{k}.") for k in range(spec.get("members", 1))]
+    layers = [net.emb for net in nets]
+    lig = LayerIntegratedGradients(
+        lambda ids: sum(net(ids)[:, 0] for net in nets) / len(nets),
+        layers if len(layers) > 1 else layers[0],
+    )
     seqs = [np.asarray(s, dtype=np.int64) for s in spec["sequences"]]
     attrs, times = [], []
     for k, seq in enumerate(seqs):
@@ -131,6 +143,7 @@ def child_torch(spec: dict) -> dict:
                           internal_batch_size=STEPS)  # fmt: skip
         if k:  # the first review warms PyTorch up
             times.append(time.perf_counter() - t0)
+        a = sum(a) if isinstance(a, list | tuple) else a  # one per member's embedding
         attrs.append(a.sum(dim=-1)[0].detach().numpy().astype(np.float64).tolist())
     return {"seconds": sum(times), "reviews": len(times), "attributions": attrs,
             "info": f"PyTorch {torch.__version__}"}  # fmt: skip
@@ -204,6 +217,7 @@ def main() -> None:
     ap.add_argument("--reviews", type=int, default=1000)
     ap.add_argument("--timed", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", type=Path, help="a model directory instead of the default one")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -216,7 +230,7 @@ def main() -> None:
     from pipeline.runtime import set_threads
 
     set_threads(args.threads)
-    model_dir = ensure_model(args.threads)
+    model_dir = args.model or ensure_model(args.threads)
     model = Model.load(model_dir)
     texts = held_out(args.reviews)
     tokens = model.encode(texts)
@@ -235,6 +249,7 @@ def main() -> None:
     ours = runs[0.0]  # Captum's rule: the same function to compare with
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"weights": str(model_dir / "weights.npz"), "threads": args.threads,
+                   "members": model.config.members,
                    "sequences": [timed[i].tolist() for i in range(len(timed))]}, f)  # fmt: skip
     proc = subprocess.run([sys.executable, __file__, "--child", f.name], env=_env(),
                           capture_output=True, text=True, check=True)  # fmt: skip
