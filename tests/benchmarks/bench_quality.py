@@ -20,6 +20,8 @@ times them (wall clock):
 * ``default``: ``rnnpipe train TRAIN --out M`` with the product's defaults (for IMDB also
   ``--valid-group movie``, so the calibration split is leak-free too), then
   ``rnnpipe evaluate HELD_OUT --model M``;
+* ``ensemble``: the same with ``--ensemble`` (the refit and the first model, logits
+  averaged);
 * ``pretrained``: ``rnnpipe pretrain UNLABELED TRAIN --out ENC`` (IMDB: the 50,000
   unlabeled reviews of ``imdb_unsup.parquet`` and the training file's text; never the
   held-out text; SST-2: the same unlabeled IMDB reviews and the training phrases), then
@@ -127,6 +129,8 @@ def run_rnnpipe(name: str, ds: dict, route: str, seed: int, threads: int) -> dic
     common = ["--threads", threads, "--quiet", "--seed", seed]
     seconds = 0.0
     train_args = [ds["train"], "--out", work / "model", *ds["train_args"], *common]
+    if route == "ensemble":  # the default with --ensemble: the refit and the first model
+        train_args.append("--ensemble")
     if route == "pretrained":
         seconds += rnnpipe("pretrain", *ds["unlabeled"], "--out", work / "encoder", *common)
         train_args += ["--init-from", work / "encoder"]
@@ -161,7 +165,9 @@ def run_tfidf(ds: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="imdb,sst2", help="imdb, sst2 or both")
-    ap.add_argument("--routes", default="default,tfidf", help="default, pretrained, tfidf")
+    ap.add_argument(
+        "--routes", default="default,tfidf", help="default, ensemble, pretrained, tfidf"
+    )
     ap.add_argument("--seeds", default="0", help="rnnpipe seeds, e.g. 0,1,2 (TF-IDF: one run)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
