@@ -135,21 +135,12 @@ def accumulator(out, shape: tuple[int, ...]):
 
 def max_steps(hs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """int64[n, H]: the token holding each sequence's maximum of each unit of ``hs``
-    [nnz, H], the first (lowest index) where several do, as ``pool_backward(..., "max")``
-    picks it; -1 for empty sequences."""
-    n, H = offsets.size - 1, hs.shape[1]
-    best = np.full((n, H), -1, np.int64)
-    ran = np.flatnonzero(offsets[1:] > offsets[:-1])
-    if ran.size == 0 or H == 0:
-        return best
-    starts, lens = offsets[ran], offsets[ran + 1] - offsets[ran]
-    hs = hs[offsets[ran[0]] : offsets[ran[-1] + 1]]  # ran's tokens are contiguous...
-    starts = starts - offsets[ran[0]]  # ...as empty sequences own none
-    top = np.maximum.reduceat(hs, starts, axis=0)
-    at = np.where(hs == np.repeat(top, lens, axis=0), np.arange(hs.shape[0])[:, None], hs.size)
-    first = np.minimum.reduceat(at, starts, axis=0)
-    first = np.where(first < hs.shape[0], first, starts[:, None])  # NaN: the first step
-    best[ran] = first + offsets[ran[0]]
+    [nnz, H], the first (lowest index) where several do; -1 for empty sequences."""
+    best = np.full((offsets.size - 1, hs.shape[1]), -1, np.int64)
+    for s in range(offsets.size - 1):
+        start, end = offsets[s], offsets[s + 1]
+        if end > start:
+            best[s] = start + hs[start:end].argmax(axis=0)  # argmax takes the first
     return best
 
 

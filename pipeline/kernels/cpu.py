@@ -451,22 +451,10 @@ def _dot(a, b, lanes):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def _max_steps(hs, starts, lens, best):
-    # best (n, H): the token holding slot r's maximum of each unit, the first one of ties
-    # (lowest index, either direction), as _pool_bwd picks it
-    H = hs.shape[1]
+    # best (n, H): the token holding slot r's maximum of each unit (see _first_max)
     for r in prange(starts.shape[0]):
-        s = starts[r]
-        if lens[r] == 0:
-            continue
-        top = hs[s].copy()
-        b = best[r]
-        for j in range(H):
-            b[j] = s
-        for tok in range(s + 1, s + lens[r]):
-            for j in range(H):
-                if hs[tok, j] > top[j]:
-                    top[j] = hs[tok, j]
-                    b[j] = tok
+        if lens[r] > 0:
+            _first_max(hs, starts[r], starts[r] + lens[r], best[r])
 
 
 @njit(parallel=True, cache=True, fastmath=_BACKWARD_MATH, error_model="numpy")
@@ -735,6 +723,22 @@ def _pool_fwd(hs, offsets, mode, reverse, out):
                 out[i, j] *= inv
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _first_max(hs, s, e, best):
+    # best (H,): the token of s:e holding each unit's maximum, the first one of ties
+    # (lowest index, either direction); found row by row (a column-wise scan strides
+    # through hs and took 2-3x as long)
+    H = hs.shape[1]
+    top = hs[s].copy()
+    for j in range(H):
+        best[j] = s
+    for tok in range(s + 1, e):
+        for j in range(H):
+            if hs[tok, j] > top[j]:
+                top[j] = hs[tok, j]
+                best[j] = tok
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def _pool_bwd(dfeat, hs, offsets, mode, reverse, assign, dhs):
     # assign (mean only): write every token's row instead of adding, so dhs needs no zeros
@@ -749,15 +753,8 @@ def _pool_bwd(dfeat, hs, offsets, mode, reverse, assign, dhs):
             for j in range(H):
                 dhs[tok, j] += dfeat[i, j]
         elif mode == 1:
-            # the first step holding each unit's maximum, found row by row (a column-wise
-            # scan strides through hs and took 2-3x as long)
-            best = np.full(H, s, np.int64)
-            top = hs[s].copy()
-            for tok in range(s + 1, e):
-                for j in range(H):
-                    if hs[tok, j] > top[j]:
-                        top[j] = hs[tok, j]
-                        best[j] = tok
+            best = np.empty(H, np.int64)
+            _first_max(hs, s, e, best)
             for j in range(H):
                 dhs[best[j], j] += dfeat[i, j]
         else:

@@ -32,6 +32,7 @@ from pipeline.kernels.checks import (
     float_dtype,
     foldable_bias,
     hs_gradient,
+    max_steps,
 )
 from pipeline.kernels.rows import check_rows, check_scale
 
@@ -408,6 +409,7 @@ def pool_backward(
         raise ValueError(f"out must be a {hs.dtype} array of shape {hs.shape}")
     else:
         dhs = out
+    first_max = max_steps(hs, offsets) if mode == "max" else None
     for s in range(n):
         start, end = offsets[s], offsets[s + 1]
         if end == start:
@@ -415,8 +417,7 @@ def pool_backward(
         if mode == "last":
             dhs[start if reverse else end - 1] += dfeat[s]
         elif mode == "max":
-            first_max = start + hs[start:end].argmax(axis=0)  # (H,); argmax takes the first
-            dhs[first_max, np.arange(hs.shape[1])] += dfeat[s]
+            dhs[first_max[s], np.arange(hs.shape[1])] += dfeat[s]
         else:
             dhs[start:end] += dfeat[s] / (end - start)
     return dhs
