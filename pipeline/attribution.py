@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline import ngrams
 from pipeline.config import METHODS
 from pipeline.errors import ConfigError
 from pipeline.model import Model
@@ -325,16 +326,26 @@ def _occlusion(model: Model, tokens: TokenIds, coef: np.ndarray) -> np.ndarray:
     return values
 
 
-def _mean_of_members(
+def _composite(
     model: Model, tokens: TokenIds, targets: np.ndarray, method: str, steps: int, tolerance: float
 ) -> Explanation:
-    """An ensemble's attributions: its f is the mean of its members', so is every token's
-    integral and gradient (toward the ensemble's class); the gap is the mean one's."""
+    """An ensemble's or a model with an n-gram head: f is the mean of the recurrent
+    members' plus the head's, so is every token's attribution (toward the whole model's
+    class). The head is linear in which n-grams occur: each token gets its exact share
+    (``pipeline.ngrams.token_shares``), and its baseline is the review without n-grams."""
     parts = [attributions(m, tokens, targets, method, steps, tolerance) for m in model.members()]
     k = len(parts)
     values = sum(p.values.astype(np.float64) for p in parts) / k
     f_x = sum(p.f_x for p in parts) / k
     f_base = sum(p.f_base for p in parts) / k
+    cfg = model.config
+    if cfg.ngrams:
+        coef = _coefficients(model, targets)
+        W, b = model.params["ngram.W"], model.params["ngram.b"].astype(np.float64)
+        values += ngrams.token_shares(tokens, cfg.ngrams, cfg.ngram_bits, W, coef)
+        feats = ngrams.features(tokens, cfg.ngrams, cfg.ngram_bits)
+        f_x = f_x + (ngrams.head_logits(feats, W, b) * coef).sum(axis=1)
+        f_base = f_base + coef @ b
     gap = parts[0].gap
     if method == "ig":
         diff = f_x - f_base
@@ -365,10 +376,11 @@ def attributions(
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: expected ig, grad or occlusion")
     n = len(tokens)
-    if targets is None and (method == "occlusion" or model.config.members > 1):
+    composite = model.config.members > 1 or model.config.ngrams > 0
+    if targets is None and (method == "occlusion" or composite):
         targets = model.predict_proba(tokens).argmax(axis=1)
-    if model.config.members > 1 and method != "occlusion":
-        return _mean_of_members(model, tokens, np.asarray(targets), method, steps, tolerance)
+    if composite and method != "occlusion":
+        return _composite(model, tokens, np.asarray(targets), method, steps, tolerance)
     chosen = np.full(n, -1, np.int64) if targets is None else np.array(targets, dtype=np.int64)
     nan = np.full(n, np.nan)
     if method == "occlusion":

@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,28 @@ class LoopState:
             {k: (math.nan if v is None else v) for k, v in r.items()} for r in state.history
         ]
         return state
+
+
+def check_outputs(out_dir: Path, ckpt: Path, inputs: Iterable[Path], marker: str) -> None:
+    """Before any work: the directory a run writes (``out_dir``, a model or an encoder) and
+    its checkpoint ``ckpt`` (recognised by its file ``marker``) may only replace what
+    rnnpipe wrote there, must not hold any of ``inputs``, and must be writable.
+
+    Raises ConfigError naming the path and what to do; OutputError when not writable.
+    Example: ``check_outputs(out, checkpoint_dir_for(out), files, "state.json")``.
+    """
+    from pipeline.model import check_model_target
+
+    check_model_target(out_dir)
+    if os.path.lexists(ckpt) and not (ckpt.is_dir() and (ckpt / marker).is_file()):
+        raise ConfigError(
+            f"{ckpt} exists and is not an rnnpipe checkpoint (no {marker}): it is where the "
+            f"checkpoint of --out {out_dir.name} goes; move it away or choose another --out"
+        )
+    for f in inputs:
+        for target in (out_dir, ckpt):
+            if io.is_inside(f, target):
+                raise ConfigError(
+                    f"input {f} lies inside {target}, which this run replaces: choose another --out"
+                )
+    io.check_writable(out_dir)

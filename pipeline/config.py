@@ -45,12 +45,14 @@ SCHEDULES = ("constant", "linear", "cosine")
 FORMAT_VERSION = 1
 POOLINGS = ("last", "max", "mean", "last+max", "last+mean", "max+mean", "last+max+mean")
 DIRECTIONS = ("fwd", "bwd")
+MAX_NGRAMS = 5  # the longest word n-gram a head may hash
 
 
 # training-only regularisers
 _REGULARISERS = ("word_dropout", "embed_dropout", "weight_drop")
 # fields added after format version 1 first shipped, and their value for older models
-_ADDED_LATER = {**dict.fromkeys(_REGULARISERS, 0.0), "temperature": 1.0, "members": 1}
+_ADDED_LATER = {**dict.fromkeys(_REGULARISERS, 0.0), "temperature": 1.0, "members": 1,
+                "ngrams": 0, "ngram_bits": 22}  # fmt: skip
 
 
 def _is_int(x: Any) -> bool:
@@ -72,6 +74,9 @@ class ModelConfig:
     ``weight_drop`` DropConnect on the recurrent weights ``W_hh``, one mask per batch
     (Merity et al. 2018, AWD-LSTM). ``temperature`` > 0 divides the logits before the
     sigmoid or softmax (set by training's calibration on the validation split; 1 is none).
+    ``members`` recurrent models whose logits are averaged (an ensemble); ``ngrams`` N > 0:
+    a word n-gram head of orders 1..N hashed into 2^``ngram_bits`` buckets adds its logits
+    (``pipeline.ngrams``; 0: none).
 
     Raises ConfigError for any invalid value.
 
@@ -93,18 +98,22 @@ class ModelConfig:
     weight_drop: float = 0.0
     temperature: float = 1.0
     members: int = 1
+    ngrams: int = 0
+    ngram_bits: int = 22
 
     format_version = FORMAT_VERSION  # class constant, not a field
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ConfigError(f"unknown cell {self.cell!r}: expected one of lstm, gru, rnn")
-        minimums = {"embed_dim": 1, "hidden_dim": 1, "num_layers": 1, "vocab_size": 2, "max_len": 1,
-                    "members": 1}  # fmt: skip
-        for name, low in minimums.items():
+        bounds = {"embed_dim": (1, None), "hidden_dim": (1, None), "num_layers": (1, None),
+                  "vocab_size": (2, None), "max_len": (1, None), "members": (1, None),
+                  "ngrams": (0, MAX_NGRAMS), "ngram_bits": (8, 28)}  # fmt: skip
+        for name, (low, high) in bounds.items():
             value = getattr(self, name)
-            if not _is_int(value) or value < low:
-                raise ConfigError(f"model option {name} must be an integer >= {low}, got {value!r}")
+            if not _is_int(value) or value < low or (high is not None and value > high):
+                within = f">= {low}" if high is None else f"in {low}..{high}"
+                raise ConfigError(f"model option {name} must be an integer {within}, got {value!r}")
             object.__setattr__(self, name, int(value))
         if not isinstance(self.bidirectional, bool | np.bool_):
             raise ConfigError(f"bidirectional must be true or false, got {self.bidirectional!r}")
@@ -156,8 +165,11 @@ class ModelConfig:
         """JSON-ready dict of every field (``classes`` as a list)."""
         d = dataclasses.asdict(self)
         d["classes"] = list(self.classes)
-        if self.members == 1:  # a single model's config (and fingerprint) as before ensembles
+        # a model without them: its config (and fingerprint) as before ensembles and heads
+        if self.members == 1:
             del d["members"]
+        if self.ngrams == 0:
+            del d["ngrams"], d["ngram_bits"]
         return d
 
     @classmethod
@@ -204,7 +216,9 @@ class TrainConfig:
     kept, and save that model with the temperature just fitted (only when the validation
     rows were held out of the training data; the validation figures stay the first
     model's); ``ensemble`` save the refit and the first model together, their logits
-    averaged (two recurrences per review when scoring; needs the refit); ``threads`` for the
+    averaged (two recurrences per review when scoring; needs the refit); ``ngrams`` N > 0:
+    fit a word n-gram head of orders 1..N beside the recurrent model and mix the two on the
+    validation rows (``pipeline.ngrams``; 0: the recurrent model alone); ``threads`` for the
     kernels (None: leave as is); ``backend`` cpu|reference|cuda.
 
     Raises ConfigError for invalid values.
@@ -234,16 +248,19 @@ class TrainConfig:
     calibrate: bool = True
     refit: bool = True
     ensemble: bool = False
+    ngrams: int = 2
     threads: int | None = None
     backend: str = "cpu"
 
     def __post_init__(self) -> None:
         ints = {"epochs": 1, "batch_size": 1, "warmup_steps": 0, "patience": 0, "num_words": 1,
-                "word_vectors": 0, "freeze_epochs": 0}  # fmt: skip
+                "word_vectors": 0, "freeze_epochs": 0, "ngrams": 0}  # fmt: skip
         for name, low in ints.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.ngrams > MAX_NGRAMS:
+            raise ConfigError(f"ngrams must be at most {MAX_NGRAMS}, got {self.ngrams}")
         if not (isinstance(self.lr, int | float) and self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         if self.optimizer.lower() not in ("adam", "adamw", "sgd"):

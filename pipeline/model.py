@@ -46,6 +46,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from pipeline import ngrams
 from pipeline.batching import sorted_batches
 from pipeline.config import FORMAT_VERSION, POOLINGS, ModelConfig
 from pipeline.encoder import (
@@ -89,6 +90,9 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     one = dict(shapes)
     for k in range(1, config.members):  # an ensemble's other members: the same shapes
         shapes.update({_member_name(k, name): shape for name, shape in one.items()})
+    if config.ngrams:  # the word n-gram head (pipeline.ngrams)
+        shapes["ngram.W"] = (1 << config.ngram_bits, config.num_outputs)
+        shapes["ngram.b"] = (config.num_outputs,)
     return shapes
 
 
@@ -240,12 +244,13 @@ class Model:
         self._members = None
 
     def members(self) -> list[Model]:
-        """An ensemble's members, each a single model over its own weights (the arrays are
-        shared, not copied); ``[self]`` for a single model."""
-        if self.config.members == 1:
+        """The recurrent models whose logits are averaged, each over its own weights (the
+        arrays are shared, not copied), without the n-gram head; ``[self]`` for a single
+        model without one."""
+        if self.config.members == 1 and not self.config.ngrams:
             return [self]
         if self._members is None:
-            cfg = dataclasses.replace(self.config, members=1)
+            cfg = dataclasses.replace(self.config, members=1, ngrams=0)
             self._members = [
                 Model(
                     cfg,
@@ -293,8 +298,8 @@ class Model:
         Example: ``logits, _ = model.forward(tokens, training=False)``.
         """
         cfg, k, p = self.config, self.kernels, self.params
-        if cfg.members > 1:
-            raise ConfigError("an ensemble has no training pass: use members() for its models")
+        if cfg.members > 1 or cfg.ngrams:
+            raise ConfigError("only a recurrent model has a training pass: use members()")
         hs, enc = encoder_forward(cfg, p, k, tokens, training, rng, input_scale)
         offsets = tokens.offsets
         feats = np.concatenate(
@@ -357,19 +362,8 @@ class Model:
                     picked[mode][d] = part
                 else:  # mean: every token's row
                     dhs[d] = k.pool_backward(part, enc.hs[d], enc.offsets, mode, reverse=d == "bwd")
-        grads.update(
-            encoder_backward(
-                cfg,
-                p,
-                k,
-                cache.encoder,
-                dhs,
-                picked["last"],
-                sparse_embedding,
-                weights,
-                maxes=picked["max"],
-            )  # fmt: skip
-        )
+        grads.update(encoder_backward(cfg, p, k, enc, dhs, picked["last"], sparse_embedding,
+                                      weights, maxes=picked["max"]))  # fmt: skip
         as_rows = {"embedding"} if sparse_embedding else set()  # already a RowGrad
         out = {
             name: grads[name] if name in as_rows else np.ascontiguousarray(grads[name], self.dtype)
@@ -444,11 +438,15 @@ class Model:
 
     def logits(self, tokens: TokenIds) -> np.ndarray:
         """Inference logits [n, C'] (folded-table fast path for one-layer models); an
-        ensemble's, the mean of its members'."""
+        ensemble's, the mean of its members'; plus the n-gram head's, if any."""
         cfg, p = self.config, self.params
-        if cfg.members > 1:
+        if cfg.members > 1 or cfg.ngrams:
             parts = [m.logits(tokens).astype(np.float64) for m in self.members()]
-            return (sum(parts) / len(parts)).astype(self.dtype)
+            z = sum(parts) / len(parts)
+            if cfg.ngrams:
+                feats = ngrams.features(tokens, cfg.ngrams, cfg.ngram_bits)
+                z += ngrams.head_logits(feats, p["ngram.W"], p["ngram.b"])
+            return z.astype(self.dtype)
         if cfg.num_layers != 1:
             return self.forward(tokens, training=False)[0]
         tables = self._folded_tables()

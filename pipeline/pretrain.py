@@ -41,7 +41,7 @@ import numpy as np
 
 from pipeline import io
 from pipeline.batching import length_bucketed_batches
-from pipeline.checkpoint import read_state_dir, write_checkpoint
+from pipeline.checkpoint import check_outputs, read_state_dir, write_checkpoint
 from pipeline.config import EncoderConfig, PretrainConfig
 from pipeline.encoder import encoder_backward, encoder_forward, encoder_shapes, init_encoder_params
 from pipeline.errors import ConfigError, InputError, ModelFormatError, RunError
@@ -342,22 +342,6 @@ def _perplexity(
     return {d: float(math.exp(min(nll[d] / max(count, 1), 700.0))) for d in ec.directions}
 
 
-def _check_outputs(out_dir: Path, ckpt: Path, files: Sequence[Path]) -> None:
-    from pipeline.model import check_model_target
-
-    check_model_target(out_dir)
-    if os.path.lexists(ckpt) and not (ckpt / "stamp.json").is_file():
-        raise ConfigError(
-            f"{ckpt} exists and is not an rnnpipe pretraining checkpoint: move it away or "
-            f"choose another --out"
-        )
-    for f in files:
-        for target in (out_dir, ckpt):
-            if io.is_inside(f, target):
-                raise ConfigError(f"input {f} lies inside {target}: choose another --out")
-    io.check_writable(out_dir)
-
-
 @dataclass
 class _LMRun:
     """One pretraining run: what every epoch works on."""
@@ -537,7 +521,7 @@ def pretrain(
     files = io.resolve_inputs(sources)
     for f in files:
         _text_column(f, text_col)  # every file has its text column, before any work
-    _check_outputs(out_dir, ckpt, files)
+    check_outputs(out_dir, ckpt, files, "stamp.json")
     if pc.threads is not None:
         set_threads(pc.threads)
     run = _start(files, text_col, ec, pc, ckpt, resume, emit)

@@ -6,11 +6,12 @@ text (``pipeline.word2vec``), then runs epochs of length-bucketed shuffled minib
 Adam (or SGD), gradient clipping and a learning-rate schedule. After each epoch it
 validates, keeps the best weights (early stopping on validation loss, when asked) and
 writes a checkpoint (``pipeline.checkpoint``) from which ``resume=True`` continues bit for
-bit. Then it fits the scores' temperature on the validation rows and, when those rows were
-held out of the training data, trains again from the same starting weights on all the
-rows for the same epochs (``refit``: the held-out tenth is worth about 0.6 points on
-IMDB) before saving the model atomically with ``metrics.json`` and ``history.csv``. Four
-parts: ``_build``, ``_fit``, ``_keep_and_calibrate``, ``_refit``.
+bit. Then it fits the scores' temperature on the validation rows (or the word n-gram
+head's mix with the model, ``pipeline.ngrams``) and, when those rows were held out of the
+training data, trains again from the same starting weights on all the rows for the same
+epochs (``refit``: the held-out tenth is worth about 0.6 points on IMDB) before saving the
+model atomically with ``metrics.json`` and ``history.csv``. Five parts: ``_build``,
+``_fit``, ``_keep_and_calibrate``, ``_head``, ``_refit``.
 
 The library prints nothing: pass ``progress`` to receive ``pipeline.events`` events.
 
@@ -38,11 +39,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline import io, report
+from pipeline import io, ngrams, report
 from pipeline.batching import length_bucketed_batches
 from pipeline.checkpoint import (
     CHECKPOINT_VERSION,
     LoopState,
+    check_outputs,
     check_resumable,
     checkpoint_dir_for,
     read_checkpoint,
@@ -62,30 +64,15 @@ from pipeline.events import (
     WordVectorsDone,
 )
 from pipeline.metrics import accuracy, evaluate_probs, fit_temperature, log_loss
-from pipeline.model import Model, check_model_target, ensemble, init_params, probabilities
-from pipeline.optim import (
-    LRSchedule,
-    WeightAverage,
-    clip_global_norm,
-    make_optimizer,
-)
+from pipeline.model import Model, ensemble, init_params, probabilities
+from pipeline.optim import LRSchedule, WeightAverage, clip_global_norm, make_optimizer
 from pipeline.pretrain import Encoder, is_encoder_dir, load_encoder
 from pipeline.runtime import set_threads
 from pipeline.text import TokenIds, Tokenizer
 from pipeline.word2vec import load_embeddings, word_vectors
 
-__all__ = [
-    "BatchDone",
-    "DataReady",
-    "EpochEnd",
-    "EpochStart",
-    "TrainConfig",
-    "TrainResult",
-    "checkpoint_dir_for",
-    "evaluate",
-    "load_embeddings",
-    "train",
-]
+__all__ = ["BatchDone", "DataReady", "EpochEnd", "EpochStart", "TrainConfig", "TrainResult",
+           "checkpoint_dir_for", "evaluate", "load_embeddings", "train"]  # fmt: skip
 
 
 @dataclass
@@ -100,28 +87,6 @@ class TrainResult:
     stopped_early: bool
     checkpoint_dir: Path
     embedding_coverage: float | None = None
-
-
-def _check_outputs(out_dir: Path, ckpt: Path, data_paths: Any, valid_paths: Any) -> None:
-    """Before any work: the model directory and its checkpoint may only replace what rnnpipe
-    wrote there, must not hold the training or validation data, and must be writable."""
-    check_model_target(out_dir)
-    if os.path.lexists(ckpt) and not (ckpt.is_dir() and (ckpt / "state.json").is_file()):
-        raise ConfigError(
-            f"{ckpt} exists and is not an rnnpipe checkpoint (no state.json): it is where the "
-            f"checkpoint of --out {out_dir.name} goes; move it away or choose another --out"
-        )
-    for sources in (data_paths, valid_paths):
-        if sources is None:
-            continue
-        for f in io.resolve_inputs(sources):
-            for target in (out_dir, ckpt):
-                if io.is_inside(f, target):
-                    raise ConfigError(
-                        f"input {f} lies inside {target}, which training replaces: "
-                        f"choose another --out"
-                    )
-    io.check_writable(out_dir)
 
 
 # --------------------------------------------------------------------------- train
@@ -559,6 +524,31 @@ def _keep_and_calibrate(run: _Run) -> tuple[int, dict[str, Any]]:
     return kept, metrics
 
 
+def _head(run: _Run, metrics: dict[str, Any]) -> tuple[ngrams.Head, ngrams.Mix, dict[str, Any]]:
+    """The n-gram head fitted on the first model's training rows, mixed with the model on
+    its validation rows (the mix replaces the temperature). The metrics become the mixed
+    model's; the recurrent model's alone stay under ``recurrent``."""
+    tc, split, first = run.tc, run.split, run.model
+    classes, bits = first.config.classes, ngrams.table_bits(first.config.num_outputs)
+    head = ngrams.fit_head(run.train_tokens, split.y_train, len(classes), tc.ngrams, bits)
+    if split.y_valid.size == 0 or not tc.calibrate:
+        return head, ngrams.Mix(), metrics
+    z = ngrams.head_logits(ngrams.features(run.valid_tokens, tc.ngrams, bits), head.W, head.b)
+    mix = ngrams.fit_mix(split.y_valid, first.predict_logits(run.valid_tokens), z)
+    probs = ngrams.attach(first, head, mix).predict_proba(run.valid_tokens)
+    mixed = evaluate_probs(split.y_valid, probs, classes)
+    mixed["calibration"] = {**metrics.get("calibration", {}), **dataclasses.asdict(mix)}
+    mixed["ngrams_alone"] = {"accuracy": accuracy(split.y_valid, probabilities(z).argmax(1))}
+    return head, mix, {**mixed, "recurrent": metrics}
+
+
+def _every_row(run: _Run) -> tuple[TokenIds, np.ndarray]:
+    """The training rows and the validation rows, tokens and labels (what a refit sees)."""
+    split = run.split
+    tokens = TokenIds.concat([run.train_tokens, run.valid_tokens])
+    return tokens, np.concatenate([split.y_train, split.y_valid])
+
+
 def _refit(run: _Run, epochs: int, emit: Callable[[ProgressEvent], None]) -> Model:
     """The model trained again from ``run``'s starting weights on its training and
     validation rows together, for ``epochs`` (those the first training kept), with the
@@ -573,7 +563,7 @@ def _refit(run: _Run, epochs: int, emit: Callable[[ProgressEvent], None]) -> Mod
     texts = pa.chunked_array(
         split.train_texts.chunks + split.valid_texts.chunks, split.train_texts.type
     )
-    y = np.concatenate([split.y_train, split.y_valid])
+    tokens, y = _every_row(run)  # already encoded
     everything = dataclasses.replace(
         split, train_texts=texts, y_train=y, valid_texts=texts.slice(0, 0), y_valid=y[:0]
     )
@@ -581,7 +571,6 @@ def _refit(run: _Run, epochs: int, emit: Callable[[ProgressEvent], None]) -> Mod
     config = dataclasses.replace(first.config, temperature=1.0)
     params = {k: v.copy() for k, v in run.initial.items()}
     model = Model(config, params, tokenizer=first.tokenizer, backend=tc.backend)
-    tokens = TokenIds.concat([run.train_tokens, run.valid_tokens])  # already encoded
     again = _new_run(tc, model, everything, (tokens, tokens.take(np.arange(0))), None, run.coverage)
     _fit(again, emit)
     _keep_and_calibrate(again)  # the last epoch's weights (or their average); no rows left
@@ -641,11 +630,13 @@ def train(
     word2vec/GloVe text file; ``progress`` receives events.
 
     After the last epoch the model's temperature is fitted on the validation rows (see
-    ``TrainConfig.calibrate``); with ``TrainConfig.refit`` (the default) and validation rows
-    held out of the data, the model is then trained again on all the rows and keeps that
-    temperature (with ``TrainConfig.ensemble``, joined to the first model). It is saved with
-    ``metrics.json`` (validation metrics of the first model after calibration, before it
-    under ``calibration``, and ``refit``) and ``history.csv``. Returns a ``TrainResult``.
+    ``TrainConfig.calibrate``), or with ``TrainConfig.ngrams`` an n-gram head is fitted on
+    the training rows and mixed with the model on the validation rows; with
+    ``TrainConfig.refit`` (the default) and validation rows held out of the data, the model
+    (and head) are then trained again on all the rows and keep that temperature and mix
+    (with ``TrainConfig.ensemble``, joined to the first model). It is saved with
+    ``metrics.json`` (validation metrics of the first model and head, calibration, refit)
+    and ``history.csv``. Returns a ``TrainResult``.
 
     Raises InputError for unreadable or bad data (null or undeclared labels with file,
     column and row; a single class; fewer rows than one batch; an empty input), ConfigError
@@ -660,7 +651,9 @@ def train(
     ckpt = checkpoint_dir_for(out_dir)
     if init_from is not None and (init_embeddings is not None or resume):
         raise ConfigError("init_from cannot be combined with init_embeddings or resume")
-    _check_outputs(out_dir, ckpt, data_paths, valid_paths)
+    sources = [src for src in (data_paths, valid_paths) if src is not None]
+    inputs = [f for src in sources for f in io.resolve_inputs(src)]
+    check_outputs(out_dir, ckpt, inputs, "state.json")
     if tc.threads is not None:
         set_threads(tc.threads)
 
@@ -671,6 +664,8 @@ def train(
     run = _build(req, emit)
     _fit(run, emit)
     kept_epoch, metrics = _keep_and_calibrate(run)
+    if tc.ngrams:
+        head, mix, metrics = _head(run, metrics)
     metrics["best_epoch"] = kept_epoch
     split, loop, model, refit = run.split, run.loop, run.model, None
     if run.initial is not None:
@@ -679,8 +674,12 @@ def train(
         refit = {"rows": int(split.y_train.size + split.y_valid.size), "epochs": epochs}
         if tc.ensemble:  # the refit and the first model, their logits averaged
             model, refit["members"] = ensemble([model, run.model]), 2
+        if tc.ngrams:  # the head too, on every row; the mix stays the first model's
+            head = ngrams.fit_head(*_every_row(run), len(split.classes), tc.ngrams, head.bits)
         # the figures above are the first model's, on rows it never saw
         metrics["refit"] = refit
+    if tc.ngrams:
+        model = ngrams.attach(model, head, mix)
     training_info = _training_info(req, run, kept_epoch, refit)
     metrics["validation"] = split.how
     extra: dict[str, bytes | str] = {

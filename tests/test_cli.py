@@ -115,6 +115,13 @@ def _one_line_error(res, *needles: str, code: int = 2) -> None:
         assert needle in err[0], err[0]
 
 
+def test_bad_ngrams_is_one_line_before_any_work(trained, tmp_path):
+    _, data = trained
+    for value, needle in (("9", "ngrams must be at most 5"), ("-1", "ngrams must be an integer")):
+        _one_line_error(run("train", data, "--out", tmp_path / "m", "--ngrams", value), needle)
+    assert not (tmp_path / "m").exists()
+
+
 def test_missing_path(trained, tmp_path):
     model, _ = trained
     _one_line_error(

@@ -339,5 +339,7 @@ def test_the_report_renders_in_a_real_browser(trained, tmp_path):
     )  # fmt: skip
     dom = proc.stdout
     assert dom.count('class="review"') == 30
-    assert dom.count('<b class="p') + dom.count('<b class="n') > 30  # shaded tokens
+    # shaded tokens: at least the word that decides each toy review (the n-gram head gives
+    # it nearly all of the logit, so it may be the only one)
+    assert dom.count('<b class="p') + dom.count('<b class="n') >= 30
     assert "<svg" in dom

@@ -16,7 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import ngrams
 from pipeline.batching import group_split
+from pipeline.dataset import load_split
 from pipeline.errors import ConfigError, InputError, RunError
 from pipeline.events import RefitStart, WordVectorsDone
 from pipeline.model import Model, init_params
@@ -72,7 +74,9 @@ def binary_file(tmp_path) -> Path:
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(epochs=2, batch_size=16, lr=0.02, backend="reference", patience=0, refit=False)
+    base = dict(
+        epochs=2, batch_size=16, lr=0.02, backend="reference", patience=0, refit=False, ngrams=0
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -245,7 +249,8 @@ def test_resume_refuses_an_incompatible_checkpoint(binary_file, tmp_path):
     assert [r["epoch"] for r in result.history] == [1, 2]
 
 
-def test_multiclass_string_labels_and_balanced_weights(tmp_path):
+@pytest.mark.parametrize("ngrams", [0, 2])
+def test_multiclass_string_labels_and_balanced_weights(tmp_path, ngrams):
     rng = np.random.default_rng(1)
     labels = rng.choice(3, size=300, p=[0.5, 0.3, 0.2]).tolist()
     names = np.array(["negative", "neutral", "positive"])
@@ -255,11 +260,14 @@ def test_multiclass_string_labels_and_balanced_weights(tmp_path):
         path,
         tmp_path / "m",
         {**TINY, "pooling": "last+max"},
-        _config(epochs=4, class_weights="balanced"),
+        _config(epochs=4, class_weights="balanced", ngrams=ngrams),
         label_col="sentiment",
     )
     assert result.model.config.classes == ("negative", "neutral", "positive")
     assert result.model.config.num_outputs == 3
+    if ngrams:  # a head per class, mixed with a shift per class
+        assert result.model.params["ngram.W"].shape == (1 << 21, 3)  # 32 MB at most
+        assert len(result.metrics["calibration"]["shift"]) == 3
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert "roc_auc" not in result.metrics and result.metrics["accuracy"] > 0.8
 
@@ -582,3 +590,71 @@ def test_freeze_epochs_keep_the_encoder_still(binary_file, tmp_path):
     assert updates["l0.fwd.W_hh"] == steps
     with pytest.raises(ConfigError, match="freeze_epochs"):
         TrainConfig(epochs=2, freeze_epochs=2)
+
+
+# --------------------------------------------------------------------------- n-gram head
+
+
+def test_the_ngram_head_is_fitted_beside_the_model_and_mixed_on_the_validation_rows(
+    binary_file, tmp_path
+):
+    overrides = {**TINY, "cell": "gru"}
+    alone = train(binary_file, tmp_path / "alone", overrides, _config())
+    tc = _config(ngrams=2)
+    both = train(binary_file, tmp_path / "both", overrides, tc)
+    w, a = _weights(tmp_path / "both"), _weights(tmp_path / "alone")
+    assert set(w) == set(a) | {"ngram.W", "ngram.b"}
+    for k in a:  # the recurrent model trains as it does without a head
+        np.testing.assert_array_equal(w[k], a[k], err_msg=k)
+    assert both.metrics["recurrent"]["accuracy"] == alone.metrics["accuracy"]
+
+    # the head: fitted on the training rows alone, scaled by the mix the validation rows chose
+    model = Model.load(tmp_path / "both", backend="reference")  # as training ran it
+    split = load_split(binary_file, None, None, "label", None, tc)
+    head = ngrams.fit_head(
+        model.encode(split.train_texts), split.y_train, 2, 2, model.config.ngram_bits
+    )
+    cal = both.metrics["calibration"]
+    assert model.config.temperature == cal["temperature"] and model.config.ngrams == 2
+    np.testing.assert_array_equal(w["ngram.W"], (head.W * cal["beta"]).astype(np.float32))
+    recurrent = model.members()[0]
+    valid = model.encode(split.valid_texts)
+    z = ngrams.head_logits(ngrams.features(valid, 2, head.bits), head.W, head.b)
+    mix = ngrams.fit_mix(split.y_valid, recurrent.predict_logits(valid), z)
+    assert (mix.temperature, mix.beta) == (cal["temperature"], cal["beta"])
+    # the metrics are the mixed model's on the validation rows
+    probs = model.predict_proba(valid)
+    assert both.metrics["accuracy"] == pytest.approx(
+        float((probs.argmax(1) == split.y_valid).mean())
+    )
+    assert both.metrics["ngrams_alone"]["accuracy"] == float(
+        ((z[:, 0] > 0) == split.y_valid).mean()
+    )
+
+
+def test_a_refit_refits_the_head_on_every_row_and_keeps_the_mix(binary_file, tmp_path):
+    overrides = {**TINY, "cell": "gru"}
+    first = train(binary_file, tmp_path / "first", overrides, _config(ngrams=2))
+    tc = _config(ngrams=2, refit=True, ensemble=True)
+    both = train(binary_file, tmp_path / "both", overrides, tc)
+    model = Model.load(tmp_path / "both")
+    assert model.config.members == 2 and model.config.ngrams == 2
+    assert model.config.temperature == first.model.config.temperature
+    split = load_split(binary_file, None, None, "label", None, tc)
+    texts = pa.chunked_array(split.train_texts.chunks + split.valid_texts.chunks)
+    y = np.concatenate([split.y_train, split.y_valid])
+    head = ngrams.fit_head(model.encode(texts), y, 2, 2, model.config.ngram_bits)
+    beta = both.metrics["calibration"]["beta"]
+    np.testing.assert_array_equal(_weights(tmp_path / "both")["ngram.W"], head.W * np.float32(beta))
+    tokens = model.encode(texts)
+    members = [m.predict_logits(tokens).astype(np.float64) for m in model.members()]
+    feats = ngrams.features(tokens, 2, head.bits)
+    want = sum(members) / 2 + ngrams.head_logits(
+        feats, model.params["ngram.W"], model.params["ngram.b"]
+    )
+    np.testing.assert_allclose(model.predict_logits(tokens), want, rtol=1e-5, atol=1e-5)
+    # a warm start from a model with a head starts from its recurrent model alone
+    warm = train(
+        binary_file, tmp_path / "warm", None, _config(epochs=1), init_from=tmp_path / "both"
+    )
+    assert warm.model.config.ngrams == 0 and "ngram.W" not in warm.model.params

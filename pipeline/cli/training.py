@@ -107,6 +107,12 @@ def train(
             help="Save the refit and the first model together, logits averaged (2x scoring)."
         ),
     ] = _T.ensemble,
+    ngrams: Annotated[
+        int,
+        typer.Option(
+            help="Word n-grams of orders 1..N in a linear head beside the model (0: none)."
+        ),
+    ] = _T.ngrams,
     valid: Annotated[list[str] | None, typer.Option(help="Validation file(s) instead.")] = None,
     classes: Annotated[
         str | None, typer.Option(help="Class names in order, comma-separated.")
@@ -126,7 +132,8 @@ def train(
 
     By default: word vectors learned from the training text first (5 epochs of
     skip-gram), then a bidirectional GRU (E=128, H=128) with max pooling over the last 400
-    tokens, 2 epochs of Adam, the scores calibrated on the validation rows, then the same
+    tokens, 2 epochs of Adam; beside it a linear head over the reviews' words and word
+    pairs (NBSVM), mixed with it and calibrated on the validation rows; then the same
     training again on every row (the validation rows too). Pass
     --valid-group when rows come in groups (the reviews of a film) so validation is honest.
     Example: rnnpipe train reviews.parquet --out model/ --valid-group movie
@@ -153,6 +160,7 @@ def train(
         calibrate=calibrate,
         refit=refit,
         ensemble=ensemble,
+        ngrams=ngrams,
         seed=seed,
         class_weights=class_weights,
         num_words=num_words,

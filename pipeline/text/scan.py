@@ -49,8 +49,8 @@ __all__ = [
 # never hold a NUL byte) and its length: most tokens are that short, so hashing is one mix
 # and a lookup compares one integer, touching no byte arrays.
 
-_FNV_PRIME = np.uint64(0x100000001B3)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+FNV_PRIME = np.uint64(0x100000001B3)
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _LOW32 = np.uint64(0xFFFFFFFF)
@@ -141,10 +141,17 @@ def _first8(buf, start, m):
 @njit(cache=True)
 def _token_hash(buf, start, m, word):
     """64-bit hash of the token ``buf[start:start+m]`` whose first 8 bytes are ``word``."""
-    h = word + np.uint64(m) * _GOLDEN
+    h = word + np.uint64(m) * GOLDEN
     for j in range(start + 8, start + m):  # the bytes past the first 8 (long words only)
-        h = (h ^ np.uint64(buf[j])) * _FNV_PRIME
-    h = (h ^ (h >> np.uint64(30))) * _MIX1  # splitmix64's finaliser: good low bits
+        h = (h ^ np.uint64(buf[j])) * FNV_PRIME
+    return mix64(h)
+
+
+@njit(cache=True, inline="always")
+def mix64(h):
+    """splitmix64's finaliser of a uint64 (or, through ``mix64.py_func``, a uint64 array):
+    every input bit reaches the low and the high bits alike."""
+    h = (h ^ (h >> np.uint64(30))) * _MIX1
     h = (h ^ (h >> np.uint64(27))) * _MIX2
     return h ^ (h >> np.uint64(31))
 

@@ -1,0 +1,457 @@
+"""The word n-gram head: a linear classifier over the distinct word n-grams of a review,
+whose logits are added to the recurrent model's.
+
+A recurrent layer reads words in order but summarises a review in a few hundred numbers; a
+linear model over which n-grams occur remembers every phrase it was trained on. On IMDB
+films the model never saw, the two err on different reviews, and their sum beats either
+(docs/accuracy.md). The head is NBSVM's recipe (Wang & Manning 2012, "Baselines and
+Bigrams"): each distinct n-gram of orders 1..N present in a review is a binary feature,
+scaled by its naive-Bayes log-count ratio r (how much more often it occurs in one class's
+reviews than in the others'), and logistic regression with an L2 penalty is fitted on those
+scaled features by L-BFGS. N-grams of token ids are hashed into 2^bits buckets, so the head
+needs no n-gram vocabulary: 2^22 for a binary model (16 MB of weights; 2^21 buckets cost
+about 0.2 points on IMDB held-out films), fewer for many classes (``table_bits``).
+
+``train`` fits the head on the rows the recurrent model trained on, then one mix on the
+validation rows: logits = a * recurrent + b * head + c minimising the cross-entropy (a, b > 0;
+it replaces the temperature: T = 1/a). The saved model holds::
+
+    ngram.W  [2^bits, C']   r * weight * (b / a)
+    ngram.b  [C']           (b * bias + c) / a
+
+so its logits are the recurrent model's plus ``head_logits``, before the temperature.
+Every kernel here runs on the CPU (``reference_*`` are their NumPy specifications), on any
+backend: the head costs a hash and a sum per n-gram, against a recurrence per token.
+
+Example::
+
+    head = fit_head(train_tokens, y_train, n_classes=2, order=2, bits=22)
+    z = head_logits(features(valid_tokens, 2, 22), head.W, head.b)      # [n, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numba
+import numpy as np
+
+from pipeline.config import MAX_NGRAMS
+from pipeline.text import TokenIds
+from pipeline.text.scan import FNV_PRIME, GOLDEN, mix64
+
+__all__ = [
+    "Features",
+    "Head",
+    "HeadProblem",
+    "Mix",
+    "attach",
+    "features",
+    "fit_head",
+    "fit_mix",
+    "head_logits",
+    "table_bits",
+    "token_shares",
+]
+
+TABLE_FLOATS = 1 << 23  # a head's weights at most (32 MB): 2^22 buckets for up to 2 outputs
+SMOOTHING = 1.0  # added to every n-gram's count per class (Laplace), as NBSVM does
+PENALTY_C = 1.0  # C of the L2-penalised loss C * sum(losses) + |w|^2 / 2 (sklearn's meaning)
+
+
+class Features(NamedTuple):
+    """Each review's distinct n-gram buckets, ascending: ``offsets`` int64[n+1], ``buckets``
+    int32[nnz]."""
+
+    offsets: np.ndarray
+    buckets: np.ndarray
+
+
+@dataclass
+class Head:
+    """A fitted head: ``order`` N, ``bits``, ``W`` float32[2^bits, C'] (zero for buckets no
+    training review had), ``b`` float32[C']."""
+
+    order: int
+    bits: int
+    W: np.ndarray
+    b: np.ndarray
+
+
+@dataclass(frozen=True)
+class Mix:
+    """logits = (recurrent + beta * head + shift) / temperature, fitted on validation rows."""
+
+    temperature: float = 1.0
+    beta: float = 1.0
+    shift: tuple[float, ...] = ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashed n-grams
+# ---------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, inline="always")
+def _bucket(ids, j, o, shift):  # pragma: no cover - compiled
+    # the n-gram ids[j:j+o] hashed as the tokenizer hashes a word's bytes (its length
+    # seeds it, FNV's prime per id, splitmix64's finaliser); the top bits pick the bucket
+    h = np.uint64(o) * GOLDEN
+    for t in range(o):
+        h = (h ^ np.uint64(ids[j + t])) * FNV_PRIME
+    return np.int32(mix64(h) >> np.uint64(shift))
+
+
+@numba.njit(cache=True, parallel=True)
+def _row_buckets(ids, offsets, order, shift, starts, out, counts):  # pragma: no cover
+    # each row's n-gram buckets into out[starts[i]:], sorted, duplicates dropped in place
+    for i in numba.prange(offsets.size - 1):
+        a, e, k = offsets[i], offsets[i + 1], starts[i]
+        for o in range(1, order + 1):
+            for j in range(a, e - o + 1):
+                out[k] = _bucket(ids, j, o, shift)
+                k += 1
+        seg = out[starts[i] : k]
+        seg.sort()
+        m = 0
+        for j in range(seg.size):
+            if m == 0 or seg[j] != seg[m - 1]:
+                seg[m] = seg[j]
+                m += 1
+        counts[i] = m
+
+
+@numba.njit(cache=True, parallel=True)
+def _compact(out, starts, offsets, buckets):  # pragma: no cover - compiled
+    for i in numba.prange(offsets.size - 1):
+        m = offsets[i + 1] - offsets[i]
+        buckets[offsets[i] : offsets[i + 1]] = out[starts[i] : starts[i] + m]
+
+
+def table_bits(outputs: int) -> int:
+    """The bucket bits of a head with ``outputs`` logits: 22 for a binary model, fewer for
+    many classes, so the table stays within ``TABLE_FLOATS``. Example: ``table_bits(3) == 21``."""
+    return min(22, (TABLE_FLOATS // outputs).bit_length() - 1)
+
+
+def _occurrences(lengths: np.ndarray, order: int) -> np.ndarray:
+    """int64[n]: how many n-grams of orders 1..order each row holds."""
+    return sum(np.maximum(lengths - (o - 1), 0) for o in range(1, order + 1))
+
+
+def _check(order: int, bits: int) -> None:
+    if not 1 <= order <= MAX_NGRAMS or not 8 <= bits <= 28:
+        raise ValueError(
+            f"n-gram order must be in 1..{MAX_NGRAMS} and bits in 8..28, got {order}, {bits}"
+        )
+
+
+def features(tokens: TokenIds, order: int, bits: int) -> Features:
+    """The distinct buckets of every review's n-grams of orders 1..``order`` (an n-gram is
+    its token ids in order; one never spans two reviews). Example:
+    ``features(model.encode(texts), 2, 22).buckets``."""
+    _check(order, bits)
+    lengths = tokens.lengths
+    starts = np.zeros(len(tokens) + 1, np.int64)
+    np.cumsum(_occurrences(lengths, order), out=starts[1:])
+    out = np.empty(int(starts[-1]), np.int32)
+    counts = np.zeros(len(tokens), np.int64)
+    _row_buckets(tokens.ids, tokens.offsets, order, 64 - bits, starts, out, counts)
+    offsets = np.zeros(len(tokens) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    buckets = np.empty(int(offsets[-1]), np.int32)
+    _compact(out, starts, offsets, buckets)
+    return Features(offsets, buckets)
+
+
+def reference_buckets(tokens: TokenIds, order: int, bits: int) -> list[np.ndarray]:
+    """NumPy specification of ``features``: every n-gram occurrence's bucket, per review, in
+    order (orders 1..N, positions ascending within each order)."""
+    out = []
+    with np.errstate(over="ignore"):
+        for i in range(len(tokens)):
+            seq = tokens[i].astype(np.uint64)
+            parts = []
+            for o in range(1, order + 1):
+                m = max(seq.size - o + 1, 0)
+                h = np.full(m, o, np.uint64) * GOLDEN
+                for t in range(o):
+                    h = (h ^ seq[t : t + m]) * FNV_PRIME
+                parts.append((mix64.py_func(h) >> np.uint64(64 - bits)).astype(np.int32))
+            out.append(np.concatenate(parts) if parts else np.zeros(0, np.int32))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Sums over a review's n-grams and over an n-gram's reviews
+# ---------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, parallel=True)
+def _row_sums(offsets, cols, V, out):  # pragma: no cover - compiled
+    # also the transposed product: by columns, (col_offsets, rows_by_col) are the "rows"
+    for i in numba.prange(offsets.size - 1):
+        for j in range(offsets[i], offsets[i + 1]):
+            for k in range(V.shape[1]):
+                out[i, k] += V[cols[j], k]
+
+
+def row_sums(offsets: np.ndarray, cols: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """float64[n, K]: each row's sum of ``V[cols[j]]`` over its entries (a sparse binary
+    matrix times V)."""
+    out = np.zeros((offsets.size - 1, V.shape[1]))
+    _row_sums(offsets, cols, np.ascontiguousarray(V), out)
+    return out
+
+
+def reference_row_sums(offsets: np.ndarray, cols: np.ndarray, V: np.ndarray) -> np.ndarray:
+    out = np.zeros((offsets.size - 1, V.shape[1]))
+    np.add.at(out, np.repeat(np.arange(offsets.size - 1), np.diff(offsets)), V[cols])
+    return out
+
+
+def head_logits(feats: Features, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float64[n, C']: the head's logits, ``b`` plus the sum of ``W`` over each review's
+    buckets."""
+    return row_sums(feats.offsets, feats.buckets, W) + b
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting
+# ---------------------------------------------------------------------------------------------
+
+
+def _cross_entropy(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Summed cross-entropy of logits z [n, K] (K = 1: a sigmoid) and its gradient."""
+    if z.shape[1] == 1:
+        s = z[:, 0]
+        loss = np.logaddexp(0.0, s) - y * s
+        return float(loss.sum()), (0.5 + 0.5 * np.tanh(0.5 * s) - y)[:, None]
+    shifted = z - z.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    dz = np.exp(logp)
+    dz[np.arange(y.size), y] -= 1.0
+    return float(-logp[np.arange(y.size), y].sum()), dz
+
+
+def minimize(
+    fg: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    x0: np.ndarray,
+    max_iter: int = 300,
+    tol: float = 1e-7,
+    memory: int = 8,
+) -> np.ndarray:
+    """L-BFGS (two-loop recursion, Armijo backtracking) on a smooth function ``fg`` returning
+    (value, gradient); stops when an iteration lowers the value by under ``tol`` relative."""
+    x = np.array(x0, dtype=np.float64)
+    f, g = fg(x)
+    pairs: list[tuple[np.ndarray, np.ndarray, float]] = []  # (s, y, 1 / y.s)
+    for _ in range(max_iter):
+        d = -g
+        alphas = []
+        for s, yv, rho in reversed(pairs):
+            a = rho * (s @ d)
+            alphas.append(a)
+            d -= a * yv
+        if pairs:
+            s, yv, rho = pairs[-1]
+            d *= 1.0 / (rho * (yv @ yv))
+        for (s, yv, rho), a in zip(pairs, reversed(alphas), strict=True):
+            d += s * (a - rho * (yv @ d))
+        slope = g @ d
+        if not slope < 0:  # not a descent direction: start the memory again
+            pairs, d, slope = [], -g, -(g @ g)
+        step = 1.0 if pairs else 1.0 / max(1.0, float(np.abs(g).max()))
+        for _ in range(50):
+            x_new = x + step * d
+            f_new, g_new = fg(x_new)
+            if f_new <= f + 1e-4 * step * slope:
+                break
+            step *= 0.5
+        else:
+            break  # no step lowers the value: at the minimum within float precision
+        s, yv = x_new - x, g_new - g
+        if s @ yv > 1e-12:
+            pairs = [*pairs[-(memory - 1) :], (s, yv, 1.0 / (s @ yv))]
+        done = f - f_new <= tol * max(1.0, abs(f))
+        x, f, g = x_new, f_new, g_new
+        if done:
+            break
+    return x
+
+
+def nb_ratios(counts: np.ndarray) -> np.ndarray:
+    """float64[U, K]: naive-Bayes log-count ratios from ``counts`` [U, C] (reviews of each
+    class holding each n-gram), each smoothed; K = 1 for two classes (class 1 against class
+    0), else each class against the rest. Example: ``nb_ratios(np.array([[1.0, 3.0]]))``."""
+    p = counts + SMOOTHING
+    if counts.shape[1] == 2:
+        q, p = p[:, :1], p[:, 1:]
+    else:
+        q = counts.sum(axis=1, keepdims=True) - counts + SMOOTHING
+    return np.log(p / p.sum(axis=0)) - np.log(q / q.sum(axis=0))
+
+
+@dataclass
+class HeadProblem:
+    """The head's training problem on one set of reviews: the distinct buckets they hold
+    (``used``, ascending) as columns 0..U-1 of a binary matrix stored by rows (``offsets``,
+    ``cols``) and by columns (``col_offsets``, ``rows_by_col``), the ratios ``r`` [U, K],
+    labels ``y`` and the penalty's ``C``."""
+
+    used: np.ndarray
+    offsets: np.ndarray
+    cols: np.ndarray
+    col_offsets: np.ndarray
+    rows_by_col: np.ndarray
+    r: np.ndarray
+    y: np.ndarray
+    C: float
+
+    @classmethod
+    def build(
+        cls, tokens: TokenIds, y: np.ndarray, n_classes: int, order: int, bits: int, C: float
+    ) -> HeadProblem:
+        feats = features(tokens, order, bits)
+        y = np.asarray(y, dtype=np.int64)
+        used, cols = np.unique(feats.buckets, return_inverse=True)
+        cols = cols.astype(np.int64).ravel()
+        rows = np.repeat(np.arange(len(tokens)), np.diff(feats.offsets))
+        counts = np.zeros((used.size, n_classes))
+        np.add.at(counts, (cols, y[rows]), 1.0)
+        col_offsets = np.zeros(used.size + 1, np.int64)
+        np.cumsum(np.bincount(cols, minlength=used.size), out=col_offsets[1:])
+        rows_by_col = rows[np.argsort(cols, kind="stable")]
+        return cls(used, feats.offsets, cols, col_offsets, rows_by_col, nb_ratios(counts), y, C)
+
+    def objective(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """C * (summed cross-entropy) + |w|^2 / 2 and its gradient at x = (w [U, K] flat,
+        bias [K]); the logits are ``b + sum(r * w)`` over each review's columns."""
+        U, K = self.r.shape
+        w, bias = x[: U * K].reshape(U, K), x[U * K :]
+        loss, dz = _cross_entropy(row_sums(self.offsets, self.cols, self.r * w) + bias, self.y)
+        gw = row_sums(self.col_offsets, self.rows_by_col, dz)  # X^T dz, by columns
+        grad = np.concatenate([(self.C * gw * self.r + w).ravel(), self.C * dz.sum(axis=0)])
+        return self.C * loss + 0.5 * float((w * w).sum()), grad
+
+
+def fit_head(
+    tokens: TokenIds, y: np.ndarray, n_classes: int, order: int, bits: int, C: float = PENALTY_C
+) -> Head:
+    """The head fitted on ``tokens`` (as the model reads them) and labels ``y`` (int [n]).
+
+    Only the buckets some review holds get a weight; the rest stay zero. Deterministic.
+    Example: ``fit_head(tokens, y, 2, order=2, bits=22).W.shape  # (4194304, 1)``.
+    """
+    problem = HeadProblem.build(tokens, y, n_classes, order, bits, C)
+    U, K = problem.r.shape
+    x = minimize(problem.objective, np.zeros(U * K + K))
+    W = np.zeros((1 << bits, K), np.float32)
+    W[problem.used] = problem.r * x[: U * K].reshape(U, K)
+    return Head(order, bits, W, x[U * K :].astype(np.float32))
+
+
+def fit_mix(y: np.ndarray, recurrent: np.ndarray, head: np.ndarray) -> Mix:
+    """The mix of two models' logits [n, C'] that minimises the cross-entropy of
+    a * recurrent + b * head + c on held-out rows ``y`` (a, b > 0). Example:
+    ``fit_mix(y_valid, rnn_logits, head_logits).beta``."""
+    y = np.asarray(y, dtype=np.int64)
+    zr, zh = np.asarray(recurrent, np.float64), np.asarray(head, np.float64)
+    K = zr.shape[1]
+
+    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+        a, b = np.exp(x[0]), np.exp(x[1])
+        loss, dz = _cross_entropy(a * zr + b * zh + x[2:], y)
+        return loss, np.array([a * (dz * zr).sum(), b * (dz * zh).sum(), *dz.sum(axis=0)])
+
+    x = minimize(fg, np.zeros(2 + K), tol=1e-10)
+    a, b = float(np.exp(x[0])), float(np.exp(x[1]))
+    return Mix(1.0 / a, b / a, tuple(float(c) / a for c in x[2:]))
+
+
+def attach(model: Any, head: Head, mix: Mix) -> Any:
+    """``model`` (a single or ensemble recurrent model, no head) with ``head`` mixed in: its
+    config records the head and the mix's temperature, ``ngram.W``/``ngram.b`` the head
+    scaled by the mix. Example: ``attach(refit, fit_head(...), fit_mix(...))``."""
+    import dataclasses
+
+    config = dataclasses.replace(
+        model.config, ngrams=head.order, ngram_bits=head.bits, temperature=mix.temperature
+    )
+    shift = np.asarray(mix.shift or np.zeros(head.b.size), np.float64)
+    dtype = model.params["embedding"].dtype  # float64 on the reference backend's checks
+    params = {
+        **model.params,
+        "ngram.W": (head.W * mix.beta).astype(dtype),
+        "ngram.b": (mix.beta * head.b.astype(np.float64) + shift).astype(dtype),
+    }
+    return type(model)(config, params, tokenizer=model.tokenizer, backend=model.backend)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attributions
+# ---------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, parallel=True)
+def _shares(ids, offsets, order, shift, starts, W, coef, out):  # pragma: no cover - compiled
+    # a bucket's weight toward the row's class (coef . W[g]) is split equally among its
+    # occurrences in the review, and each occurrence's part among its tokens
+    for i in numba.prange(offsets.size - 1):
+        a, e = offsets[i], offsets[i + 1]
+        n = starts[i + 1] - starts[i]
+        b = np.empty(n, np.int32)
+        pos = np.empty(n, np.int64)
+        length = np.empty(n, np.int64)
+        k = 0
+        for o in range(1, order + 1):
+            for j in range(a, e - o + 1):
+                b[k], pos[k], length[k] = _bucket(ids, j, o, shift), j, o
+                k += 1
+        perm = np.argsort(b, kind="mergesort")
+        s = 0
+        while s < n:
+            t = s
+            g = b[perm[s]]
+            while t < n and b[perm[t]] == g:
+                t += 1
+            weight = 0.0
+            for c in range(W.shape[1]):
+                weight += coef[i, c] * W[g, c]
+            part = weight / (t - s)
+            for q in range(s, t):
+                m = perm[q]
+                for u in range(length[m]):
+                    out[pos[m] + u] += part / length[m]
+            s = t
+
+
+def token_shares(
+    tokens: TokenIds, order: int, bits: int, W: np.ndarray, coef: np.ndarray
+) -> np.ndarray:
+    """float64[nnz]: each token's share of the head's logit toward ``coef`` [n, C'] (the
+    row's f = coef . logits): a bucket's weight split equally among its occurrences in the
+    review, each occurrence's among its tokens. A row's shares add up to f(review) - f(no
+    n-grams). Example: ``token_shares(tokens, 2, 22, model.params["ngram.W"], coef)``."""
+    _check(order, bits)
+    starts = np.zeros(len(tokens) + 1, np.int64)
+    np.cumsum(_occurrences(tokens.lengths, order), out=starts[1:])
+    out = np.zeros(tokens.nnz)
+    coef = np.ascontiguousarray(coef, dtype=np.float64)
+    _shares(tokens.ids, tokens.offsets, order, 64 - bits, starts, W, coef, out)
+    return out
+
+
+def reference_token_shares(
+    tokens: TokenIds, order: int, bits: int, W: np.ndarray, coef: np.ndarray
+) -> np.ndarray:
+    """NumPy specification of ``token_shares``."""
+    out = np.zeros(tokens.nnz)
+    for i, occurrences in enumerate(reference_buckets(tokens, order, bits)):
+        spans = [(j, o) for o in range(1, order + 1) for j in range(tokens[i].size - o + 1)]
+        times = {g: int((occurrences == g).sum()) for g in set(occurrences.tolist())}
+        for g, (j, o) in zip(occurrences.tolist(), spans, strict=True):
+            out[tokens.offsets[i] + j : tokens.offsets[i] + j + o] += coef[i] @ W[g] / times[g] / o
+    return out
