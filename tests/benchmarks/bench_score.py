@@ -19,10 +19,13 @@ and the modules) happens before the clock starts, after one untimed warm-up run 
   model, ``Model(ModelConfig(cell, E=128, H=128, max_len=256), tokenizer=tok, seed=0)``
   (one direction, last state), or for ``--cells default`` the classifier ``rnnpipe train``
   makes (bidirectional GRU E=H=128, max pooling, the last 400 tokens), its 20,000-word
-  vocabulary fitted on the input, saved once and loaded with ``Model.load``. The PyTorch
-  peer of ``default`` is ``nn.GRU(bidirectional=True)`` with the max over each review's
-  own steps (its padding masked). ``--cells ensemble``: what ``rnnpipe train --ensemble``
-  saves, two such models whose logits are averaged, and the same two on the PyTorch side.
+  vocabulary fitted on the input, and its word n-gram head (bigrams in 2^22 buckets; zero
+  weights, so the scores stay comparable: the hashing and sums cost the same), saved once
+  and loaded with ``Model.load``. The PyTorch peer of ``default`` is
+  ``nn.GRU(bidirectional=True)`` with the max over each review's own steps (its padding
+  masked), without a head: rnnpipe does that work on top. ``--cells ensemble``: what
+  ``rnnpipe train --ensemble`` saves, two such models whose logits are averaged (and the
+  head), and the same two on the PyTorch side.
 * PyTorch, built the way a good engineer would: per file, Polars reads it and tokenizes
   (lowercase, ``<br />`` replaced, ``str.extract_all(r"[a-z0-9']+")``, explode, a left join
   to the SAME vocabulary, OOV = 1, regroup, the last 256 tokens kept); NumPy pre-pads
@@ -179,7 +182,7 @@ def input_files(folder: Path) -> list[Path]:
 
 def child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
     """Fit the vocabulary on the input and save one random-weight model per cell."""
-    from pipeline import io
+    from pipeline import io, ngrams
     from pipeline.kernels.threads import set_threads
     from pipeline.model import Model, ModelConfig, ensemble
     from pipeline.text import Tokenizer
@@ -196,6 +199,13 @@ def child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
             model = Model(config, tokenizer=tok, seed=0)
             if cell == "ensemble":  # what train --ensemble saves: two of them, logits averaged
                 model = ensemble([model, Model(config, tokenizer=tok, seed=1)])
+            # and its word n-gram head, all zeros: every hash and sum is done, the scores
+            # stay the recurrent model's, which the PyTorch peer computes and is checked on
+            K, bits = config.num_outputs, config.ngram_bits
+            head = ngrams.Head(
+                2, bits, np.zeros((1 << bits, K), np.float32), np.zeros(K, np.float32)
+            )
+            model = ngrams.attach(model, head, ngrams.Mix())
             model.save(Path(spec["models"]) / cell)
             continue
         config = ModelConfig(
