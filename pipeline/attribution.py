@@ -145,11 +145,13 @@ def _evaluate(
     counts: np.ndarray,
     alphas: np.ndarray,
     targets: np.ndarray,
+    offset: np.ndarray | None = None,
 ) -> _Copies:
     """Run ``counts[i]`` copies of review i (consecutive in ``alphas``, a review's copies in
     one pass), each with every token's embedding scaled by its alpha: one forward and one
     backward pass per batch of copies. ``targets[i]`` < 0: review i's predicted class, read
-    from the logits of its copy at alpha 1 before the backward pass (filled in place)."""
+    from the logits of its copy at alpha 1 (plus ``offset[i]``, the logits of a part of the
+    model outside the kernels) before the backward pass (filled in place)."""
     lens = tokens.lengths
     copy_review = np.repeat(np.arange(len(tokens)), counts)
     copy_off = np.zeros(copy_review.size + 1, np.int64)
@@ -170,6 +172,8 @@ def _evaluate(
         unknown = np.flatnonzero(targets[group] < 0)
         if unknown.size:  # the argmax of the probabilities, whatever the temperature
             last = z[[at[k] + _copy_at(alphas, first, group[k], 1.0) for k in unknown]]
+            if offset is not None:
+                last = last + offset[group[unknown]]
             picked = (last[:, 0] > 0).astype(np.int64) if quiet.config.binary else last.argmax(1)
             targets[group[unknown]] = picked
         coefs = _coefficients(quiet, targets[copy_review[copies]])
@@ -243,16 +247,17 @@ def _needs_more(gap: float, diff: float, tolerance: float) -> bool:
 
 
 def _integrated_gradients(
-    quiet: Model, tokens: TokenIds, targets: np.ndarray, steps: int, tolerance: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    quiet: Model, tokens: TokenIds, targets: np.ndarray, steps: int, tolerance: float,
+    offset: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Each token's integral [nnz], and per review f(1), f(0), the gap (absolute, signed)
-    and the alphas evaluated (``targets`` filled in place)."""
+    and the alphas evaluated (``targets`` filled in place, see ``_evaluate``)."""
     n, lens = len(tokens), tokens.lengths
     x, w = np.polynomial.legendre.leggauss(steps)
     nodes, weights = (x + 1) / 2, w / 2
     first = np.r_[nodes, 0.0, 1.0]  # the ends weigh nothing in Gauss-Legendre's rule
     m = first.size
-    got = _evaluate(quiet, tokens, np.full(n, m), np.tile(first, n), targets)
+    got = _evaluate(quiet, tokens, np.full(n, m), np.tile(first, n), targets, offset)
     paths = [_Path() for _ in range(n)]
     f1 = got.f[m - 1 :: m].copy()
     f0 = got.f[m - 2 :: m].copy()
@@ -327,24 +332,31 @@ def _occlusion(model: Model, tokens: TokenIds, coef: np.ndarray) -> np.ndarray:
 
 
 def _composite(
-    model: Model, tokens: TokenIds, targets: np.ndarray, method: str, steps: int, tolerance: float
-) -> Explanation:
+    model: Model, tokens: TokenIds, targets: np.ndarray | None, method: str, steps: int,
+    tolerance: float,
+) -> Explanation:  # fmt: skip
     """An ensemble's or a model with an n-gram head: f is the mean of the recurrent
     members' plus the head's, so is every token's attribution (toward the whole model's
     class). The head is linear in which n-grams occur: each token gets its exact share
-    (``pipeline.ngrams.token_shares``), and its baseline is the review without n-grams."""
-    parts = [attributions(m, tokens, targets, method, steps, tolerance) for m in model.members()]
+    (``pipeline.ngrams.token_shares``), and its baseline is the review without n-grams.
+    A single recurrent model's pass finds the class itself, its logits plus the head's."""
+    cfg, head = model.config, None
+    if cfg.ngrams:
+        W, b = model.params["ngram.W"], model.params["ngram.b"].astype(np.float64)
+        head = ngrams.head_logits(ngrams.features(tokens, cfg.ngrams, cfg.ngram_bits), W, b)
+    if targets is None and cfg.members > 1:  # the mean of the members' logits decides
+        targets = model.predict_proba(tokens).argmax(axis=1)
+    parts = [_recurrent(m, tokens, targets, method, steps, tolerance, head)
+             for m in model.members()]  # fmt: skip
+    targets = parts[0].target
     k = len(parts)
     values = sum(p.values.astype(np.float64) for p in parts) / k
     f_x = sum(p.f_x for p in parts) / k
     f_base = sum(p.f_base for p in parts) / k
-    cfg = model.config
-    if cfg.ngrams:
+    if head is not None:
         coef = _coefficients(model, targets)
-        W, b = model.params["ngram.W"], model.params["ngram.b"].astype(np.float64)
         values += ngrams.token_shares(tokens, cfg.ngrams, cfg.ngram_bits, W, coef)
-        feats = ngrams.features(tokens, cfg.ngrams, cfg.ngram_bits)
-        f_x = f_x + (ngrams.head_logits(feats, W, b) * coef).sum(axis=1)
+        f_x = f_x + (head * coef).sum(axis=1)
         f_base = f_base + coef @ b
     gap = parts[0].gap
     if method == "ig":
@@ -376,29 +388,38 @@ def attributions(
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: expected ig, grad or occlusion")
     n = len(tokens)
-    composite = model.config.members > 1 or model.config.ngrams > 0
-    if targets is None and (method == "occlusion" or composite):
-        targets = model.predict_proba(tokens).argmax(axis=1)
-    if composite and method != "occlusion":
-        return _composite(model, tokens, np.asarray(targets), method, steps, tolerance)
-    chosen = np.full(n, -1, np.int64) if targets is None else np.array(targets, dtype=np.int64)
-    nan = np.full(n, np.nan)
     if method == "occlusion":
+        chosen = model.predict_proba(tokens).argmax(axis=1) if targets is None else targets
+        chosen = np.array(chosen, dtype=np.int64)
         coef = _coefficients(model, chosen)
         values = _occlusion(model, tokens, coef)
         f_x = (model.predict_logits(tokens).astype(np.float64) * coef).sum(axis=1)
         evaluations = (tokens.lengths + 1).astype(np.int32)
-        gap = nan.astype(np.float32)
-        return Explanation(values.astype(np.float32), tokens.offsets, chosen, f_x, nan, gap,
-                           evaluations)  # fmt: skip
+        nan = np.full(n, np.nan)
+        return Explanation(values.astype(np.float32), tokens.offsets, chosen, f_x, nan,
+                           nan.astype(np.float32), evaluations)  # fmt: skip
+    if model.config.members > 1 or model.config.ngrams > 0:
+        return _composite(model, tokens, targets, method, steps, tolerance)
+    return _recurrent(model, tokens, targets, method, steps, tolerance)
+
+
+def _recurrent(
+    model: Model, tokens: TokenIds, targets: np.ndarray | None, method: str, steps: int,
+    tolerance: float, offset: np.ndarray | None = None,
+) -> Explanation:  # fmt: skip
+    """ig or grad of one recurrent model, through the kernels (``offset``: see
+    ``_evaluate``)."""
+    n = len(tokens)
+    chosen = np.full(n, -1, np.int64) if targets is None else np.array(targets, dtype=np.int64)
+    nan = np.full(n, np.nan)
     quiet = _quiet(model)
     if method == "grad":
-        got = _evaluate(quiet, tokens, np.ones(n, np.int64), np.ones(n), chosen)
+        got = _evaluate(quiet, tokens, np.ones(n, np.int64), np.ones(n), chosen, offset)
         values = got.grads.astype(np.float32)
         return Explanation(values, tokens.offsets, chosen, got.f, nan, nan.astype(np.float32),
                            np.ones(n, np.int32))  # fmt: skip
     values, f_x, f_base, gaps, evaluations = _integrated_gradients(
-        quiet, tokens, chosen, steps, tolerance
+        quiet, tokens, chosen, steps, tolerance, offset
     )
     gap = (np.abs(gaps) / np.maximum(np.abs(f_x - f_base), 1e-9)).astype(np.float32)
     gap[tokens.lengths == 0] = 0.0

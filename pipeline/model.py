@@ -101,16 +101,17 @@ def _member_name(k: int, name: str) -> str:  # an ensemble's member k >= 1: "m<k
 
 
 def ensemble(models: Sequence[Model]) -> Model:
-    """One model whose logits are the mean of ``models``' (one config, the first one's
-    temperature and tokenizer); ``models[0]``'s weights keep their names, the others' are
-    prefixed ``m1.``, ``m2.``... Example: ``ensemble([refit, first]).predict_proba(tokens)``.
-    """
+    """One model whose logits are the mean of ``models``' (one config without an n-gram
+    head, ``pipeline.ngrams.attach`` adds one after; the first one's temperature and
+    tokenizer); ``models[0]``'s weights keep their names, the others' are prefixed ``m1.``,
+    ``m2.``... Example: ``ensemble([refit, first]).predict_proba(tokens)``."""
     first = models[0]
     single = dataclasses.replace(first.config, members=1)
     params: dict[str, np.ndarray] = {}
     for k, m in enumerate(models):
-        if dataclasses.replace(m.config, temperature=first.config.temperature) != single:
-            raise ConfigError("ensemble members must share one model config")
+        same = dataclasses.replace(m.config, temperature=first.config.temperature) == single
+        if not same or single.ngrams:
+            raise ConfigError("ensemble members must share one model config, without a head")
         params.update({_member_name(k, n): v for n, v in m.params.items()})
     config = dataclasses.replace(single, members=len(models))
     return Model(config, params, tokenizer=first.tokenizer, backend=first.backend)

@@ -182,6 +182,12 @@ def test_a_models_logits_are_its_recurrent_models_plus_the_mixed_head(classes, m
         model.forward(tokens, training=False)
 
 
+def test_an_ensemble_is_of_recurrent_models_its_head_attached_after():
+    model, _, _ = _model_with_head()
+    with pytest.raises(ConfigError, match="without a head"):
+        ensemble([model, model])
+
+
 def test_attach_scales_the_head_by_the_mix():
     model, _, head = _model_with_head()
     np.testing.assert_allclose(model.params["ngram.W"], 0.8 * head.W, rtol=1e-6)
