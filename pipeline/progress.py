@@ -63,7 +63,8 @@ class TrainProgress:
         elif kind == "refit":
             _console.print(
                 f"training again on all {event.rows:,} reviews (the validation rows too) for "
-                f"{event.epochs} epoch{'s' if event.epochs != 1 else ''}, keeping the temperature"
+                f"{event.epochs} epoch{'s' if event.epochs != 1 else ''}, keeping the "
+                "calibration (and the n-gram head's mix)"
             )
         elif kind == "word_vectors":
             _console.print(

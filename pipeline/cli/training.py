@@ -98,7 +98,7 @@ def train(
     refit: Annotated[
         bool,
         typer.Option(
-            help="Then train again on all rows, validation rows too, keeping the temperature."
+            help="Then train again on all rows, validation rows too, keeping the calibration."
         ),
     ] = _T.refit,
     ensemble: Annotated[
