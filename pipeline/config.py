@@ -46,13 +46,14 @@ FORMAT_VERSION = 1
 POOLINGS = ("last", "max", "mean", "last+max", "last+mean", "max+mean", "last+max+mean")
 DIRECTIONS = ("fwd", "bwd")
 MAX_NGRAMS = 5  # the longest word n-gram a head may hash
+NGRAM_BITS, NGRAM_BITS_RANGE = 22, (8, 28)  # a binary model's head: 2^22 buckets
 
 
 # training-only regularisers
 _REGULARISERS = ("word_dropout", "embed_dropout", "weight_drop")
 # fields added after format version 1 first shipped, and their value for older models
 _ADDED_LATER = {**dict.fromkeys(_REGULARISERS, 0.0), "temperature": 1.0, "members": 1,
-                "ngrams": 0, "ngram_bits": 22}  # fmt: skip
+                "ngrams": 0, "ngram_bits": NGRAM_BITS}  # fmt: skip
 
 
 def _is_int(x: Any) -> bool:
@@ -99,7 +100,7 @@ class ModelConfig:
     temperature: float = 1.0
     members: int = 1
     ngrams: int = 0
-    ngram_bits: int = 22
+    ngram_bits: int = NGRAM_BITS
 
     format_version = FORMAT_VERSION  # class constant, not a field
 
@@ -108,7 +109,7 @@ class ModelConfig:
             raise ConfigError(f"unknown cell {self.cell!r}: expected one of lstm, gru, rnn")
         bounds = {"embed_dim": (1, None), "hidden_dim": (1, None), "num_layers": (1, None),
                   "vocab_size": (2, None), "max_len": (1, None), "members": (1, None),
-                  "ngrams": (0, MAX_NGRAMS), "ngram_bits": (8, 28)}  # fmt: skip
+                  "ngrams": (0, MAX_NGRAMS), "ngram_bits": NGRAM_BITS_RANGE}  # fmt: skip
         for name, (low, high) in bounds.items():
             value = getattr(self, name)
             if not _is_int(value) or value < low or (high is not None and value > high):

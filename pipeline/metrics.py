@@ -21,6 +21,7 @@ import numpy as np
 __all__ = [
     "accuracy",
     "confusion_matrix",
+    "cross_entropy",
     "evaluate_probs",
     "expected_calibration_error",
     "f1_macro",
@@ -28,6 +29,8 @@ __all__ = [
     "log_loss",
     "precision_recall_f1",
     "roc_auc",
+    "sigmoid",
+    "log_softmax",
 ]
 
 
@@ -168,15 +171,37 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: in
     return float(np.sum(np.abs(sum_correct - sum_conf)) / y.size)
 
 
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """The logistic function, computed without overflow for any float."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """log of the softmax of each row of ``z`` [n, C], shifted by the row's maximum."""
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's cross-entropy float64[n] and its gradient by the logits [n, C'], for
+    logits [n, C'] (C' = 1: a sigmoid's single logit, binary cross-entropy computed stably;
+    else softmax) and class indices ``y`` [n]. Example: ``loss = cross_entropy(z, y)[0].mean()``.
+    """
+    z, y = np.asarray(logits, dtype=np.float64), np.asarray(y, dtype=np.int64)
+    if z.shape[1] == 1:
+        z1 = z[:, 0]
+        per_row = np.maximum(z1, 0) - z1 * y + np.log1p(np.exp(-np.abs(z1)))
+        return per_row, (sigmoid(z1) - y)[:, None]
+    logp = log_softmax(z)
+    dz = np.exp(logp)
+    dz[np.arange(y.size), y] -= 1.0
+    return -logp[np.arange(y.size), y], dz
+
+
 def _nll_at_scale(y: np.ndarray, z: np.ndarray, a: float) -> float:
     """Mean cross-entropy of logits ``z`` [n, C'] multiplied by ``a`` (C' = 1: sigmoid)."""
-    s = z * a
-    if s.shape[1] == 1:
-        s1 = s[:, 0]
-        return float(np.mean(np.maximum(s1, 0) - s1 * y + np.log1p(np.exp(-np.abs(s1)))))
-    shifted = s - s.max(axis=1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return float(-np.mean(logp[np.arange(y.size), y]))
+    return float(np.mean(cross_entropy(z * a, y)[0]))
 
 
 def fit_temperature(y_true: np.ndarray, logits: np.ndarray) -> float:

@@ -60,6 +60,7 @@ from pipeline.encoder import (
 )
 from pipeline.errors import ConfigError, ModelFormatError, RnnpipeError, RunError
 from pipeline.kernels import BACKENDS, get_backend
+from pipeline.metrics import cross_entropy, log_softmax, sigmoid
 from pipeline.text import TokenIds
 
 __all__ = [
@@ -136,16 +137,6 @@ def init_params(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- numerics
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    shifted = z - z.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
 def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Class probabilities float32 [n, C] from logits [n, C'] divided by ``temperature``: the
     sigmoid of the single logit as column 1 (and its complement as column 0) for a binary
@@ -155,9 +146,9 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """
     z = np.asarray(logits, dtype=np.float64) / temperature
     if z.shape[1] == 1:
-        p1 = _sigmoid(z[:, 0])
+        p1 = sigmoid(z[:, 0])
         return np.stack([1.0 - p1, p1], axis=1).astype(np.float32)
-    return np.exp(_log_softmax(z)).astype(np.float32)
+    return np.exp(log_softmax(z)).astype(np.float32)
 
 
 @numba.njit(cache=True)
@@ -398,16 +389,7 @@ class Model:
         if y.shape != (len(tokens),):
             raise ValueError(f"y must have one label per sequence ({len(tokens)}), got {y.shape}")
         logits, cache = self.forward(tokens, training=True, rng=rng)
-        z = logits.astype(np.float64)
-        if self.config.binary:
-            z1 = z[:, 0]
-            per_row = np.maximum(z1, 0) - z1 * y + np.log1p(np.exp(-np.abs(z1)))
-            dz = (_sigmoid(z1) - y)[:, None]
-        else:
-            logp = _log_softmax(z)
-            per_row = -logp[np.arange(y.size), y]
-            dz = np.exp(logp)
-            dz[np.arange(y.size), y] -= 1.0
+        per_row, dz = cross_entropy(logits, y)
         w = np.ones(y.size) if class_weights is None else np.asarray(class_weights, np.float64)[y]
         total = w.sum()
         loss = float((w * per_row).sum() / total)

@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -38,7 +39,8 @@ from typing import Any, NamedTuple
 import numba
 import numpy as np
 
-from pipeline.config import MAX_NGRAMS
+from pipeline.config import MAX_NGRAMS, NGRAM_BITS, NGRAM_BITS_RANGE
+from pipeline.metrics import cross_entropy
 from pipeline.text import TokenIds
 from pipeline.text.scan import FNV_PRIME, GOLDEN, mix64
 
@@ -133,7 +135,7 @@ def _compact(out, starts, offsets, buckets):  # pragma: no cover - compiled
 def table_bits(outputs: int) -> int:
     """The bucket bits of a head with ``outputs`` logits: 22 for a binary model, fewer for
     many classes, so the table stays within ``TABLE_FLOATS``. Example: ``table_bits(3) == 21``."""
-    return min(22, (TABLE_FLOATS // outputs).bit_length() - 1)
+    return min(NGRAM_BITS, (TABLE_FLOATS // outputs).bit_length() - 1)
 
 
 def _occurrences(lengths: np.ndarray, order: int) -> np.ndarray:
@@ -142,9 +144,11 @@ def _occurrences(lengths: np.ndarray, order: int) -> np.ndarray:
 
 
 def _check(order: int, bits: int) -> None:
-    if not 1 <= order <= MAX_NGRAMS or not 8 <= bits <= 28:
+    low, high = NGRAM_BITS_RANGE
+    if not 1 <= order <= MAX_NGRAMS or not low <= bits <= high:
         raise ValueError(
-            f"n-gram order must be in 1..{MAX_NGRAMS} and bits in 8..28, got {order}, {bits}"
+            f"n-gram order must be in 1..{MAX_NGRAMS} and bits in {low}..{high}, "
+            f"got {order}, {bits}"
         )
 
 
@@ -221,19 +225,6 @@ def head_logits(feats: Features, W: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Fitting
 # ---------------------------------------------------------------------------------------------
-
-
-def _cross_entropy(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Summed cross-entropy of logits z [n, K] (K = 1: a sigmoid) and its gradient."""
-    if z.shape[1] == 1:
-        s = z[:, 0]
-        loss = np.logaddexp(0.0, s) - y * s
-        return float(loss.sum()), (0.5 + 0.5 * np.tanh(0.5 * s) - y)[:, None]
-    shifted = z - z.max(axis=1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    dz = np.exp(logp)
-    dz[np.arange(y.size), y] -= 1.0
-    return float(-logp[np.arange(y.size), y].sum()), dz
 
 
 def minimize(
@@ -331,10 +322,10 @@ class HeadProblem:
         bias [K]); the logits are ``b + sum(r * w)`` over each review's columns."""
         U, K = self.r.shape
         w, bias = x[: U * K].reshape(U, K), x[U * K :]
-        loss, dz = _cross_entropy(row_sums(self.offsets, self.cols, self.r * w) + bias, self.y)
+        per_row, dz = cross_entropy(row_sums(self.offsets, self.cols, self.r * w) + bias, self.y)
         gw = row_sums(self.col_offsets, self.rows_by_col, dz)  # X^T dz, by columns
         grad = np.concatenate([(self.C * gw * self.r + w).ravel(), self.C * dz.sum(axis=0)])
-        return self.C * loss + 0.5 * float((w * w).sum()), grad
+        return self.C * float(per_row.sum()) + 0.5 * float((w * w).sum()), grad
 
 
 def fit_head(
@@ -363,8 +354,9 @@ def fit_mix(y: np.ndarray, recurrent: np.ndarray, head: np.ndarray) -> Mix:
 
     def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
         a, b = np.exp(x[0]), np.exp(x[1])
-        loss, dz = _cross_entropy(a * zr + b * zh + x[2:], y)
-        return loss, np.array([a * (dz * zr).sum(), b * (dz * zh).sum(), *dz.sum(axis=0)])
+        per_row, dz = cross_entropy(a * zr + b * zh + x[2:], y)
+        grad = [a * (dz * zr).sum(), b * (dz * zh).sum(), *dz.sum(axis=0)]
+        return float(per_row.sum()), np.array(grad)
 
     x = minimize(fg, np.zeros(2 + K), tol=1e-10)
     a, b = float(np.exp(x[0])), float(np.exp(x[1]))
@@ -375,8 +367,6 @@ def attach(model: Any, head: Head, mix: Mix) -> Any:
     """``model`` (a single or ensemble recurrent model, no head) with ``head`` mixed in: its
     config records the head and the mix's temperature, ``ngram.W``/``ngram.b`` the head
     scaled by the mix. Example: ``attach(refit, fit_head(...), fit_mix(...))``."""
-    import dataclasses
-
     config = dataclasses.replace(
         model.config, ngrams=head.order, ngram_bits=head.bits, temperature=mix.temperature
     )

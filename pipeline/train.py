@@ -534,9 +534,10 @@ def _head(run: _Run, metrics: dict[str, Any]) -> tuple[ngrams.Head, ngrams.Mix, 
     if split.y_valid.size == 0 or not tc.calibrate:
         return head, ngrams.Mix(), metrics
     z = ngrams.head_logits(ngrams.features(run.valid_tokens, tc.ngrams, bits), head.W, head.b)
-    mix = ngrams.fit_mix(split.y_valid, first.predict_logits(run.valid_tokens), z)
-    probs = ngrams.attach(first, head, mix).predict_proba(run.valid_tokens)
-    mixed = evaluate_probs(split.y_valid, probs, classes)
+    recurrent = first.predict_logits(run.valid_tokens)
+    mix = ngrams.fit_mix(split.y_valid, recurrent, z)
+    logits = recurrent + mix.beta * z + np.asarray(mix.shift)  # what attach(first, ...) gives
+    mixed = evaluate_probs(split.y_valid, probabilities(logits, mix.temperature), classes)
     mixed["calibration"] = {**metrics.get("calibration", {}), **dataclasses.asdict(mix)}
     mixed["ngrams_alone"] = {"accuracy": accuracy(split.y_valid, probabilities(z).argmax(1))}
     return head, mix, {**mixed, "recurrent": metrics}

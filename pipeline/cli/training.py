@@ -108,10 +108,7 @@ def train(
         ),
     ] = _T.ensemble,
     ngrams: Annotated[
-        int,
-        typer.Option(
-            help="Word n-grams of orders 1..N in a linear head beside the model (0: none)."
-        ),
+        int, typer.Option(help="A linear head on word n-grams of orders 1..N (0: none).")
     ] = _T.ngrams,
     valid: Annotated[list[str] | None, typer.Option(help="Validation file(s) instead.")] = None,
     classes: Annotated[
