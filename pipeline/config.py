@@ -202,7 +202,8 @@ class TrainConfig:
     stop early and keep the last epoch's weights); ``valid_frac`` held-out
     share when no validation files are given (0: train on every row, no validation);
     ``valid_group`` a column whose groups (a film, a user) are held out whole, so no group is
-    on both sides (None: rows are held out one by one, stratified by class); ``seed`` for
+    on both sides (None: rows are held out stratified by class, each row that repeats or
+    lies inside another on that row's side, ``pipeline.overlap``); ``seed`` for
     the split, initialisation and shuffling; ``class_weights`` none|balanced;
     ``num_words`` tokenizer vocabulary size; ``word_vectors`` epochs of skip-gram word
     vectors learned from the training text before training, which then start the

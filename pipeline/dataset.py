@@ -4,7 +4,9 @@
 ``--valid-group``), labels as strings, refusing nulls, non-integer numbers, empty strings
 and labels that differ only in case, with file, column and row. ``load_split`` turns that
 into training and validation rows: validation files, no validation (``valid_frac`` 0),
-whole groups held out (``batching.group_split``) or a stratified share of the rows.
+whole groups held out (``batching.group_split``) or a stratified share of the rows in which
+a row that repeats or lies inside another (a phrase cut from a sentence) stays on that
+row's side (``overlap.containment_groups``).
 
 Example::
 
@@ -28,6 +30,7 @@ from pipeline import io
 from pipeline.batching import group_split, stratified_split
 from pipeline.config import TrainConfig
 from pipeline.errors import InputError
+from pipeline.overlap import containment_groups
 from pipeline.text import TokenIds
 
 __all__ = ["LabelledData", "Split", "fingerprint_data", "label_indices", "load_split",
@@ -186,6 +189,31 @@ class Split:
     how: dict[str, Any] | None = None  # how the validation rows were chosen (metrics.json)
 
 
+def _split_rows(
+    data: LabelledData, y: np.ndarray, tc: TrainConfig
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(train rows, validation rows, how) for ``--valid-group``'s groups or, without one, a
+    stratified split that keeps each row with any row that repeats or holds it."""
+    if data.groups is not None:
+        train_idx, valid_idx = group_split(data.groups, y, tc.valid_frac, tc.seed)
+        return (
+            train_idx,
+            valid_idx,
+            {
+                "kind": "group",
+                "column": tc.valid_group,
+                "train_groups": int(np.unique(data.groups[train_idx]).size),
+                "valid_groups": int(np.unique(data.groups[valid_idx]).size),
+            },
+        )
+    heads = containment_groups(data.texts)
+    contained = int(np.count_nonzero(heads != np.arange(heads.size)))
+    if contained == 0 or np.unique(heads).size < 2:
+        return *stratified_split(y, tc.valid_frac, tc.seed), {"kind": "stratified"}
+    train_idx, valid_idx = group_split(heads, y, tc.valid_frac, tc.seed)
+    return train_idx, valid_idx, {"kind": "stratified", "contained_rows": contained}
+
+
 def load_split(
     data_paths: Any,
     valid_paths: Any,
@@ -216,17 +244,7 @@ def load_split(
     elif tc.valid_frac == 0:  # train on everything; no validation
         split = Split(data.texts, y_all, data.texts.slice(0, 0), y_all[:0], declared, files, None)
     else:
-        if data.groups is not None:
-            train_idx, valid_idx = group_split(data.groups, y_all, tc.valid_frac, tc.seed)
-            split_info = {
-                "kind": "group",
-                "column": tc.valid_group,
-                "train_groups": int(np.unique(data.groups[train_idx]).size),
-                "valid_groups": int(np.unique(data.groups[valid_idx]).size),
-            }
-        else:
-            train_idx, valid_idx = stratified_split(y_all, tc.valid_frac, tc.seed)
-            split_info = {"kind": "stratified"}
+        train_idx, valid_idx, split_info = _split_rows(data, y_all, tc)
         split = Split(
             data.texts.take(train_idx), y_all[train_idx],
             data.texts.take(valid_idx), y_all[valid_idx], declared, files, None,

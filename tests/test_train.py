@@ -97,12 +97,14 @@ def test_train_binary_end_to_end(binary_file, tmp_path, backend):
     names = sorted(p.name for p in out.iterdir())
     assert names[:5] == ["config.json", "history.csv", "metrics.json", "vocab.json", "weights.npz"]
     assert result.metrics["accuracy"] >= 0.95 and result.metrics["roc_auc"] >= 0.95
-    assert json.loads((out / "metrics.json").read_text())["n"] == 24  # 10 % held out
+    # about 10 % held out: rows the toy data repeats stay on their first copy's side
+    n_valid = json.loads((out / "metrics.json").read_text())["n"]
+    assert 22 <= n_valid <= 24
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     config = json.loads((out / "config.json").read_text())
-    assert config["classes"] == ["0", "1"] and config["training"]["n_train"] == 216
+    assert config["classes"] == ["0", "1"] and config["training"]["n_train"] == 240 - n_valid
     assert config["tokenizer"]["num_words"] == TrainConfig().num_words
 
     kinds = [type(e) for e in events]

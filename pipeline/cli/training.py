@@ -76,7 +76,8 @@ def train(
     valid_group: Annotated[
         str | None,
         typer.Option(
-            help="Hold out whole groups of this column (a film, a user): none on both sides."
+            help="Hold out whole groups of this column (a film, a user): none on both sides. "
+            "Without it, a row that repeats or lies inside another stays on that row's side."
         ),
     ] = _T.valid_group,
     word_vectors: Annotated[
