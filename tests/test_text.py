@@ -324,15 +324,15 @@ def test_batch_size_independent(fitted, corner_texts):
 
 
 def test_parallel_kernel_equals_serial(fitted, corner_texts):
-    from pipeline.text import scan
+    from pipeline.text import arrow, scan
     from pipeline.text.rules import unicode_tables
 
     arr = pa.array(corner_texts * 3, pa.large_string())
-    buffers = scan.buffers(arr)
+    buffers = arrow.buffers(arr)
     tables = unicode_tables(True)
     want = scan.encode_serial(buffers, tables, fitted._table)
     for chunks in (1, 2, 7, 1000):
-        bounds = scan.chunk_bounds(buffers[0], chunks)
+        bounds = arrow.chunk_bounds(buffers[0], chunks)
         got = scan.encode_parallel(buffers, tables, fitted._table, bounds)
         assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
         assert got[2] == want[2] == 0
@@ -363,7 +363,7 @@ def test_long_words_sharing_first_bytes_and_trailing_apostrophes():
 @pytest.mark.parametrize("dense", ["a ", "a b, ", "é ", "x'y "])
 def test_dense_text_beyond_the_scratch_estimate(dense):
     # ~1 token per 2 bytes overflows the per-chunk estimate (1 per 4): the fallback path
-    from pipeline.text import scan
+    from pipeline.text import arrow, scan
     from pipeline.text.rules import unicode_tables
 
     texts = [dense * 3000, "normal words here", dense * 10, None, dense * 5000]
@@ -371,10 +371,10 @@ def test_dense_text_beyond_the_scratch_estimate(dense):
     want = ids_by_reference(tok, texts)
     assert as_lists(tok.encode(texts)) == want
     arr = pa.array(texts * 5, pa.large_string())
-    buffers = scan.buffers(arr)
+    buffers = arrow.buffers(arr)
     tables = unicode_tables(True)
     for chunks in (1, 3, 8):
-        bounds = scan.chunk_bounds(buffers[0], chunks)
+        bounds = arrow.chunk_bounds(buffers[0], chunks)
         got = scan.encode_parallel(buffers, tables, tok._table, bounds)
         assert got[2] == 0
         assert as_lists(TokenIds(got[0], got[1])) == want * 5
@@ -390,9 +390,9 @@ def test_fit_streamed_batches_equal_one_batch(corner_texts):
 
 
 def test_many_batches_of_python_strings_are_streamed():
-    from pipeline.text import scan
+    from pipeline.text import arrow
 
-    n = scan.TEXT_BATCH + 10
+    n = arrow.TEXT_BATCH + 10
     tok = Tokenizer().fit(f"w{i % 3}" for i in range(n))
     assert tok.counts == [len(range(0, n, 3)), len(range(1, n, 3)), len(range(2, n, 3))]
 

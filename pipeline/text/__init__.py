@@ -9,7 +9,8 @@ The package, one role per module:
 * ``ids``: ``TokenIds``, ``PAD_ID``, ``OOV_ID``.
 * ``rules``: the normalisation rules (``NORMALISATION``), ``reference_tokens`` (the rules in
   plain Python, the oracle) and the Unicode tables the scanners read.
-* ``scan``: the Numba scanners over Arrow ``large_string`` buffers: tokenize, count, encode.
+* ``arrow``: any string input as Arrow ``large_string`` buffers, in bounded batches.
+* ``scan``: the Numba scanners over those buffers: tokenize, count, encode.
 * ``tokenizer``: the ``Tokenizer`` (fit, encode, tokens, decode, save, load).
 
 Example::

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from pipeline.errors import ConfigError, ModelFormatError
 from pipeline.io import atomic_write_text
-from pipeline.text import scan
+from pipeline.text import arrow, scan
 from pipeline.text.ids import PAD_ID, TokenIds
 from pipeline.text.rules import NORMALISATION, unicode_tables
 
@@ -128,8 +128,8 @@ class Tokenizer:
             np.zeros(1 << 11, dtype=np.int64),  # counts
         )
         nkeys = 0
-        for arr in scan.text_batches(texts):
-            table, nkeys = scan.count_words(scan.buffers(arr), tables, table, nkeys)
+        for arr in arrow.text_batches(texts):
+            table, nkeys = scan.count_words(arrow.buffers(arr), tables, table, nkeys)
         _, key_off, key_bytes, counts = table
         counts = counts[:nkeys]
         keep = np.flatnonzero(counts >= self.min_count)
@@ -180,13 +180,13 @@ class Tokenizer:
         tables = self._tables()
         threads = numba.get_num_threads()
         parts = []
-        for arr in scan.text_batches(texts):
-            text = scan.buffers(arr)
+        for arr in arrow.text_batches(texts):
+            text = arrow.buffers(arr)
             offsets = text[0]
-            if threads == 1 or offsets[-1] - offsets[0] < scan.PARALLEL_BYTES:
+            if threads == 1 or offsets[-1] - offsets[0] < arrow.PARALLEL_BYTES:
                 out_offsets, ids, bad = scan.encode_serial(text, tables, self._table)
             else:
-                bounds = scan.chunk_bounds(offsets, 8 * threads)
+                bounds = arrow.chunk_bounds(offsets, 8 * threads)
                 out_offsets, ids, bad = scan.encode_parallel(text, tables, self._table, bounds)
             if bad:
                 raise RuntimeError("tokenizer kernels disagree on token counts: a bug, report it")
@@ -201,8 +201,8 @@ class Tokenizer:
         """
         tables = self._tables()
         out: list[list[str]] = []
-        for arr in scan.text_batches(texts):
-            row_off, tok_off, raw_arr = scan.token_bytes(scan.buffers(arr), tables)
+        for arr in arrow.text_batches(texts):
+            row_off, tok_off, raw_arr = scan.token_bytes(arrow.buffers(arr), tables)
             raw = raw_arr.tobytes()
             toks = [raw[a:b].decode("utf-8") for a, b in itertools.pairwise(tok_off)]
             out.extend(toks[a:b] for a, b in itertools.pairwise(row_off))
@@ -219,8 +219,8 @@ class Tokenizer:
         """
         tables = self._tables()
         rows, starts, ends = [np.zeros(1, np.int64)], [], []
-        for arr in scan.text_batches(texts):
-            r, s, e = scan.token_spans(scan.buffers(arr), tables)
+        for arr in arrow.text_batches(texts):
+            r, s, e = scan.token_spans(arrow.buffers(arr), tables)
             rows.append(r[1:] + rows[-1][-1])
             starts.append(s)
             ends.append(e)
