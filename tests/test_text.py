@@ -168,9 +168,29 @@ RULES_BY_HAND = {
     "mc-visarga": ("\u0915\u0903 \u0903\u0915 \u0903", ["\u0915\u0903", "\u0915"]),
     # தமிழ்: vowel sign I (Mc), virama (Mn)
     "tamil": ("\u0ba4\u0bae\u0bbf\u0bb4\u0bcd", ["\u0ba4\u0bae\u0bbf\u0bb4\u0bcd"]),
-    # U+FE0F is Mn, the keycap U+20E3 is Me (a separator); emoji and skin tones separate
+    # U+FE0F is Mn, the keycap U+20E3 is Me (a separator); skin tones (Sk) separate
     "keycap": ("1\ufe0f\u20e3", ["1\ufe0f"]),
-    "emoji-marks": ("\u2764\ufe0f \U0001f44d\U0001f3fd ok\U0001f600ok", ["ok", "ok"]),
+    # symbols (So: emoji, stars, hearts, (c)) are tokens of their own, never lowercased; a
+    # mark after one starts no token
+    "emoji-marks": (
+        "\u2764\ufe0f \U0001f44d\U0001f3fd ok\U0001f600ok",
+        ["\u2764", "\U0001f44d", "ok", "\U0001f600", "ok"],
+    ),
+    "symbol-runs": (
+        "\u2605\u2605\u2605\u2606\u2606 5/5",
+        ["\u2605"] * 3 + ["\u2606"] * 2 + ["5", "5"],
+    ),
+    "symbol-ends-token": (
+        "loved it\U0001f60d\U0001f60d don't\u2122 \u00a9'a'",
+        ["loved", "it", "\U0001f60d", "\U0001f60d", "don't", "\u2122", "\u00a9", "a"],
+    ),
+    "symbol-not-cased": ("\u24b6 \u24d0", ["\u24b6", "\u24d0"]),
+    "symbol-tags-and-zwj": (
+        "<b>\u2665</b>\U0001f468\u200d\U0001f469 \U0001f1fa\U0001f1f8",
+        ["\u2665", "\U0001f468", "\U0001f469", "\U0001f1fa", "\U0001f1f8"],
+    ),
+    "replacement-characters": ("a\ufffdb\ufffc", ["a", "b"]),
+    "not-symbols": ("a+b=c $5 \u20ac5 \u00b1 \u2192", ["a", "b", "c", "5", "5"]),
     # case: one character's simple lowercase, never a context-dependent or longer one
     "dotted-capital-i": ("\u0130stanbul D\u0130YARBAKIR \u0130", ["istanbul", "diyarbakir", "i"]),
     "dotless-i": ("\u0131l\u0131k I", ["\u0131l\u0131k", "i"]),
@@ -242,6 +262,40 @@ def test_rules_by_hand_without_lowercasing(case):
     text, want = RULES_BY_HAND_CASED[case]
     assert Tokenizer(lowercase=False).tokens([text]) == [want]
     assert reference_tokens(text, lowercase=False) == want
+
+
+# rnnpipe-text-v1 (models trained before symbols became tokens): a symbol is a separator
+RULES_BY_HAND_V1 = {
+    "emoji-marks": ("\u2764\ufe0f \U0001f44d\U0001f3fd ok\U0001f600ok", ["ok", "ok"]),
+    "symbol-runs": ("\u2605\u2605\u2606 5/5", ["5", "5"]),
+    "symbol-ends-token": ("it\U0001f60d\U0001f60dgood", ["it", "good"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RULES_BY_HAND_V1))
+def test_rules_by_hand_version_1(case):
+    text, want = RULES_BY_HAND_V1[case]
+    assert Tokenizer(normalisation="rnnpipe-text-v1").tokens([text]) == [want]
+    assert reference_tokens(text, normalisation="rnnpipe-text-v1") == want
+
+
+def test_symbols_as_dense_as_they_come():
+    # a word character and a symbol, alternating: two tokens per 3 bytes, more than the one
+    # per 2 bytes words alone can reach; every scanner and the parallel path must hold them
+    from pipeline.text import arrow, scan
+
+    texts = ["a\u00a9" * k + "a" for k in (1, 2, 7, 300)] + ["\u00a9" * 5 + "b" * 3]
+    want = [reference_tokens(t) for t in texts]
+    tok = Tokenizer(num_words=None).fit(texts)
+    assert tok.tokens(texts) == want and [len(w) for w in want[:4]] == [3, 5, 15, 601]
+    assert as_lists(tok.encode(texts)) == ids_by_reference(tok, texts)
+    starts = tok.spans(texts)[1]
+    assert starts[:5].tolist() == [0, 1, 2, 0, 1]
+    buffers = arrow.buffers(pa.array(texts * 100, pa.large_string()))
+    got = scan.encode_parallel(
+        buffers, tok._tables(), tok._table, arrow.chunk_bounds(buffers[0], 4)
+    )
+    assert got[2] == 0 and got[0][-1] == 100 * sum(len(w) for w in want)
 
 
 def test_rules_by_hand_in_one_batch():
@@ -483,10 +537,23 @@ def test_save_load_round_trip(tmp_path, corner_texts):
     assert [p.name for p in tmp_path.iterdir()] == ["vocab.json"]  # no temp file left
 
 
+def test_a_version_1_vocabulary_keeps_reading_symbols_as_separators(tmp_path):
+    # a model trained before symbols became tokens must tokenize as it was trained
+    path = tmp_path / "vocab.json"
+    Tokenizer(normalisation="rnnpipe-text-v1").fit(["good \u2605 film", "bad"]).save(path)
+    assert json.loads(path.read_text())["normalisation"] == "rnnpipe-text-v1"
+    old = Tokenizer.load(path)
+    assert old.normalisation == "rnnpipe-text-v1" and old.words == ["bad", "film", "good"]
+    assert old.tokens(["good\u2605\u2605film"]) == [["good", "film"]]
+    assert old.to_config()["normalisation"] == "rnnpipe-text-v1"  # its fingerprint holds
+    new = Tokenizer().fit(["good \u2605 film", "bad"])
+    assert new.tokens(["good\u2605\u2605film"]) == [["good", "\u2605", "\u2605", "film"]]
+
+
 def test_to_config_has_settings_not_words(fitted):
     config = fitted.to_config()
     assert config == {
-        "normalisation": "rnnpipe-text-v1",
+        "normalisation": "rnnpipe-text-v2",
         "num_words": 30,
         "lowercase": True,
         "min_count": 1,
@@ -510,6 +577,7 @@ def _saved(tmp_path, **changes) -> object:
         ({"format": "keras"}, "not an rnnpipe tokenizer"),
         ({"version": 99}, "version 99"),
         ({"normalisation": "other"}, "normalisation"),
+        ({"normalisation": "rnnpipe-text-v1", "words": ["\u2605", "a", "c"]}, "not one normalised"),
         ({"num_words": -1}, "num_words"),
         ({"lowercase": "yes"}, "lowercase"),
         ({"words": ["b", "b", "a"], "counts": [2, 2, 1]}, "twice"),

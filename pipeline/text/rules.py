@@ -1,6 +1,6 @@
 """The text normalisation rules: what a token is, written once.
 
-Normalisation (``NORMALISATION = "rnnpipe-text-v1"``), applied to each text in this order:
+Normalisation (``NORMALISATION = "rnnpipe-text-v2"``), applied to each text in this order:
 
 1. A null or empty text has no tokens.
 2. HTML tags are separators: ``<`` then an optional ``/`` then an ASCII letter, up to the
@@ -9,19 +9,26 @@ Normalisation (``NORMALISATION = "rnnpipe-text-v1"``), applied to each text in t
 3. Every character is one of:
    *word* (``str.isalnum()``: letters and digits of any script, so é, ü, ñ, Cyrillic, CJK),
    *mark* (Unicode category Mn or Mc, i.e. combining accents and Indic vowel signs),
-   *apostrophe* (``'`` U+0027 or ``’`` U+2019, both written as ``'``), or *separator*
-   (everything else: spaces, punctuation, symbols, emoji, ``_``).
+   *apostrophe* (``'`` U+0027 or ``’`` U+2019, both written as ``'``), *symbol* (Unicode
+   category So: emoji, ★, ♥, ©, ™; not the replacement characters U+FFFC and U+FFFD), or
+   *separator* (everything else: spaces, punctuation, ``_``, math and currency signs, emoji
+   skin tones and joiners, bytes that are not UTF-8).
 4. A token is a maximal run of word, mark and apostrophe characters, with the marks and
    apostrophes before its first word character dropped and its trailing apostrophes
    dropped; a run with no word character gives no token. So ``"great!"`` -> ``great``,
    ``don't`` -> ``don't``, ``'quoted'`` -> ``quoted``, ``rock 'n' roll`` -> ``rock n roll``,
-   ``well-made`` -> ``well made``, ``10/10`` -> ``10 10``.
+   ``well-made`` -> ``well made``, ``10/10`` -> ``10 10``. A symbol is a token of its own,
+   written as it is, and ends any token before it: ``"loved it😍😍"`` -> ``loved it 😍 😍``,
+   ``★★★☆☆`` -> five tokens (in reviews and posts they carry sentiment).
 5. With ``lowercase=True`` each character takes its one-character Unicode lowercase
    (``ch.lower()``, or its first character for U+0130 İ -> i). No other normalisation
    (no NFC, no accent stripping: ``café`` and ``cafe`` are different words).
 
 ``reference_tokens`` is these rules in plain Python, the oracle the fast path is tested
 against; ``unicode_tables`` turns them into the tables the scanners (``scan``) read.
+Models and encoders record the rules they were trained with: ``rnnpipe-text-v1``, the rules
+before symbols, read every symbol as a separator, and ``NORMALISATIONS`` lists every version
+this rnnpipe reads (a model keeps tokenizing as it was trained).
 
 Example::
 
@@ -37,45 +44,76 @@ import unicodedata
 
 import numpy as np
 
-__all__ = ["APOS", "MARK", "NORMALISATION", "SEP", "WORD", "reference_tokens", "unicode_tables"]
+__all__ = ["APOS", "MARK", "NORMALISATION", "NORMALISATIONS", "SEP", "SYMBOL", "WORD",
+           "check_normalisation", "reference_tokens", "unicode_tables"]  # fmt: skip
 
-NORMALISATION = "rnnpipe-text-v1"
+NORMALISATION = "rnnpipe-text-v2"
+NORMALISATIONS = ("rnnpipe-text-v1", NORMALISATION)  # v1: symbols are separators
 
 _TAG_RE = re.compile(r"</?[A-Za-z][^<>]*>")
 _APOSTROPHES = "'\u2019"
 _MARK_CATEGORIES = ("Mn", "Mc")
+_SYMBOL_CATEGORY = "So"
+_REPLACEMENTS = "\ufffc\ufffd"  # So, but stand for text lost (invalid UTF-8 decodes to U+FFFD)
 
 # character classes in the scanners' tables
-SEP, WORD, MARK, APOS = 0, 1, 2, 3
+SEP, WORD, MARK, APOS, SYMBOL = 0, 1, 2, 3, 4
 
 
-def reference_tokens(text: str | None, lowercase: bool = True) -> list[str]:
+def check_normalisation(normalisation: str) -> str:
+    """``normalisation`` when this rnnpipe reads it; ValueError naming the versions if not."""
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(
+            f"normalisation {normalisation!r}: this rnnpipe reads {', '.join(NORMALISATIONS)}"
+        )
+    return normalisation
+
+
+def _is_symbol(ch: str) -> bool:
+    return unicodedata.category(ch) == _SYMBOL_CATEGORY and ch not in _REPLACEMENTS
+
+
+def reference_tokens(
+    text: str | None, lowercase: bool = True, normalisation: str = NORMALISATION
+) -> list[str]:
     """The tokens of ``text`` by the module's rules, in plain Python (slow; the test oracle).
 
-    Parameters: ``text`` a string or None; ``lowercase`` as in ``Tokenizer``.
+    Parameters: ``text`` a string or None; ``lowercase`` as in ``Tokenizer``;
+    ``normalisation`` the rules' version (``NORMALISATIONS``).
     Returns the list of tokens (empty for None or "").
 
     >>> reference_tokens("Great!<br />It's a 10/10 'must-see' CAFÉ")
     ['great', "it's", 'a', '10', '10', 'must', 'see', 'café']
+    >>> reference_tokens("loved it😍😍")
+    ['loved', 'it', '😍', '😍']
     """
+    symbols = check_normalisation(normalisation) != "rnnpipe-text-v1"
     if not text:
         return []
     text = _TAG_RE.sub(" ", text)
-    chars = []
+    pieces = []  # runs of word, mark and apostrophe characters; symbols, each on its own
+    run: list[str] = []
     for ch in text:
         if ch.isalnum():
-            chars.append(ch.lower()[0] if lowercase else ch)
+            run.append(ch.lower()[0] if lowercase else ch)
         elif unicodedata.category(ch) in _MARK_CATEGORIES:
-            chars.append(ch)
+            run.append(ch)
         elif ch in _APOSTROPHES:
-            chars.append("'")
+            run.append("'")
         else:
-            chars.append(" ")
+            pieces.append((False, "".join(run)))
+            run = []
+            if symbols and _is_symbol(ch):
+                pieces.append((True, ch))
+    pieces.append((False, "".join(run)))
     tokens = []
-    for run in "".join(chars).split(" "):
+    for symbol, piece in pieces:
+        if symbol:
+            tokens.append(piece)
+            continue
         # drop marks and apostrophes before the first word character, then trailing apostrophes
-        start = next((i for i, ch in enumerate(run) if ch.isalnum()), len(run))
-        token = run[start:].rstrip("'")
+        start = next((i for i, ch in enumerate(piece) if ch.isalnum()), len(piece))
+        token = piece[start:].rstrip("'")
         if token:
             tokens.append(token)
     return tokens
@@ -87,8 +125,11 @@ _TABLE_RANGES = ((0, 0xD800), (0xE000, 0x40000), (0xE0000, 0xE1000))
 
 
 @functools.cache
-def unicode_tables(lowercase: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``classes`` uint8[0x110000] and ``norm`` int32[0x20000] for the kernels (~70 ms, once).
+def unicode_tables(
+    lowercase: bool, normalisation: str = NORMALISATION
+) -> tuple[np.ndarray, np.ndarray]:
+    """``classes`` uint8[0x110000] and ``norm`` int32[0x20000] for the kernels (~70 ms, once
+    per setting), by the rules of version ``normalisation``.
 
     ``norm[cp]`` is the code point written for ``cp`` (lowercase, apostrophe folding);
     code points past ``norm`` map to themselves (no cased letters lie beyond plane 1).
@@ -101,8 +142,14 @@ def unicode_tables(lowercase: bool) -> tuple[np.ndarray, np.ndarray]:
     classes = np.zeros(0x110000, dtype=np.uint8)
     classes[cps[word]] = WORD
     other = cps[~word].tobytes().decode("utf-32-le")
-    marks = [ord(ch) for ch in other if unicodedata.category(ch) in _MARK_CATEGORIES]
+    categories = [unicodedata.category(ch) for ch in other]
+    marks = [ord(ch) for ch, c in zip(other, categories, strict=True) if c in _MARK_CATEGORIES]
     classes[np.array(marks, dtype=np.int64)] = MARK
+    if check_normalisation(normalisation) != "rnnpipe-text-v1":
+        pairs = zip(other, categories, strict=True)
+        symbols = [ord(ch) for ch, c in pairs if c == _SYMBOL_CATEGORY]
+        symbols = [cp for cp in symbols if chr(cp) not in _REPLACEMENTS]
+        classes[np.array(symbols, dtype=np.int64)] = SYMBOL
     for ch in _APOSTROPHES:
         classes[ord(ch)] = APOS
 

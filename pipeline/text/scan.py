@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from pipeline.text.ids import OOV_ID
-from pipeline.text.rules import APOS, SEP, WORD
+from pipeline.text.rules import APOS, SEP, SYMBOL, WORD
 
 __all__ = [
     "count_words",
@@ -172,10 +172,19 @@ def _count_row(data, pos, end, classes):
         cls = classes[cp]
         if cls == WORD:
             started = True
-        elif cls == SEP:
-            count += started
+        elif cls == SEP or cls == SYMBOL:  # a symbol is a token of its own (never ASCII)
+            count += started + (cls == SYMBOL)
             started = False
     return count + started
+
+
+@njit(cache=True)
+def _symbol_token(buf, n, cp, tok_end, tok_word, t):
+    """Write the symbol ``cp`` at ``buf[n]`` as token ``t``; returns where its bytes end."""
+    end = _put_utf8(buf, n, cp)
+    tok_end[t] = end
+    tok_word[t] = _first8(buf, n, end - n)
+    return end
 
 
 @njit(cache=True)
@@ -184,7 +193,7 @@ def _tokenize_row(data, pos, end, classes, norm, buf, tok_end, tok_word):
 
     Token ``i`` is ``buf[tok_end[i-1]:tok_end[i]]`` (from 0 for the first), its normalised
     UTF-8 bytes; ``tok_word[i]`` holds its first 8 bytes. ``buf`` needs 2 bytes per input
-    byte and ``tok_end``/``tok_word`` one slot per 2 input bytes (plus one).
+    byte and ``tok_end``/``tok_word`` two slots per 3 input bytes (plus two: "a©a©a").
     """
     t = 0
     n = 0  # bytes written to buf
@@ -228,13 +237,16 @@ def _tokenize_row(data, pos, end, classes, norm, buf, tok_end, tok_word):
             cp, step = _decode_utf8(data, pos, end)
             cls = classes[cp]
         pos += step
-        if cls == SEP:
+        if cls == SEP or cls == SYMBOL:
             if started:
                 started = False
                 tok_end[t] = keep
                 tok_word[t] = w
                 t += 1
                 n = keep  # drops trailing apostrophes
+            if cls == SYMBOL:  # a token of its own, written as it is
+                n = keep = _symbol_token(buf, n, cp, tok_end, tok_word, t)
+                t += 1
             continue
         if not started:
             if cls != WORD:  # marks and apostrophes before the first word character
@@ -278,8 +290,8 @@ def _scratch(offsets, valid, r0, r1):
         if valid[r]:
             m = max(m, offsets[r + 1] - offsets[r])
     buf = np.empty(2 * m + 8, dtype=np.uint8)
-    tok_end = np.empty(m // 2 + 2, dtype=np.int64)
-    tok_word = np.empty(m // 2 + 2, dtype=np.uint64)
+    tok_end = np.empty(m - m // 3 + 2, dtype=np.int64)
+    tok_word = np.empty(m - m // 3 + 2, dtype=np.uint64)
     return buf, tok_end, tok_word
 
 
@@ -546,7 +558,7 @@ def token_spans(text, tables):
     """Where every token lies in its text, in code points (Python ``str`` indices):
     ``(row_offsets int64[n+1], starts int32[t], ends int32[t])``, token for token as
     ``token_bytes`` and the encoders find them: a token starts at its first word character
-    and ends after its last character that is not an apostrophe."""
+    and ends after its last character that is not an apostrophe; a symbol spans itself."""
     offsets, data, valid = text
     classes, _ = tables
     n = offsets.size - 1
@@ -580,12 +592,16 @@ def token_spans(text, tables):
                 else:
                     cp, step = _decode_utf8(data, pos, end)
                     cls = classes[cp]
-                if cls == SEP:
+                if cls == SEP or cls == SYMBOL:
                     if started:
                         starts[t] = first
                         ends[t] = keep
                         t += 1
                         started = False
+                    if cls == SYMBOL:
+                        starts[t] = ci
+                        ends[t] = ci + 1
+                        t += 1
                 elif started or cls == WORD:
                     if not started:
                         started = True

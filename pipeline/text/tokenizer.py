@@ -32,7 +32,7 @@ from pipeline.errors import ConfigError, ModelFormatError
 from pipeline.io import atomic_write_text
 from pipeline.text import arrow, scan
 from pipeline.text.ids import PAD_ID, TokenIds
-from pipeline.text.rules import NORMALISATION, unicode_tables
+from pipeline.text.rules import NORMALISATION, check_normalisation, unicode_tables
 
 __all__ = ["OOV_TOKEN", "TOKENIZER_FORMAT", "TOKENIZER_FORMAT_VERSION", "Tokenizer"]
 
@@ -45,7 +45,8 @@ class Tokenizer:
     """Words to ids with a frequency-ordered vocabulary (Keras-like; rules in the module doc).
 
     Parameters: ``num_words`` the most words kept (None keeps all), ``lowercase``,
-    ``min_count`` the fewest occurrences for a word to be kept.
+    ``min_count`` the fewest occurrences for a word to be kept, ``normalisation`` the rules'
+    version (``rules.NORMALISATIONS``; a loaded tokenizer keeps the one it was saved with).
     Raises ``ConfigError`` on bad settings.
 
     >>> tok = Tokenizer(num_words=2).fit(["b a a", "c b a"])
@@ -55,7 +56,13 @@ class Tokenizer:
     [2, 3, 1]
     """
 
-    def __init__(self, num_words: int | None = 20000, lowercase: bool = True, min_count: int = 1):
+    def __init__(
+        self,
+        num_words: int | None = 20000,
+        lowercase: bool = True,
+        min_count: int = 1,
+        normalisation: str = NORMALISATION,
+    ):
         if num_words is not None and (
             isinstance(num_words, bool) or not isinstance(num_words, int) or num_words < 1
         ):
@@ -64,6 +71,10 @@ class Tokenizer:
             raise ConfigError(f"min_count must be a positive integer, got {min_count!r}")
         if not isinstance(lowercase, bool):
             raise ConfigError(f"lowercase must be true or false, got {lowercase!r}")
+        try:
+            self.normalisation = check_normalisation(normalisation)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.num_words = num_words
         self.lowercase = lowercase
         self.min_count = min_count
@@ -107,7 +118,7 @@ class Tokenizer:
         return self._words
 
     def _tables(self) -> tuple[np.ndarray, np.ndarray]:
-        return unicode_tables(self.lowercase)
+        return unicode_tables(self.lowercase, self.normalisation)
 
     def fit(self, texts: Any) -> Tokenizer:
         """Count the words of ``texts`` and keep the vocabulary (replacing any previous one).
@@ -258,7 +269,7 @@ class Tokenizer:
     def to_config(self) -> dict[str, Any]:
         """The settings (no words), for a model's config.json."""
         config: dict[str, Any] = {
-            "normalisation": NORMALISATION,
+            "normalisation": self.normalisation,
             "num_words": self.num_words,
             "lowercase": self.lowercase,
             "min_count": self.min_count,
@@ -305,12 +316,11 @@ class Tokenizer:
                 f"{path}: tokenizer format version {doc.get('version')!r}, this rnnpipe reads "
                 f"{TOKENIZER_FORMAT_VERSION}"
             )
-        if doc.get("normalisation") != NORMALISATION:
-            raise ModelFormatError(
-                f"{path}: normalisation {doc.get('normalisation')!r}, expected {NORMALISATION}"
-            )
         try:
-            tok = cls(doc.get("num_words"), doc.get("lowercase"), doc.get("min_count"))
+            tok = cls(
+                doc.get("num_words"), doc.get("lowercase"), doc.get("min_count"),
+                doc.get("normalisation"),
+            )  # fmt: skip
         except ConfigError as exc:
             raise ModelFormatError(f"{path}: {exc}") from None
         words, counts = doc.get("words"), doc.get("counts")
