@@ -13,6 +13,7 @@ __all__ = [
     "DataReady",
     "EpochEnd",
     "EpochStart",
+    "HeadFitted",
     "PretrainEpochEnd",
     "PretrainReady",
     "ProgressEvent",
@@ -78,6 +79,17 @@ class EpochEnd:
 
 
 @dataclass(frozen=True)
+class HeadFitted:
+    """The word n-gram head fitted (``pipeline.ngrams``): after training, and after a refit."""
+
+    order: int
+    bits: int  # 2**bits hashed buckets
+    rows: int
+    seconds: float
+    kind: str = "ngram_head"
+
+
+@dataclass(frozen=True)
 class PretrainReady:
     """Text tokenized into the token store; pretraining is about to start."""
 
@@ -119,6 +131,7 @@ ProgressEvent = (
     | BatchDone
     | EpochEnd
     | RefitStart
+    | HeadFitted
     | PretrainReady
     | PretrainEpochEnd
     | WordVectorsDone

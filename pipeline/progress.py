@@ -71,6 +71,11 @@ class TrainProgress:
                 f"word vectors: {event.epochs} epochs over {event.tokens:,} tokens of the "
                 f"training text in {event.seconds:.0f} s"
             )
+        elif kind == "ngram_head":
+            _console.print(
+                f"word n-gram head: orders 1-{event.order} in 2^{event.bits} buckets, fitted on "
+                f"{event.rows:,} reviews in {event.seconds:.1f} s"
+            )
         elif kind == "pretrain_ready":
             _console.print(
                 f"{event.n_reviews:,} reviews ({event.tokens:,} tokens in {event.windows:,} "

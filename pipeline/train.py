@@ -59,6 +59,7 @@ from pipeline.events import (
     DataReady,
     EpochEnd,
     EpochStart,
+    HeadFitted,
     ProgressEvent,
     RefitStart,
     WordVectorsDone,
@@ -369,16 +370,10 @@ def _weights_and_schedule(
         counts = np.bincount(y_train, minlength=n_classes).astype(np.float64)
         class_weights = np.where(counts > 0, y_train.size / (len(counts) * counts), 0.0)
     steps = tc.epochs * math.ceil(y_train.size / tc.batch_size)
-    schedule = LRSchedule(
-        tc.lr,
-        # a small dataset may have fewer steps than the warm-up asks for: warm up for at most
-        # a tenth of the run rather than refuse the defaults
-        min(tc.warmup_steps, steps // 10),
-        tc.lr_schedule,
-        steps,
-        tc.lr_floor,
-    )
-    return class_weights, schedule
+    # a small dataset may have fewer steps than the warm-up asks for: warm up for at most
+    # a tenth of the run rather than refuse the defaults
+    warmup = min(tc.warmup_steps, steps // 10)
+    return class_weights, LRSchedule(tc.lr, warmup, tc.lr_schedule, steps, tc.lr_floor)
 
 
 def _new_run(
@@ -445,14 +440,12 @@ def _fit(run: _Run, emit: Callable[[ProgressEvent], None]) -> None:
     if run.ckpt is None:
         emit(RefitStart(int(run.split.y_train.size), tc.epochs))
     else:
-        emit(
-            DataReady(
-                n_train=int(run.split.y_train.size), n_valid=int(run.split.y_valid.size),
-                classes=run.model.config.classes, vocab_size=run.model.config.vocab_size,
-                epochs=tc.epochs, batches_per_epoch=run.batches_per_epoch,
-                start_epoch=loop.epoch, embedding_coverage=run.coverage,
-            )
-        )  # fmt: skip
+        emit(DataReady(
+            n_train=int(run.split.y_train.size), n_valid=int(run.split.y_valid.size),
+            classes=run.model.config.classes, vocab_size=run.model.config.vocab_size,
+            epochs=tc.epochs, batches_per_epoch=run.batches_per_epoch,
+            start_epoch=loop.epoch, embedding_coverage=run.coverage,
+        ))  # fmt: skip
     while loop.epoch < tc.epochs and not loop.stopped:
         loop.epoch += 1
         t0 = time.perf_counter()
@@ -479,12 +472,10 @@ def _fit(run: _Run, emit: Callable[[ProgressEvent], None]) -> None:
         loop.stopped = tc.patience > 0 and loop.bad_epochs >= tc.patience and loop.epoch < tc.epochs
         if run.ckpt is not None:
             _save_checkpoint(run)
-        emit(
-            EpochEnd(
-                loop.epoch, tc.epochs, train_loss, valid_loss, valid_acc, row["seconds"],
-                row["tokens_per_s"], improved,
-            )
-        )  # fmt: skip
+        emit(EpochEnd(
+            loop.epoch, tc.epochs, train_loss, valid_loss, valid_acc, row["seconds"],
+            row["tokens_per_s"], improved,
+        ))  # fmt: skip
 
 
 def _keep_and_calibrate(run: _Run) -> tuple[int, dict[str, Any]]:
@@ -524,13 +515,20 @@ def _keep_and_calibrate(run: _Run) -> tuple[int, dict[str, Any]]:
     return kept, metrics
 
 
-def _head(run: _Run, metrics: dict[str, Any]) -> tuple[ngrams.Head, ngrams.Mix, dict[str, Any]]:
+def _fit_head(run: _Run, tokens: TokenIds, y: np.ndarray, emit: Callable) -> ngrams.Head:
+    t0, bits = time.perf_counter(), ngrams.table_bits(run.model.config.num_outputs)
+    head = ngrams.fit_head(tokens, y, len(run.split.classes), run.tc.ngrams, bits)
+    emit(HeadFitted(run.tc.ngrams, bits, int(y.size), time.perf_counter() - t0))
+    return head
+
+
+def _head(run: _Run, metrics: dict, emit: Callable) -> tuple[ngrams.Head, ngrams.Mix, dict]:
     """The n-gram head fitted on the first model's training rows, mixed with the model on
     its validation rows (the mix replaces the temperature). The metrics become the mixed
     model's; the recurrent model's alone stay under ``recurrent``."""
     tc, split, first = run.tc, run.split, run.model
-    classes, bits = first.config.classes, ngrams.table_bits(first.config.num_outputs)
-    head = ngrams.fit_head(run.train_tokens, split.y_train, len(classes), tc.ngrams, bits)
+    head = _fit_head(run, run.train_tokens, split.y_train, emit)
+    classes, bits = first.config.classes, head.bits
     if split.y_valid.size == 0 or not tc.calibrate:
         return head, ngrams.Mix(), metrics
     z = ngrams.head_logits(ngrams.features(run.valid_tokens, tc.ngrams, bits), head.W, head.b)
@@ -666,7 +664,7 @@ def train(
     _fit(run, emit)
     kept_epoch, metrics = _keep_and_calibrate(run)
     if tc.ngrams:
-        head, mix, metrics = _head(run, metrics)
+        head, mix, metrics = _head(run, metrics, emit)
     metrics["best_epoch"] = kept_epoch
     split, loop, model, refit = run.split, run.loop, run.model, None
     if run.initial is not None:
@@ -676,7 +674,7 @@ def train(
         if tc.ensemble:  # the refit and the first model, their logits averaged
             model, refit["members"] = ensemble([model, run.model]), 2
         if tc.ngrams:  # the head too, on every row; the mix stays the first model's
-            head = ngrams.fit_head(*_every_row(run), len(split.classes), tc.ngrams, head.bits)
+            head = _fit_head(run, *_every_row(run), emit)
         # the figures above are the first model's, on rows it never saw
         metrics["refit"] = refit
     if tc.ngrams:

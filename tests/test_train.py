@@ -638,7 +638,11 @@ def test_a_refit_refits_the_head_on_every_row_and_keeps_the_mix(binary_file, tmp
     overrides = {**TINY, "cell": "gru"}
     first = train(binary_file, tmp_path / "first", overrides, _config(ngrams=2))
     tc = _config(ngrams=2, refit=True, ensemble=True)
-    both = train(binary_file, tmp_path / "both", overrides, tc)
+    events = []
+    both = train(binary_file, tmp_path / "both", overrides, tc, progress=events.append)
+    fits = [e for e in events if e.kind == "ngram_head"]  # the first model's head, the refit's
+    assert [(e.order, e.rows) for e in fits] == [(2, 240 - both.metrics["n"]), (2, 240)]
+    assert events.index(fits[0]) < [e.kind for e in events].index("refit") < events.index(fits[1])
     model = Model.load(tmp_path / "both")
     assert model.config.members == 2 and model.config.ngrams == 2
     assert model.config.temperature == first.model.config.temperature
