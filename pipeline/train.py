@@ -41,6 +41,7 @@ import pyarrow as pa
 
 from pipeline import io, ngrams, report
 from pipeline.batching import length_bucketed_batches
+from pipeline.calibration import calibrate, mix_head
 from pipeline.checkpoint import (
     CHECKPOINT_VERSION,
     LoopState,
@@ -64,8 +65,8 @@ from pipeline.events import (
     RefitStart,
     WordVectorsDone,
 )
-from pipeline.metrics import accuracy, evaluate_probs, fit_temperature, log_loss
-from pipeline.model import Model, ensemble, init_params, probabilities
+from pipeline.metrics import accuracy, log_loss
+from pipeline.model import Model, ensemble, init_params
 from pipeline.optim import LRSchedule, WeightAverage, clip_global_norm, make_optimizer
 from pipeline.pretrain import Encoder, is_encoder_dir, load_encoder
 from pipeline.runtime import set_threads
@@ -498,21 +499,7 @@ def _keep_and_calibrate(run: _Run) -> tuple[int, dict[str, Any]]:
     model.clear_cache()
     if split.y_valid.size == 0:
         return kept, {"n": 0, "note": "no validation rows (valid_frac 0): nothing measured"}
-    logits = model.predict_logits(run.valid_tokens)
-    before = evaluate_probs(split.y_valid, probabilities(logits), model.config.classes)
-    if not tc.calibrate:
-        return kept, before
-    temperature = fit_temperature(split.y_valid, logits)
-    model.config = dataclasses.replace(model.config, temperature=temperature)
-    metrics = evaluate_probs(
-        split.y_valid, probabilities(logits, temperature), model.config.classes
-    )
-    metrics["calibration"] = {
-        "temperature": temperature,
-        "log_loss_before": before["log_loss"],
-        "ece_before": before["ece"],
-    }
-    return kept, metrics
+    return kept, calibrate(model, run.valid_tokens, split.y_valid, fit=tc.calibrate)
 
 
 def _fit_head(run: _Run, tokens: TokenIds, y: np.ndarray, emit: Callable) -> ngrams.Head:
@@ -526,19 +513,10 @@ def _head(run: _Run, metrics: dict, emit: Callable) -> tuple[ngrams.Head, ngrams
     """The n-gram head fitted on the first model's training rows, mixed with the model on
     its validation rows (the mix replaces the temperature). The metrics become the mixed
     model's; the recurrent model's alone stay under ``recurrent``."""
-    tc, split, first = run.tc, run.split, run.model
-    head = _fit_head(run, run.train_tokens, split.y_train, emit)
-    classes, bits = first.config.classes, head.bits
-    if split.y_valid.size == 0 or not tc.calibrate:
+    head = _fit_head(run, run.train_tokens, run.split.y_train, emit)
+    if run.split.y_valid.size == 0 or not run.tc.calibrate:
         return head, ngrams.Mix(), metrics
-    z = ngrams.head_logits(ngrams.features(run.valid_tokens, tc.ngrams, bits), head.W, head.b)
-    recurrent = first.predict_logits(run.valid_tokens)
-    mix = ngrams.fit_mix(split.y_valid, recurrent, z)
-    logits = recurrent + mix.beta * z + np.asarray(mix.shift)  # what attach(first, ...) gives
-    mixed = evaluate_probs(split.y_valid, probabilities(logits, mix.temperature), classes)
-    mixed["calibration"] = {**metrics.get("calibration", {}), **dataclasses.asdict(mix)}
-    mixed["ngrams_alone"] = {"accuracy": accuracy(split.y_valid, probabilities(z).argmax(1))}
-    return head, mix, {**mixed, "recurrent": metrics}
+    return head, *mix_head(run.model, head, run.valid_tokens, run.split.y_valid, metrics)
 
 
 def _every_row(run: _Run) -> tuple[TokenIds, np.ndarray]:
