@@ -213,7 +213,8 @@ class TrainConfig:
     epochs at the start in which only the dense layer learns; ``average`` the decay of an
     exponential moving average of the weights, which validation and the saved model use
     (0: off; 0.998 averages about the last 500 steps); ``calibrate`` fit the model's
-    temperature on the validation rows after training; ``refit`` then train again from the
+    temperature on the validation rows after training (those no other row holds, when the
+    split found at least ``dataset.MIN_WHOLE_ROWS``); ``refit`` then train again from the
     same starting weights on the training and validation rows together, for the epochs
     kept, and save that model with the temperature just fitted (only when the validation
     rows were held out of the training data; the validation figures stay the first

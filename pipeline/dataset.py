@@ -6,7 +6,8 @@ and labels that differ only in case, with file, column and row. ``load_split`` t
 into training and validation rows: validation files, no validation (``valid_frac`` 0),
 whole groups held out (``batching.group_split``) or a stratified share of the rows in which
 a row that repeats or lies inside another (a phrase cut from a sentence) stays on that
-row's side (``overlap.containment_groups``).
+row's side (``overlap.containment_groups``) and the validation rows no other row holds are
+marked (``Split.valid_whole``): calibration fits and reports on them.
 
 Example::
 
@@ -33,8 +34,8 @@ from pipeline.errors import InputError
 from pipeline.overlap import containment_groups
 from pipeline.text import TokenIds
 
-__all__ = ["LabelledData", "Split", "fingerprint_data", "label_indices", "load_split",
-           "read_labelled"]  # fmt: skip
+__all__ = ["MIN_WHOLE_ROWS", "LabelledData", "Split", "fingerprint_data", "label_indices",
+           "load_split", "read_labelled"]  # fmt: skip
 
 
 @dataclass
@@ -187,31 +188,40 @@ class Split:
     files: list[Path]
     valid_files: list[Path] | None
     how: dict[str, Any] | None = None  # how the validation rows were chosen (metrics.json)
+    # (n_valid,) bool: the validation rows no other row holds, what calibration fits and
+    # validation reports on (SST-2's sentences, not their phrases); None: every row
+    valid_whole: np.ndarray | None = None
+
+
+MIN_WHOLE_ROWS = 100  # fewer whole texts than this: calibrate on every validation row
 
 
 def _split_rows(
     data: LabelledData, y: np.ndarray, tc: TrainConfig
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(train rows, validation rows, how) for ``--valid-group``'s groups or, without one, a
-    stratified split that keeps each row with any row that repeats or holds it."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray | None]:
+    """(train rows, validation rows, how, whole) for ``--valid-group``'s groups or, without
+    one, a stratified split that keeps each row with any row that repeats or holds it;
+    ``whole`` marks the validation rows no other row holds (None: all of them, or too few
+    of them to calibrate on)."""
     if data.groups is not None:
         train_idx, valid_idx = group_split(data.groups, y, tc.valid_frac, tc.seed)
-        return (
-            train_idx,
-            valid_idx,
-            {
-                "kind": "group",
-                "column": tc.valid_group,
-                "train_groups": int(np.unique(data.groups[train_idx]).size),
-                "valid_groups": int(np.unique(data.groups[valid_idx]).size),
-            },
-        )
+        how = {
+            "kind": "group",
+            "column": tc.valid_group,
+            "train_groups": int(np.unique(data.groups[train_idx]).size),
+            "valid_groups": int(np.unique(data.groups[valid_idx]).size),
+        }
+        return train_idx, valid_idx, how, None
     heads = containment_groups(data.texts)
     contained = int(np.count_nonzero(heads != np.arange(heads.size)))
     if contained == 0 or np.unique(heads).size < 2:
-        return *stratified_split(y, tc.valid_frac, tc.seed), {"kind": "stratified"}
+        return *stratified_split(y, tc.valid_frac, tc.seed), {"kind": "stratified"}, None
     train_idx, valid_idx = group_split(heads, y, tc.valid_frac, tc.seed)
-    return train_idx, valid_idx, {"kind": "stratified", "contained_rows": contained}
+    how = {"kind": "stratified", "contained_rows": contained}
+    whole = heads[valid_idx] == valid_idx
+    if whole.all() or whole.sum() < MIN_WHOLE_ROWS:
+        return train_idx, valid_idx, how, None
+    return train_idx, valid_idx, {**how, "whole_valid_rows": int(whole.sum())}, whole
 
 
 def load_split(
@@ -244,11 +254,11 @@ def load_split(
     elif tc.valid_frac == 0:  # train on everything; no validation
         split = Split(data.texts, y_all, data.texts.slice(0, 0), y_all[:0], declared, files, None)
     else:
-        train_idx, valid_idx, split_info = _split_rows(data, y_all, tc)
+        train_idx, valid_idx, split_info, whole = _split_rows(data, y_all, tc)
         split = Split(
             data.texts.take(train_idx), y_all[train_idx],
             data.texts.take(valid_idx), y_all[valid_idx], declared, files, None,
-            {**split_info, "frac": tc.valid_frac, "seed": tc.seed},
+            {**split_info, "frac": tc.valid_frac, "seed": tc.seed}, whole,
         )  # fmt: skip
     if split.y_train.size < tc.batch_size:
         raise InputError(

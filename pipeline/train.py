@@ -499,7 +499,17 @@ def _keep_and_calibrate(run: _Run) -> tuple[int, dict[str, Any]]:
     model.clear_cache()
     if split.y_valid.size == 0:
         return kept, {"n": 0, "note": "no validation rows (valid_frac 0): nothing measured"}
-    return kept, calibrate(model, run.valid_tokens, split.y_valid, fit=tc.calibrate)
+    return kept, calibrate(model, *_whole(run), fit=tc.calibrate)
+
+
+def _whole(run: _Run) -> tuple[TokenIds, np.ndarray]:
+    """The validation rows calibration fits and reports on: those no other row holds, when
+    the split marked them (SST-2's sentences, not the phrases cut from them: users score
+    whole texts), else every validation row."""
+    keep = run.split.valid_whole
+    if keep is None:
+        return run.valid_tokens, run.split.y_valid
+    return run.valid_tokens.take(np.flatnonzero(keep)), run.split.y_valid[keep]
 
 
 def _fit_head(run: _Run, tokens: TokenIds, y: np.ndarray, emit: Callable) -> ngrams.Head:
@@ -516,7 +526,7 @@ def _head(run: _Run, metrics: dict, emit: Callable) -> tuple[ngrams.Head, ngrams
     head = _fit_head(run, run.train_tokens, run.split.y_train, emit)
     if run.split.y_valid.size == 0 or not run.tc.calibrate:
         return head, ngrams.Mix(), metrics
-    return head, *mix_head(run.model, head, run.valid_tokens, run.split.y_valid, metrics)
+    return head, *mix_head(run.model, head, *_whole(run), metrics)
 
 
 def _every_row(run: _Run) -> tuple[TokenIds, np.ndarray]:
@@ -542,7 +552,12 @@ def _refit(run: _Run, epochs: int, emit: Callable[[ProgressEvent], None]) -> Mod
     )
     tokens, y = _every_row(run)  # already encoded
     everything = dataclasses.replace(
-        split, train_texts=texts, y_train=y, valid_texts=texts.slice(0, 0), y_valid=y[:0]
+        split,
+        train_texts=texts,
+        y_train=y,
+        valid_texts=texts.slice(0, 0),
+        y_valid=y[:0],
+        valid_whole=None,
     )
     assert run.initial is not None
     config = dataclasses.replace(first.config, temperature=1.0)

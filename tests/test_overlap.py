@@ -13,7 +13,7 @@ from conftest import data_dir
 
 from pipeline.batching import stratified_split
 from pipeline.config import TrainConfig
-from pipeline.dataset import load_split
+from pipeline.dataset import MIN_WHOLE_ROWS, load_split
 from pipeline.overlap import containment_groups, reference_containment_groups
 from pipeline.text import Tokenizer
 
@@ -87,6 +87,35 @@ def test_a_validation_row_and_the_longest_row_holding_it_stay_on_one_side(tmp_pa
             assert any(r in valid for r in holders if len(r) == longest), v
     assert held > 20  # the property was tested on rows that have a holder
     assert not set(valid) & set(train) - {()}  # a repeated row is never on both sides
+
+
+def test_whole_validation_rows_are_those_no_other_row_holds(tmp_path):
+    rng = np.random.default_rng(1)
+    texts = _phrases(rng, [f"w{k}" for k in range(40)], 1500, 20)
+    labels = rng.integers(0, 2, len(texts)).astype(np.int8)
+    path = tmp_path / "phrases.parquet"
+    pq.write_table(pa.table({"review": texts, "label": labels}), path)
+    split = load_split(path, None, None, "label", None, TrainConfig(valid_frac=0.2, seed=0))
+    whole = split.valid_whole
+    assert whole is not None and whole.sum() == split.how["whole_valid_rows"] >= MIN_WHOLE_ROWS
+    tok = Tokenizer(num_words=None).fit(pa.array(texts))
+    every = [tuple(r) for r in tok.encode(pa.array(texts)).to_arrow().to_pylist()]
+    valid = [tuple(r) for r in tok.encode(split.valid_texts).to_arrow().to_pylist()]
+
+    def held(v):  # some longer row holds v as a contiguous run
+        n = len(v)
+        return any(len(r) > n and any(r[s : s + n] == v for s in range(len(r) - n + 1))
+                   for r in every)  # fmt: skip
+
+    for v in set(valid):
+        marks = [bool(w) for r, w in zip(valid, whole, strict=True) if r == v]
+        if not v:  # an empty row heads itself, as the module says: each one counts
+            assert all(marks)
+        else:  # a repeated text counts once, a held one never
+            assert sum(marks) == (0 if held(v) else 1), v
+    # too few whole rows to calibrate on: every validation row
+    few = load_split(path, None, None, "label", None, TrainConfig(valid_frac=0.02, seed=0))
+    assert few.valid_whole is None and "whole_valid_rows" not in few.how
 
 
 def test_rows_that_share_nothing_keep_the_plain_stratified_split(tmp_path):

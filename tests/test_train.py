@@ -21,7 +21,8 @@ from pipeline.batching import group_split
 from pipeline.dataset import load_split
 from pipeline.errors import ConfigError, InputError, RunError
 from pipeline.events import RefitStart, WordVectorsDone
-from pipeline.model import Model, init_params
+from pipeline.metrics import evaluate_probs
+from pipeline.model import Model, init_params, probabilities
 from pipeline.train import (
     BatchDone,
     DataReady,
@@ -631,6 +632,38 @@ def test_the_ngram_head_is_fitted_beside_the_model_and_mixed_on_the_validation_r
     )
     assert both.metrics["ngrams_alone"]["accuracy"] == float(
         ((z[:, 0] > 0) == split.y_valid).mean()
+    )
+
+
+def test_calibration_fits_and_reports_on_the_validation_rows_no_other_row_holds(tmp_path):
+    # sentences and phrases cut from them (as SST-2): the mix and the temperature are fitted
+    # on the held-out sentences, what users score, not on their phrases
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 1500).tolist()
+    texts, ys = [], []
+    for sentence, label in zip(_texts(rng, labels, [NEGATIVE, POSITIVE]), labels, strict=True):
+        words = sentence.split()
+        texts += [sentence, " ".join(words[1:]), " ".join(words[:-1])]
+        ys += [label, label, label]
+    path = _write(tmp_path / "phrases.parquet", {"review": texts, "label": ys})
+    tc = _config(ngrams=2, backend="cpu")
+    result = train(path, tmp_path / "m", TINY, tc)
+    split = load_split(path, None, None, "label", None, tc)
+    whole = split.valid_whole
+    assert whole is not None and 100 <= whole.sum() < whole.size / 2
+    assert result.metrics["n"] == whole.sum() == result.metrics["validation"]["whole_valid_rows"]
+    model = Model.load(tmp_path / "m")
+    recurrent, cal = model.members()[0], result.metrics["calibration"]
+    tokens = model.encode(split.valid_texts.take(np.flatnonzero(whole)))
+    head = ngrams.fit_head(
+        model.encode(split.train_texts), split.y_train, 2, 2, model.config.ngram_bits
+    )
+    z = ngrams.head_logits(ngrams.features(tokens, 2, head.bits), head.W, head.b)
+    mix = ngrams.fit_mix(split.y_valid[whole], recurrent.predict_logits(tokens), z)
+    assert (mix.temperature, mix.beta) == (cal["temperature"], cal["beta"])
+    logits = recurrent.predict_logits(tokens)
+    assert cal["log_loss_before"] == pytest.approx(
+        evaluate_probs(split.y_valid[whole], probabilities(logits), ("0", "1"))["log_loss"]
     )
 
 
