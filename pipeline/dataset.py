@@ -196,6 +196,11 @@ class Split:
 MIN_WHOLE_ROWS = 100  # fewer whole texts than this: calibrate on every validation row
 
 
+def _lost_class(y: np.ndarray, train_idx: np.ndarray) -> bool:
+    """A class of ``y`` has no row among ``train_idx``."""
+    return np.unique(y[train_idx]).size < np.unique(y).size
+
+
 def _split_rows(
     data: LabelledData, y: np.ndarray, tc: TrainConfig
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray | None]:
@@ -205,6 +210,11 @@ def _split_rows(
     of them to calibrate on)."""
     if data.groups is not None:
         train_idx, valid_idx = group_split(data.groups, y, tc.valid_frac, tc.seed)
+        if _lost_class(y, train_idx):
+            raise InputError(
+                f"column '{tc.valid_group}': its groups leave a class with no training rows "
+                f"(holding out {tc.valid_frac} of them): use more groups or another column"
+            )
         how = {
             "kind": "group",
             "column": tc.valid_group,
@@ -218,6 +228,10 @@ def _split_rows(
         return *stratified_split(y, tc.valid_frac, tc.seed), {"kind": "stratified"}, None
     train_idx, valid_idx = group_split(heads, y, tc.valid_frac, tc.seed)
     how = {"kind": "stratified", "contained_rows": contained}
+    if _lost_class(y, train_idx) or valid_idx.size > 2 * tc.valid_frac * y.size + 1:
+        # a few texts repeated many times: too few groups to hold out a share of; the
+        # rows one by one, as without repeats (validation then overstates itself)
+        return *stratified_split(y, tc.valid_frac, tc.seed), {**how, "groups": "too few"}, None
     whole = heads[valid_idx] == valid_idx
     if whole.all() or whole.sum() < MIN_WHOLE_ROWS:
         return train_idx, valid_idx, how, None

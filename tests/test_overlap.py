@@ -129,6 +129,18 @@ def test_rows_that_share_nothing_keep_the_plain_stratified_split(tmp_path):
     assert split.valid_texts.to_pylist() == [texts[k] for k in valid_idx]
 
 
+def test_a_few_texts_repeated_many_times_fall_back_to_the_row_by_row_split(tmp_path):
+    # three texts, each a third of the rows: holding out whole groups would take a class's
+    # every row out of training
+    texts = ["a fine film"] * 34 + ["a great film"] * 33 + ["a dull film"] * 33
+    labels = np.array([1] * 67 + [0] * 33, np.int8)
+    path = tmp_path / "repeats.parquet"
+    pq.write_table(pa.table({"review": texts, "label": labels}), path)
+    split = load_split(path, None, None, "label", None, TrainConfig(valid_frac=0.1, seed=0))
+    assert split.how["groups"] == "too few" and split.valid_whole is None
+    assert set(split.y_train.tolist()) == {0, 1} and split.y_valid.size == 10
+
+
 def test_sst2_phrases_group_into_about_its_sentences():
     folder = data_dir()
     if folder is None or not (folder / "sst2_train.parquet").is_file():

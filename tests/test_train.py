@@ -537,6 +537,15 @@ def test_valid_group_holds_out_whole_groups(tmp_path):
     assert info["n_valid"] == va.size and result.metrics["n"] == va.size
     with pytest.raises(InputError, match="no column 'film'"):
         train(path, tmp_path / "m2", TINY, _config(valid_group="film"))
+    # groups that would take a class's every row out of training: one line, nothing trained
+    one_class_each = _write(
+        tmp_path / "two.parquet",
+        {"text": [f"good film {k}" for k in range(40)] + [f"bad film {k}" for k in range(40)],
+         "label": [1] * 40 + [0] * 40, "movie": ["a"] * 40 + ["b"] * 40},
+    )  # fmt: skip
+    with pytest.raises(InputError, match="column 'movie': its groups leave a class with no"):
+        train(one_class_each, tmp_path / "m3", TINY, _config(valid_group="movie"))
+    assert not (tmp_path / "m3").exists()
 
 
 def test_valid_frac_zero_trains_on_everything(binary_file, tmp_path):
