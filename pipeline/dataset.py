@@ -188,8 +188,8 @@ class Split:
     files: list[Path]
     valid_files: list[Path] | None
     how: dict[str, Any] | None = None  # how the validation rows were chosen (metrics.json)
-    # (n_valid,) bool: the validation rows no other row holds, what calibration fits and
-    # validation reports on (SST-2's sentences, not their phrases); None: every row
+    # (n_valid,) bool: the validation rows no other row holds, those validation measures
+    # and calibration fits (SST-2's sentences, not their phrases); None: every row
     valid_whole: np.ndarray | None = None
 
 

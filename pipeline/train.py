@@ -283,11 +283,11 @@ def _evaluated_weights(run: _Run) -> Iterator[None]:
 
 def _validate(run: _Run) -> tuple[float, float]:
     """(log loss, accuracy) of the evaluated weights on the validation rows (NaN: none)."""
-    y = run.split.y_valid
+    tokens, y = _whole(run)
     if y.size == 0:
         return math.nan, math.nan
     with _evaluated_weights(run):
-        probs = run.model.predict_proba(run.valid_tokens)
+        probs = run.model.predict_proba(tokens)
     return log_loss(y, probs), accuracy(y, probs.argmax(axis=1))
 
 
@@ -503,9 +503,9 @@ def _keep_and_calibrate(run: _Run) -> tuple[int, dict[str, Any]]:
 
 
 def _whole(run: _Run) -> tuple[TokenIds, np.ndarray]:
-    """The validation rows calibration fits and reports on: those no other row holds, when
-    the split marked them (SST-2's sentences, not the phrases cut from them: users score
-    whole texts), else every validation row."""
+    """The validation rows each epoch and the calibration are measured on: those no other
+    row holds, when the split marked them (SST-2's sentences, not the phrases cut from
+    them: users score whole texts), else every validation row."""
     keep = run.split.valid_whole
     if keep is None:
         return run.valid_tokens, run.split.y_valid

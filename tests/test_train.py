@@ -661,6 +661,9 @@ def test_calibration_fits_and_reports_on_the_validation_rows_no_other_row_holds(
     whole = split.valid_whole
     assert whole is not None and 100 <= whole.sum() < whole.size / 2
     assert result.metrics["n"] == whole.sum() == result.metrics["validation"]["whole_valid_rows"]
+    # each epoch is measured on the same rows: the last epoch's figures are the first model's
+    history = result.history[-1]
+    assert history["valid_acc"] == pytest.approx(result.metrics["recurrent"]["accuracy"])
     model = Model.load(tmp_path / "m")
     recurrent, cal = model.members()[0], result.metrics["calibration"]
     tokens = model.encode(split.valid_texts.take(np.flatnonzero(whole)))
