@@ -167,6 +167,7 @@ TEXTS = [
     None,
     "",
     " ".join(f"word{k % 13}" for k in range(300)),  # longer than max_len: the last tokens
+    "loved it:) ;-P <3 so much:D, at 10:30 http://x.y \u2605\u2605\u2606 =3",  # emoticons
 ]
 
 

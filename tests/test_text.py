@@ -72,6 +72,15 @@ FRAGMENTS = [
     "\U0001d400",
     "\U00020000",
     "\ufffd",
+    ":)",
+    ";-P",
+    "=D",
+    ":-/",
+    "<3",
+    ":",
+    "10:30",
+    "http://",
+    ":Do",
 ]
 
 text_pieces = st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8))
@@ -144,7 +153,7 @@ def test_rules_by_example():
         ["don't", "quoted", "rock", "n", "roll"],
         ["well", "made", "10", "10", "a", "b"],
         ["café", "москва", "東京", "naïve", "über"],
-        ["a", "b", "and", "3", "but", "c"],
+        ["a", "b", "and", "<3", "but", "c"],
         ["don't"],
     ]
     assert Tokenizer(lowercase=False).tokens(["Great GREAT"]) == [["Great", "GREAT"]]
@@ -190,6 +199,33 @@ RULES_BY_HAND = {
         ["\u2665", "\U0001f468", "\U0001f469", "\U0001f1fa", "\U0001f1f8"],
     ),
     "replacement-characters": ("a\ufffdb\ufffc", ["a", "b"]),
+    # emoticons: eyes, an optional nose, a mouth, not followed by a letter, digit, / or _
+    "emoticons": (
+        "great:) ok;-P =D :-/ :( <3 x :-* :\\ :| :] :o :O =3",
+        [
+            "great",
+            ":)",
+            "ok",
+            ";-P",
+            "=D",
+            ":-/",
+            ":(",
+            "<3",
+            "x",
+            ":-*",
+            ":\\",
+            ":|",
+            ":]",
+            ":o",
+            ":O",
+            "=3",
+        ],
+    ),  # fmt: skip
+    "not-emoticons": (
+        "10:30 http://a.b :Done f(x)=(y) a<3b :d :- ;_; :)x <3<3",
+        ["10", "30", "http", "a", "b", "done", "f", "x", "y", "a", "3b", "d", "x", "<3", "<3"],
+    ),
+    "emoticon-and-tags": (":)<br />b :<b>) <3</i>", [":)", "b", "<3"]),
     "not-symbols": ("a+b=c $5 \u20ac5 \u00b1 \u2192", ["a", "b", "c", "5", "5"]),
     # case: one character's simple lowercase, never a context-dependent or longer one
     "dotted-capital-i": ("\u0130stanbul D\u0130YARBAKIR \u0130", ["istanbul", "diyarbakir", "i"]),
@@ -231,7 +267,7 @@ RULES_BY_HAND = {
     ),
     "tag-attributes": ("<a href='x.html'>link</a> <p\nclass=\"x\">text", ["link", "text"]),
     "tag-spans-words": ("a<b and c>d x<y>z", ["a", "d", "x", "z"]),
-    "not-tags": ("I <3 it; a < b > c", ["i", "3", "it", "a", "b", "c"]),
+    "not-tags": ("I <3 it; a < b > c", ["i", "<3", "it", "a", "b", "c"]),
     "not-tags-no-letter": ("<> </> <1a> <!-- note --> </ b>", ["1a", "note", "b"]),
     "not-tags-non-ascii": ("<\u00e9> <\u00fc>", ["\u00e9", "\u00fc"]),
     "tag-after-lone-lt": ("<a<b>c <<b>>x", ["a", "c", "x"]),
@@ -269,6 +305,7 @@ RULES_BY_HAND_V1 = {
     "emoji-marks": ("\u2764\ufe0f \U0001f44d\U0001f3fd ok\U0001f600ok", ["ok", "ok"]),
     "symbol-runs": ("\u2605\u2605\u2606 5/5", ["5", "5"]),
     "symbol-ends-token": ("it\U0001f60d\U0001f60dgood", ["it", "good"]),
+    "emoticons": ("great :) ;-P <3 x", ["great", "p", "3", "x"]),
 }
 
 
@@ -285,12 +322,14 @@ def test_symbols_as_dense_as_they_come():
     from pipeline.text import arrow, scan
 
     texts = ["a\u00a9" * k + "a" for k in (1, 2, 7, 300)] + ["\u00a9" * 5 + "b" * 3]
+    texts += [":)" * 300 + "<3", ";-P" * 300]  # and emoticons, one per 2 or 3 bytes
     want = [reference_tokens(t) for t in texts]
     tok = Tokenizer(num_words=None).fit(texts)
     assert tok.tokens(texts) == want and [len(w) for w in want[:4]] == [3, 5, 15, 601]
     assert as_lists(tok.encode(texts)) == ids_by_reference(tok, texts)
     starts = tok.spans(texts)[1]
     assert starts[:5].tolist() == [0, 1, 2, 0, 1]
+    assert [len(w) for w in want[5:]] == [301, 300] and want[5][-2:] == [":)", "<3"]
     buffers = arrow.buffers(pa.array(texts * 100, pa.large_string()))
     got = scan.encode_parallel(
         buffers, tok._tables(), tok._table, arrow.chunk_bounds(buffers[0], 4)

@@ -5,7 +5,7 @@ Normalisation (``NORMALISATION = "rnnpipe-text-v2"``), applied to each text in t
 1. A null or empty text has no tokens.
 2. HTML tags are separators: ``<`` then an optional ``/`` then an ASCII letter, up to the
    next ``>`` with no ``<`` in between (regex ``</?[A-Za-z][^<>]*>``). So ``<br />``, ``<br>``,
-   ``<p>``, ``</i>`` go; ``<3`` and ``a < b`` stay (``<`` is then punctuation).
+   ``<p>``, ``</i>`` go; ``<3`` and ``a < b`` stay (an emoticon, and punctuation).
 3. Every character is one of:
    *word* (``str.isalnum()``: letters and digits of any script, so é, ü, ñ, Cyrillic, CJK),
    *mark* (Unicode category Mn or Mc, i.e. combining accents and Indic vowel signs),
@@ -19,7 +19,11 @@ Normalisation (``NORMALISATION = "rnnpipe-text-v2"``), applied to each text in t
    ``don't`` -> ``don't``, ``'quoted'`` -> ``quoted``, ``rock 'n' roll`` -> ``rock n roll``,
    ``well-made`` -> ``well made``, ``10/10`` -> ``10 10``. A symbol is a token of its own,
    written as it is, and ends any token before it: ``"loved it😍😍"`` -> ``loved it 😍 😍``,
-   ``★★★☆☆`` -> five tokens (in reviews and posts they carry sentiment).
+   ``★★★☆☆`` -> five tokens (in reviews and posts they carry sentiment). So is an
+   emoticon: eyes ``:``, ``;`` or ``=``, an optional ``-`` nose and a mouth out of
+   ``) ( D P p O o / | ] [ 3 *`` or a backslash, or ``<3``, not followed by an ASCII
+   letter or digit, ``/`` or ``_`` (regex ``_EMOTICON_RE``): ``"great:)"`` -> ``great :)``,
+   ``;-P``, ``=D``; ``10:30``, ``http://`` and ``:Done`` hold none.
 5. With ``lowercase=True`` each character takes its one-character Unicode lowercase
    (``ch.lower()``, or its first character for U+0130 İ -> i). No other normalisation
    (no NFC, no accent stripping: ``café`` and ``cafe`` are different words).
@@ -27,8 +31,8 @@ Normalisation (``NORMALISATION = "rnnpipe-text-v2"``), applied to each text in t
 ``reference_tokens`` is these rules in plain Python, the oracle the fast path is tested
 against; ``unicode_tables`` turns them into the tables the scanners (``scan``) read.
 Models and encoders record the rules they were trained with: ``rnnpipe-text-v1``, the rules
-before symbols, read every symbol as a separator, and ``NORMALISATIONS`` lists every version
-this rnnpipe reads (a model keeps tokenizing as it was trained).
+before symbols and emoticons, reads them as separators, and ``NORMALISATIONS`` lists every
+version this rnnpipe reads (a model keeps tokenizing as it was trained).
 
 Example::
 
@@ -44,7 +48,7 @@ import unicodedata
 
 import numpy as np
 
-__all__ = ["APOS", "MARK", "NORMALISATION", "NORMALISATIONS", "SEP", "SYMBOL", "WORD",
+__all__ = ["APOS", "EMOTE", "MARK", "NORMALISATION", "NORMALISATIONS", "SEP", "SYMBOL", "WORD",
            "check_normalisation", "reference_tokens", "unicode_tables"]  # fmt: skip
 
 NORMALISATION = "rnnpipe-text-v2"
@@ -57,7 +61,8 @@ _SYMBOL_CATEGORY = "So"
 _REPLACEMENTS = "\ufffc\ufffd"  # So, but stand for text lost (invalid UTF-8 decodes to U+FFFD)
 
 # character classes in the scanners' tables
-SEP, WORD, MARK, APOS, SYMBOL = 0, 1, 2, 3, 4
+SEP, WORD, MARK, APOS, SYMBOL, EMOTE = 0, 1, 2, 3, 4, 5  # EMOTE: may start an emoticon
+_EMOTICON_RE = re.compile(r"(?:[:;=]-?[)(DPpOo/\\|\][3*]|<3)(?![A-Za-z0-9/_])")
 
 
 def check_normalisation(normalisation: str) -> str:
@@ -93,8 +98,16 @@ def reference_tokens(
     text = _TAG_RE.sub(" ", text)
     pieces = []  # runs of word, mark and apostrophe characters; symbols, each on its own
     run: list[str] = []
-    for ch in text:
-        if ch.isalnum():
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        i += 1
+        emoticon = _EMOTICON_RE.match(text, i - 1) if symbols and ch in ":;=<" else None
+        if emoticon:
+            pieces += [(False, "".join(run)), (True, emoticon.group())]
+            run = []
+            i = emoticon.end()
+        elif ch.isalnum():
             run.append(ch.lower()[0] if lowercase else ch)
         elif unicodedata.category(ch) in _MARK_CATEGORIES:
             run.append(ch)
@@ -146,6 +159,7 @@ def unicode_tables(
     marks = [ord(ch) for ch, c in zip(other, categories, strict=True) if c in _MARK_CATEGORIES]
     classes[np.array(marks, dtype=np.int64)] = MARK
     if check_normalisation(normalisation) != "rnnpipe-text-v1":
+        classes[[ord(ch) for ch in ":;=<"]] = EMOTE
         pairs = zip(other, categories, strict=True)
         symbols = [ord(ch) for ch, c in pairs if c == _SYMBOL_CATEGORY]
         symbols = [cp for cp in symbols if chr(cp) not in _REPLACEMENTS]

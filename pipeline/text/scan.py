@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from pipeline.text.ids import OOV_ID
-from pipeline.text.rules import APOS, SEP, SYMBOL, WORD
+from pipeline.text.rules import APOS, EMOTE, SEP, SYMBOL, WORD
 
 __all__ = [
     "count_words",
@@ -66,6 +66,51 @@ def _tag_end(data, pos, end):
             return 0
         j += 1
     return 0
+
+
+@njit(cache=True, inline="always")
+def _is_mouth(c):
+    # ) ( D P p O o / \ | ] [ 3 *
+    return (c == 41 or c == 40 or c == 68 or c == 80 or c == 112 or c == 79 or c == 111
+            or c == 47 or c == 92 or c == 124 or c == 93 or c == 91 or c == 51
+            or c == 42)  # fmt: skip
+
+
+@njit(cache=True)
+def _emoticon(data, pos, end):
+    """Length of the emoticon starting at ``data[pos]`` (a byte of class EMOTE), 0 if none:
+    eyes ``: ; =``, an optional ``-`` nose and a mouth (``:)``, ``;-P``, ``=D``), or ``<3``;
+    never followed by an ASCII letter or digit, ``/`` or ``_`` (``10:30``, ``http://``)."""
+    j = pos + 1
+    if data[pos] == 60:  # '<'
+        if j >= end or data[j] != 51:  # '3'
+            return 0
+    else:
+        if j < end and data[j] == 45:  # '-'
+            j += 1
+        if j >= end or not _is_mouth(data[j]):
+            return 0
+    j += 1
+    if j < end:
+        c = data[j]
+        if (48 <= c <= 57) or (65 <= c <= 90) or (97 <= c <= 122) or c == 47 or c == 95:
+            return 0
+    return j - pos
+
+
+@njit(cache=True, inline="always")
+def _ascii_class(data, pos, end, cls):
+    """(class, bytes) of the ASCII character ``data[pos]`` of class ``cls`` that is not a word
+    character, with what follows it: a tag is one separator, an emoticon one EMOTE token,
+    an EMOTE character starting none a separator."""
+    if data[pos] == 60:  # '<'
+        after = _tag_end(data, pos, end)
+        if after > 0:
+            return SEP, after - pos
+    if cls == EMOTE:
+        m = _emoticon(data, pos, end)
+        return (EMOTE, m) if m > 0 else (SEP, 1)
+    return cls, 1
 
 
 @njit(cache=True)
@@ -154,18 +199,15 @@ def _count_row(data, pos, end, classes):
     while pos < end:
         b = data[pos]
         if b < 128:
-            cls = classes[b]
+            cls, step = classes[b], 1
+            if cls != WORD:
+                cls, step = _ascii_class(data, pos, end, cls)
             if cls == WORD:
                 started = True
-            elif b == 60 and _tag_end(data, pos, end) > 0:
-                count += started
+            elif cls == SEP or cls == EMOTE:  # an emoticon is a token of its own
+                count += started + (cls == EMOTE)
                 started = False
-                pos = _tag_end(data, pos, end)
-                continue
-            elif cls == SEP:
-                count += started
-                started = False
-            pos += 1
+            pos += step
             continue
         cp, step = _decode_utf8(data, pos, end)
         pos += step
@@ -179,9 +221,14 @@ def _count_row(data, pos, end, classes):
 
 
 @njit(cache=True)
-def _symbol_token(buf, n, cp, tok_end, tok_word, t):
-    """Write the symbol ``cp`` at ``buf[n]`` as token ``t``; returns where its bytes end."""
-    end = _put_utf8(buf, n, cp)
+def _own_token(buf, n, data, start, stop, cp, tok_end, tok_word, t):
+    """Write ``data[start:stop]`` (a symbol, code point ``cp``, or an emoticon) at ``buf[n]``
+    as token ``t``, as it is; returns where its bytes end."""
+    if stop - start > 1 and data[start] < 128:  # an emoticon: ASCII bytes
+        end = n + stop - start
+        buf[n:end] = data[start:stop]
+    else:
+        end = _put_utf8(buf, n, cp)
     tok_end[t] = end
     tok_word[t] = _first8(buf, n, end - n)
     return end
@@ -190,11 +237,9 @@ def _symbol_token(buf, n, cp, tok_end, tok_word, t):
 @njit(cache=True)
 def _tokenize_row(data, pos, end, classes, norm, buf, tok_end, tok_word):
     """Tokenize ``data[pos:end]`` into scratch arrays; returns the number of tokens ``t``.
-
     Token ``i`` is ``buf[tok_end[i-1]:tok_end[i]]`` (from 0 for the first), its normalised
     UTF-8 bytes; ``tok_word[i]`` holds its first 8 bytes. ``buf`` needs 2 bytes per input
-    byte and ``tok_end``/``tok_word`` two slots per 3 input bytes (plus two: "a©a©a").
-    """
+    byte and ``tok_end``/``tok_word`` two slots per 3 input bytes (plus two: "a©a©a")."""
     t = 0
     n = 0  # bytes written to buf
     start = 0  # where the current token starts in buf
@@ -226,26 +271,28 @@ def _tokenize_row(data, pos, end, classes, norm, buf, tok_end, tok_word):
                         break
                 keep = n
                 continue
-            step = 1
-            cp = np.int64(b)
+            step, cp = 1, np.int64(b)
             if b == 60:
                 after = _tag_end(data, pos, end)
                 if after > 0:
                     cls = SEP
                     step = after - pos
+            if cls == EMOTE:  # an emoticon, or else a separator
+                step = max(_emoticon(data, pos, end), 1)
+                cls = EMOTE if step > 1 else SEP
         else:
             cp, step = _decode_utf8(data, pos, end)
             cls = classes[cp]
         pos += step
-        if cls == SEP or cls == SYMBOL:
+        if cls == SEP or cls == SYMBOL or cls == EMOTE:
             if started:
                 started = False
                 tok_end[t] = keep
                 tok_word[t] = w
                 t += 1
                 n = keep  # drops trailing apostrophes
-            if cls == SYMBOL:  # a token of its own, written as it is
-                n = keep = _symbol_token(buf, n, cp, tok_end, tok_word, t)
+            if cls != SEP:  # a token of its own, written as it is
+                n = keep = _own_token(buf, n, data, pos - step, pos, cp, tok_end, tok_word, t)
                 t += 1
             continue
         if not started:
@@ -581,26 +628,21 @@ def token_spans(text, tables):
                 b = data[pos]
                 chars = 1
                 if b < 128:
-                    cls = classes[b]
-                    step = 1
-                    if b == 60:
-                        after = _tag_end(data, pos, end)
-                        if after > 0:
-                            cls = SEP
-                            step = after - pos
-                            chars = _code_points(data, pos, after)
+                    cls, step = _ascii_class(data, pos, end, classes[b])
+                    if step > 1:  # a tag (any characters) or an emoticon
+                        chars = _code_points(data, pos, pos + step)
                 else:
                     cp, step = _decode_utf8(data, pos, end)
                     cls = classes[cp]
-                if cls == SEP or cls == SYMBOL:
+                if cls == SEP or cls == SYMBOL or cls == EMOTE:
                     if started:
                         starts[t] = first
                         ends[t] = keep
                         t += 1
                         started = False
-                    if cls == SYMBOL:
+                    if cls != SEP:
                         starts[t] = ci
-                        ends[t] = ci + 1
+                        ends[t] = ci + chars
                         t += 1
                 elif started or cls == WORD:
                     if not started:
