@@ -42,7 +42,7 @@ import numpy as np
 from pipeline.config import MAX_NGRAMS, NGRAM_BITS, NGRAM_BITS_RANGE
 from pipeline.metrics import cross_entropy
 from pipeline.text import TokenIds
-from pipeline.text.scan import FNV_PRIME, GOLDEN, mix64
+from pipeline.text.scan import FNV_PRIME, GOLDEN, mix64, ngram_hash
 
 __all__ = [
     "Features",
@@ -98,12 +98,8 @@ class Mix:
 
 @numba.njit(cache=True, inline="always")
 def _bucket(ids, j, o, shift):  # pragma: no cover - compiled
-    # the n-gram ids[j:j+o] hashed as the tokenizer hashes a word's bytes (its length
-    # seeds it, FNV's prime per id, splitmix64's finaliser); the top bits pick the bucket
-    h = np.uint64(o) * GOLDEN
-    for t in range(o):
-        h = (h ^ np.uint64(ids[j + t])) * FNV_PRIME
-    return np.int32(mix64(h) >> np.uint64(shift))
+    # the n-gram ids[j:j+o]'s hash; its top bits pick the bucket
+    return np.int32(ngram_hash(ids, j, o) >> np.uint64(shift))
 
 
 @numba.njit(cache=True, parallel=True)

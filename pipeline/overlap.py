@@ -32,21 +32,11 @@ import numba
 import numpy as np
 
 from pipeline.text import TokenIds, Tokenizer
-from pipeline.text.scan import mix64
+from pipeline.text.scan import ngram_hash
 
 __all__ = ["ANCHOR", "containment_groups", "reference_containment_groups"]
 
 ANCHOR = 3  # tokens in an anchor: rarer than a word, still inside most short phrases
-_SEED = np.uint64(0x9E3779B97F4A7C15)
-_PRIME = np.uint64(0x100000001B3)
-
-
-@numba.njit(cache=True, inline="always")
-def _key(ids, j, o):
-    h = _SEED * np.uint64(o)
-    for t in range(o):
-        h = (h ^ np.uint64(ids[j + t])) * _PRIME
-    return mix64(h)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -56,7 +46,7 @@ def _anchors(ids, offsets, keys, where):  # pragma: no cover - compiled
         o = min(ANCHOR, n)
         best, at = np.uint64(0), -1
         for j in range(n - o + 1 if n else 0):
-            k = _key(ids, s + j, o)
+            k = ngram_hash(ids, s + j, o)
             if at < 0 or k < best:
                 best, at = k, j
         keys[r], where[r] = best, at
@@ -73,7 +63,7 @@ def _hits(ids, offsets, anchors, orders, counts, out, fill):  # pragma: no cover
             if not orders[o]:
                 continue
             for j in range(n - o + 1):
-                k = _key(ids, s + j, o)
+                k = ngram_hash(ids, s + j, o)
                 a = np.searchsorted(anchors, k)
                 if a < anchors.size and anchors[a] == k:
                     if fill:

@@ -30,6 +30,7 @@ __all__ = [
     "encode_parallel",
     "encode_serial",
     "new_slots",
+    "ngram_hash",
     "token_bytes",
     "token_spans",
 ]
@@ -179,6 +180,17 @@ def _token_hash(buf, start, m, word):
     h = word + np.uint64(m) * GOLDEN
     for j in range(start + 8, start + m):  # the bytes past the first 8 (long words only)
         h = (h ^ np.uint64(buf[j])) * FNV_PRIME
+    return mix64(h)
+
+
+@njit(cache=True, inline="always")
+def ngram_hash(ids, j, o):
+    """64-bit hash of the ``o`` token ids ``ids[j:j+o]``, as a word's bytes are hashed (the
+    length seeds it, FNV's prime per id, splitmix64's finaliser): the n-gram head's buckets
+    (part of its model format) and the anchors of ``overlap``."""
+    h = np.uint64(o) * GOLDEN
+    for t in range(o):
+        h = (h ^ np.uint64(ids[j + t])) * FNV_PRIME
     return mix64(h)
 
 
