@@ -283,6 +283,7 @@ def _tokenize_row(data, pos, end, classes, norm, buf, tok_end, tok_word):
                         break
                 keep = n
                 continue
+            # _ascii_class inline: called here it costs this loop a fifth of its speed
             step, cp = 1, np.int64(b)
             if b == 60:
                 after = _tag_end(data, pos, end)
