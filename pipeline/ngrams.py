@@ -32,14 +32,14 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numba
 import numpy as np
 
 from pipeline.config import MAX_NGRAMS, NGRAM_BITS, NGRAM_BITS_RANGE
+from pipeline.lbfgs import dot, minimize
 from pipeline.metrics import cross_entropy
 from pipeline.text import TokenIds
 from pipeline.text.scan import FNV_PRIME, GOLDEN, mix64, ngram_hash
@@ -223,52 +223,6 @@ def head_logits(feats: Features, W: np.ndarray, b: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def minimize(
-    fg: Callable[[np.ndarray], tuple[float, np.ndarray]],
-    x0: np.ndarray,
-    max_iter: int = 300,
-    tol: float = 1e-7,
-    memory: int = 8,
-) -> np.ndarray:
-    """L-BFGS (two-loop recursion, Armijo backtracking) on a smooth function ``fg`` returning
-    (value, gradient); stops when an iteration lowers the value by under ``tol`` relative."""
-    x = np.array(x0, dtype=np.float64)
-    f, g = fg(x)
-    pairs: list[tuple[np.ndarray, np.ndarray, float]] = []  # (s, y, 1 / y.s)
-    for _ in range(max_iter):
-        d = -g
-        alphas = []
-        for s, yv, rho in reversed(pairs):
-            a = rho * (s @ d)
-            alphas.append(a)
-            d -= a * yv
-        if pairs:
-            s, yv, rho = pairs[-1]
-            d *= 1.0 / (rho * (yv @ yv))
-        for (s, yv, rho), a in zip(pairs, reversed(alphas), strict=True):
-            d += s * (a - rho * (yv @ d))
-        slope = g @ d
-        if not slope < 0:  # not a descent direction: start the memory again
-            pairs, d, slope = [], -g, -(g @ g)
-        step = 1.0 if pairs else 1.0 / max(1.0, float(np.abs(g).max()))
-        for _ in range(50):
-            x_new = x + step * d
-            f_new, g_new = fg(x_new)
-            if f_new <= f + 1e-4 * step * slope:
-                break
-            step *= 0.5
-        else:
-            break  # no step lowers the value: at the minimum within float precision
-        s, yv = x_new - x, g_new - g
-        if s @ yv > 1e-12:
-            pairs = [*pairs[-(memory - 1) :], (s, yv, 1.0 / (s @ yv))]
-        done = f - f_new <= tol * max(1.0, abs(f))
-        x, f, g = x_new, f_new, g_new
-        if done:
-            break
-    return x
-
-
 def nb_ratios(counts: np.ndarray) -> np.ndarray:
     """float64[U, K]: naive-Bayes log-count ratios from ``counts`` [U, C] (reviews of each
     class holding each n-gram), each smoothed; K = 1 for two classes (class 1 against class
@@ -279,6 +233,28 @@ def nb_ratios(counts: np.ndarray) -> np.ndarray:
     else:
         q = counts.sum(axis=1, keepdims=True) - counts + SMOOTHING
     return np.log(p / p.sum(axis=0)) - np.log(q / q.sum(axis=0))
+
+
+@numba.njit(cache=True, parallel=True)
+def _penalised_grads(col_offsets, rows_by_col, dz, r, w, C, out):  # pragma: no cover
+    # out[:U*K] = C * r * (X^T dz) + w, by columns of X
+    U, K = r.shape
+    for u in numba.prange(U):
+        for k in range(K):
+            acc = 0.0
+            for j in range(col_offsets[u], col_offsets[u + 1]):
+                acc += dz[rows_by_col[j], k]
+            out[u * K + k] = C * acc * r[u, k] + w[u, k]
+
+
+@numba.njit(cache=True)
+def _rows_by_column(offsets, cols, col_offsets, out):  # pragma: no cover - compiled
+    # each column's rows, ascending (a counting sort of the entries by column)
+    at = col_offsets[:-1].copy()
+    for i in range(offsets.size - 1):
+        for j in range(offsets[i], offsets[i + 1]):
+            out[at[cols[j]]] = i
+            at[cols[j]] += 1
 
 
 @dataclass
@@ -296,6 +272,7 @@ class HeadProblem:
     r: np.ndarray
     y: np.ndarray
     C: float
+    _rw: np.ndarray | None = field(default=None, repr=False)  # r * w, reused by objective
 
     @classmethod
     def build(
@@ -303,25 +280,33 @@ class HeadProblem:
     ) -> HeadProblem:
         feats = features(tokens, order, bits)
         y = np.asarray(y, dtype=np.int64)
-        used, cols = np.unique(feats.buckets, return_inverse=True)
-        cols = cols.astype(np.int64).ravel()
-        rows = np.repeat(np.arange(len(tokens)), np.diff(feats.offsets))
-        counts = np.zeros((used.size, n_classes))
-        np.add.at(counts, (cols, y[rows]), 1.0)
+        per_bucket = np.bincount(feats.buckets, minlength=1 << bits)
+        used = np.flatnonzero(per_bucket)  # the buckets some review holds, ascending
+        column = np.cumsum(per_bucket > 0) - 1  # bucket -> its column among the used
+        cols = column[feats.buckets]
         col_offsets = np.zeros(used.size + 1, np.int64)
-        np.cumsum(np.bincount(cols, minlength=used.size), out=col_offsets[1:])
-        rows_by_col = rows[np.argsort(cols, kind="stable")]
-        return cls(used, feats.offsets, cols, col_offsets, rows_by_col, nb_ratios(counts), y, C)
+        np.cumsum(per_bucket[used], out=col_offsets[1:])
+        rows_by_col = np.empty(cols.size, np.int64)
+        _rows_by_column(feats.offsets, cols, col_offsets, rows_by_col)
+        rows = np.repeat(np.arange(len(tokens)), np.diff(feats.offsets))
+        counts = np.bincount(cols * n_classes + y[rows], minlength=used.size * n_classes)
+        r = nb_ratios(counts.reshape(used.size, n_classes).astype(np.float64))
+        return cls(used, feats.offsets, cols, col_offsets, rows_by_col, r, y, C)
 
-    def objective(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        """C * (summed cross-entropy) + |w|^2 / 2 and its gradient at x = (w [U, K] flat,
-        bias [K]); the logits are ``b + sum(r * w)`` over each review's columns."""
+    def objective(self, x: np.ndarray, grad: np.ndarray) -> float:
+        """C * (summed cross-entropy) + |w|^2 / 2 at x = (w [U, K] flat, bias [K]); its
+        gradient goes into ``grad``. The logits are ``b + sum(r * w)`` over each review's
+        columns."""
         U, K = self.r.shape
         w, bias = x[: U * K].reshape(U, K), x[U * K :]
-        per_row, dz = cross_entropy(row_sums(self.offsets, self.cols, self.r * w) + bias, self.y)
-        gw = row_sums(self.col_offsets, self.rows_by_col, dz)  # X^T dz, by columns
-        grad = np.concatenate([(self.C * gw * self.r + w).ravel(), self.C * dz.sum(axis=0)])
-        return self.C * float(per_row.sum()) + 0.5 * float((w * w).sum()), grad
+        if self._rw is None:
+            self._rw = np.empty((U, K))
+        np.multiply(self.r, w, out=self._rw)
+        per_row, dz = cross_entropy(row_sums(self.offsets, self.cols, self._rw) + bias, self.y)
+        _penalised_grads(self.col_offsets, self.rows_by_col, dz, self.r, w, self.C, grad)
+        grad[U * K :] = self.C * dz.sum(axis=0)
+        w_flat = x[: U * K]
+        return self.C * float(per_row.sum()) + 0.5 * dot(w_flat, w_flat)
 
 
 def fit_head(
@@ -348,11 +333,11 @@ def fit_mix(y: np.ndarray, recurrent: np.ndarray, head: np.ndarray) -> Mix:
     zr, zh = np.asarray(recurrent, np.float64), np.asarray(head, np.float64)
     K = zr.shape[1]
 
-    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+    def fg(x: np.ndarray, grad: np.ndarray) -> float:
         a, b = np.exp(x[0]), np.exp(x[1])
         per_row, dz = cross_entropy(a * zr + b * zh + x[2:], y)
-        grad = [a * (dz * zr).sum(), b * (dz * zh).sum(), *dz.sum(axis=0)]
-        return float(per_row.sum()), np.array(grad)
+        grad[:] = [a * (dz * zr).sum(), b * (dz * zh).sum(), *dz.sum(axis=0)]
+        return float(per_row.sum())
 
     x = minimize(fg, np.zeros(2 + K), tol=1e-10)
     a, b = float(np.exp(x[0])), float(np.exp(x[1]))
