@@ -343,7 +343,8 @@ def _composite(
     cfg, head = model.config, None
     if cfg.ngrams:
         W, b = model.params["ngram.W"], model.params["ngram.b"].astype(np.float64)
-        head = ngrams.head_logits(ngrams.features(tokens, cfg.ngrams, cfg.ngram_bits), W, b)
+        feats = ngrams.features(tokens, cfg.ngrams, cfg.ngram_bits)
+        head = ngrams.head_logits(feats, W, b, cfg.ngram_scale)
     if targets is None and cfg.members > 1:  # the mean of the members' logits decides
         targets = model.predict_proba(tokens).argmax(axis=1)
     parts = [_recurrent(m, tokens, targets, method, steps, tolerance, head)
@@ -355,7 +356,7 @@ def _composite(
     f_base = sum(p.f_base for p in parts) / k
     if head is not None:
         coef = _coefficients(model, targets)
-        values += ngrams.token_shares(tokens, cfg.ngrams, cfg.ngram_bits, W, coef)
+        values += ngrams.token_shares(tokens, cfg.ngrams, cfg.ngram_bits, W, coef, cfg.ngram_scale)
         f_x = f_x + (head * coef).sum(axis=1)
         f_base = f_base + coef @ b
     gap = parts[0].gap

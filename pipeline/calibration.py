@@ -51,7 +51,8 @@ def mix_head(
     """The mix of ``model``'s logits and ``head``'s fitted on ``tokens``/``y`` (it replaces
     the temperature), and the mixed model's metrics there; ``metrics``, the recurrent
     model's, stay under ``recurrent`` and the head's accuracy alone under ``ngrams_alone``."""
-    z = ngrams.head_logits(ngrams.features(tokens, head.order, head.bits), head.W, head.b)
+    feats = ngrams.features(tokens, head.order, head.bits)
+    z = ngrams.head_logits(feats, head.W, head.b, head.scale)
     recurrent = model.predict_logits(tokens)
     mix = ngrams.fit_mix(y, recurrent, z)
     logits = recurrent + mix.beta * z + np.asarray(mix.shift)  # what ngrams.attach gives

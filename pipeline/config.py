@@ -47,13 +47,14 @@ POOLINGS = ("last", "max", "mean", "last+max", "last+mean", "max+mean", "last+ma
 DIRECTIONS = ("fwd", "bwd")
 MAX_NGRAMS = 5  # the longest word n-gram a head may hash
 NGRAM_BITS, NGRAM_BITS_RANGE = 22, (8, 28)  # a binary model's head: 2^22 buckets
+NGRAM_SCALES = ("none", "sqrt")  # a head's sum as is, or divided by sqrt(distinct n-grams)
 
 
 # training-only regularisers
 _REGULARISERS = ("word_dropout", "embed_dropout", "weight_drop")
 # fields added after format version 1 first shipped, and their value for older models
 _ADDED_LATER = {**dict.fromkeys(_REGULARISERS, 0.0), "temperature": 1.0, "members": 1,
-                "ngrams": 0, "ngram_bits": NGRAM_BITS}  # fmt: skip
+                "ngrams": 0, "ngram_bits": NGRAM_BITS, "ngram_scale": "none"}  # fmt: skip
 
 
 def _is_int(x: Any) -> bool:
@@ -77,7 +78,8 @@ class ModelConfig:
     sigmoid or softmax (set by training's calibration on the validation split; 1 is none).
     ``members`` recurrent models whose logits are averaged (an ensemble); ``ngrams`` N > 0:
     a word n-gram head of orders 1..N hashed into 2^``ngram_bits`` buckets adds its logits
-    (``pipeline.ngrams``; 0: none).
+    (``pipeline.ngrams``; 0: none), its sum over a review's distinct n-grams divided by their
+    number's square root (``ngram_scale`` "sqrt"; "none" in heads saved before it).
 
     Raises ConfigError for any invalid value.
 
@@ -101,6 +103,7 @@ class ModelConfig:
     members: int = 1
     ngrams: int = 0
     ngram_bits: int = NGRAM_BITS
+    ngram_scale: str = "sqrt"
 
     format_version = FORMAT_VERSION  # class constant, not a field
 
@@ -138,6 +141,12 @@ class ModelConfig:
         if len(classes) < 2 or len(set(classes)) != len(classes) or "" in classes:
             raise ConfigError(f"classes must be >= 2 distinct non-empty names, got {list(classes)}")
         object.__setattr__(self, "classes", classes)
+        if self.ngram_scale not in NGRAM_SCALES:
+            raise ConfigError(
+                f"ngram_scale must be one of {', '.join(NGRAM_SCALES)}, got {self.ngram_scale!r}"
+            )
+        if not self.ngrams:  # no head: the scale means nothing, keep one value
+            object.__setattr__(self, "ngram_scale", ModelConfig.ngram_scale)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -170,7 +179,9 @@ class ModelConfig:
         if self.members == 1:
             del d["members"]
         if self.ngrams == 0:
-            del d["ngrams"], d["ngram_bits"]
+            del d["ngrams"], d["ngram_bits"], d["ngram_scale"]
+        elif self.ngram_scale == "none":  # heads saved before the scale: fingerprints as then
+            del d["ngram_scale"]
         return d
 
     @classmethod

@@ -428,7 +428,7 @@ class Model:
             z = sum(parts) / len(parts)
             if cfg.ngrams:
                 feats = ngrams.features(tokens, cfg.ngrams, cfg.ngram_bits)
-                z += ngrams.head_logits(feats, p["ngram.W"], p["ngram.b"])
+                z += ngrams.head_logits(feats, p["ngram.W"], p["ngram.b"], cfg.ngram_scale)
             return z.astype(self.dtype)
         if cfg.num_layers != 1:
             return self.forward(tokens, training=False)[0]

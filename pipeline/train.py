@@ -514,7 +514,8 @@ def _whole(run: _Run) -> tuple[TokenIds, np.ndarray]:
 
 def _fit_head(run: _Run, tokens: TokenIds, y: np.ndarray, emit: Callable) -> ngrams.Head:
     t0, bits = time.perf_counter(), ngrams.table_bits(run.model.config.num_outputs)
-    head = ngrams.fit_head(tokens, y, len(run.split.classes), run.tc.ngrams, bits)
+    scale = run.model.config.ngram_scale
+    head = ngrams.fit_head(tokens, y, len(run.split.classes), run.tc.ngrams, bits, scale)
     emit(HeadFitted(run.tc.ngrams, bits, int(y.size), time.perf_counter() - t0))
     return head
 

@@ -67,7 +67,7 @@ def test_a_head_fit_reaches_the_references_minimum(classes):
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
     tokens = TokenIds(offsets, rng.integers(0, 60, offsets[-1]).astype(np.int32))
     y = (tokens.ids[offsets[:-1].clip(max=offsets[-1] - 1)] + lengths) % classes
-    problem = ngrams.HeadProblem.build(tokens, y, classes, order=2, bits=12, C=1.0)
+    problem = ngrams.HeadProblem.build(tokens, y, classes, order=2, bits=12, C=1.0, scale="sqrt")
     x0 = np.zeros(problem.r.size + problem.r.shape[1])
     got = lbfgs.minimize(problem.objective, x0, tol=1e-13, max_iter=2000)
     want = lbfgs.reference_minimize(problem.objective, x0, tol=1e-13, max_iter=2000)

@@ -65,12 +65,16 @@ def test_row_sums_match_the_reference():
     )
 
 
-def _dense_objective(problem: ngrams.HeadProblem, x: np.ndarray) -> float:
-    """The objective written out with a dense matrix: the specification of ``objective``."""
+def _dense_objective(problem: ngrams.HeadProblem, x: np.ndarray, scale: str) -> float:
+    """The objective written out with a dense matrix: the specification of ``objective``.
+    With "sqrt", row i's features are sqrt(mean n / n_i) for its n_i distinct n-grams."""
     U, K = problem.r.shape
     X = np.zeros((problem.offsets.size - 1, U))
     rows = np.repeat(np.arange(X.shape[0]), np.diff(problem.offsets))
     X[rows, problem.cols] = 1.0
+    if scale == "sqrt":
+        n = np.maximum(X.sum(axis=1), 1)
+        X *= np.sqrt(n.mean() / n)[:, None]
     w, b = x[: U * K].reshape(U, K), x[U * K :]
     z = X @ (problem.r * w) + b
     if K == 1:
@@ -80,17 +84,20 @@ def _dense_objective(problem: ngrams.HeadProblem, x: np.ndarray) -> float:
     return problem.C * loss.sum() + 0.5 * (w * w).sum()
 
 
+@pytest.mark.parametrize("scale", ["none", "sqrt"])
 @pytest.mark.parametrize("classes", [2, 3])
-def test_the_heads_objective_and_gradient_match_the_dense_form_and_finite_differences(classes):
+def test_the_heads_objective_and_gradient_match_the_dense_form_and_finite_differences(
+    classes, scale
+):
     tokens = ragged(5, lengths=(4, 0, 6, 3, 9, 2, 5, 1), vocab=6)
     y = np.arange(len(tokens)) % classes
-    problem = ngrams.HeadProblem.build(tokens, y, classes, order=2, bits=10, C=0.7)
+    problem = ngrams.HeadProblem.build(tokens, y, classes, order=2, bits=10, C=0.7, scale=scale)
     U, K = problem.r.shape
     assert K == (1 if classes == 2 else classes)
     x = np.random.default_rng(1).normal(size=U * K + K)
     g, scratch = np.full_like(x, np.nan), np.empty_like(x)
     f = problem.objective(x, g)
-    assert f == pytest.approx(_dense_objective(problem, x), rel=1e-12)
+    assert f == pytest.approx(_dense_objective(problem, x, scale), rel=1e-12)
     eps = 1e-6
     for j in np.random.default_rng(2).choice(x.size, 12, replace=False):
         e = np.zeros_like(x)
@@ -130,8 +137,8 @@ def test_the_fitted_head_reads_word_order_from_bigrams():
     tokens, y = _separable()
     test_tokens, test_y = _separable(seed=1)
     for order, least, most in ((1, 0.0, 0.7), (2, 0.98, 1.0)):
-        head = ngrams.fit_head(tokens, y, 2, order, bits=16)
-        z = ngrams.head_logits(ngrams.features(test_tokens, order, 16), head.W, head.b)
+        head = ngrams.fit_head(tokens, y, 2, order, bits=16, scale="sqrt")
+        z = ngrams.head_logits(ngrams.features(test_tokens, order, 16), head.W, head.b, "sqrt")
         acc = float(((z[:, 0] > 0) == test_y).mean())
         assert least <= acc <= most, (order, acc)
     assert np.count_nonzero(head.W) <= np.unique(ngrams.features(tokens, 2, 16).buckets).size
@@ -156,7 +163,7 @@ def _model_with_head(classes: int = 2, members: int = 1) -> tuple[Model, TokenId
     models = [Model(cfg, backend="reference", seed=s) for s in range(members)]
     tokens = ragged(7, vocab=12)
     y = np.arange(len(tokens)) % classes
-    head = ngrams.fit_head(tokens, y, classes, order=2, bits=9)
+    head = ngrams.fit_head(tokens, y, classes, order=2, bits=9, scale="sqrt")
     base = models[0] if members == 1 else ensemble(models)
     mix = ngrams.Mix(temperature=1.5, beta=0.8, shift=(0.25,) * head.b.size)
     return ngrams.attach(base, head, mix), tokens, head
@@ -169,7 +176,7 @@ def test_a_models_logits_are_its_recurrent_models_plus_the_mixed_head(classes, m
     assert cfg.ngrams == 2 and cfg.ngram_bits == 9 and cfg.temperature == 1.5
     recurrent = sum(m.logits(tokens).astype(np.float64) for m in model.members()) / members
     feats = ngrams.features(tokens, 2, 9)
-    head = ngrams.head_logits(feats, model.params["ngram.W"], model.params["ngram.b"])
+    head = ngrams.head_logits(feats, model.params["ngram.W"], model.params["ngram.b"], "sqrt")
     np.testing.assert_allclose(model.logits(tokens), recurrent + head, rtol=1e-6, atol=1e-6)
     assert all(m.config.ngrams == 0 and "ngram.W" not in m.params for m in model.members())
     with pytest.raises(ConfigError, match="training pass"):
@@ -205,13 +212,14 @@ def test_a_model_with_a_head_saves_and_loads_bit_for_bit(tmp_path):
     assert "ngrams" not in m.members()[0].config.to_dict()
 
 
-def test_token_shares_match_the_reference_and_add_up_to_the_heads_logit():
+@pytest.mark.parametrize("scale", ["none", "sqrt"])
+def test_token_shares_match_the_reference_and_add_up_to_the_heads_logit(scale):
     tokens = ragged(11, vocab=5)  # few words: repeated n-grams and colliding buckets
     rng = np.random.default_rng(0)
     W, coef = rng.normal(size=(256, 3)), rng.normal(size=(len(tokens), 3))
-    got = ngrams.token_shares(tokens, 3, 8, W, coef)
-    np.testing.assert_allclose(got, ngrams.reference_token_shares(tokens, 3, 8, W, coef))
-    z = ngrams.head_logits(ngrams.features(tokens, 3, 8), W, np.zeros(3))
+    got = ngrams.token_shares(tokens, 3, 8, W, coef, scale)
+    np.testing.assert_allclose(got, ngrams.reference_token_shares(tokens, 3, 8, W, coef, scale))
+    z = ngrams.head_logits(ngrams.features(tokens, 3, 8), W, np.zeros(3), scale)
     sums = np.array([got[tokens.offsets[i] : tokens.offsets[i + 1]].sum() for i in range(8)])
     np.testing.assert_allclose(sums, (z * coef).sum(axis=1), atol=1e-12)
 
@@ -224,7 +232,7 @@ def test_attributions_of_a_model_with_a_head_are_its_recurrent_ones_plus_the_hea
     np.testing.assert_array_equal(got.target, targets)
     alone = attributions(model.members()[0], tokens, targets, method, steps=8)
     coef = np.where(targets == 1, 1.0, -1.0)[:, None]
-    shares = ngrams.token_shares(tokens, 2, 9, model.params["ngram.W"], coef)
+    shares = ngrams.token_shares(tokens, 2, 9, model.params["ngram.W"], coef, "sqrt")
     np.testing.assert_allclose(got.values, alone.values + shares, rtol=1e-5, atol=1e-6)
     z = model.predict_logits(tokens)[:, 0] * coef[:, 0]
     np.testing.assert_allclose(got.f_x, z, rtol=1e-5, atol=1e-6)
@@ -232,3 +240,29 @@ def test_attributions_of_a_model_with_a_head_are_its_recurrent_ones_plus_the_hea
         sums = np.add.reduceat(np.r_[got.values, 0], tokens.offsets[:-1])[tokens.lengths > 0]
         diff = (got.f_x - got.f_base)[tokens.lengths > 0]
         np.testing.assert_allclose(sums, diff, atol=0.05 * np.abs(diff).max())
+
+
+def test_a_heads_logit_is_its_sum_over_distinct_ngrams_divided_by_their_square_root():
+    tokens = TokenIds(np.array([0, 0, 1, 4, 6]), np.array([3, 3, 4, 3, 7, 7], np.int32))
+    feats = ngrams.features(tokens, 2, 10)
+    W, b = np.random.default_rng(0).normal(size=(1 << 10, 1)), np.array([0.5])
+    sums = ngrams.head_logits(feats, W, np.zeros(1), "none")[:, 0]
+    distinct = np.diff(feats.offsets)
+    assert distinct.tolist() == [0, 1, 4, 2]  # "3"; "3", "4", "3 4", "4 3" ("3" twice); "7", "7 7"
+    got = ngrams.head_logits(feats, W, b, "sqrt")[:, 0]
+    np.testing.assert_allclose(got, 0.5 + sums / np.sqrt(np.maximum(distinct, 1)), rtol=1e-12)
+    np.testing.assert_allclose(ngrams.head_logits(feats, W, b, "none")[:, 0], 0.5 + sums)
+
+
+def test_a_head_saved_before_the_scale_reads_its_sums_as_they_are():
+    from pipeline.config import ModelConfig
+
+    cfg = ModelConfig(ngrams=2, ngram_bits=9)
+    assert cfg.ngram_scale == "sqrt" and cfg.to_dict()["ngram_scale"] == "sqrt"
+    old = cfg.to_dict()
+    del old["ngram_scale"]  # a config.json written before heads were scaled
+    back = ModelConfig.from_dict(old)
+    assert back.ngram_scale == "none" and back.to_dict() == old  # its fingerprint as before
+    plain = ModelConfig()  # no head: nothing to scale, nothing written
+    assert "ngram_scale" not in plain.to_dict()
+    assert ModelConfig.from_dict(plain.to_dict()) == plain

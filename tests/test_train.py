@@ -623,15 +623,16 @@ def test_the_ngram_head_is_fitted_beside_the_model_and_mixed_on_the_validation_r
     # the head: fitted on the training rows alone, scaled by the mix the validation rows chose
     model = Model.load(tmp_path / "both", backend="reference")  # as training ran it
     split = load_split(binary_file, None, None, "label", None, tc)
+    cfg = model.config
     head = ngrams.fit_head(
-        model.encode(split.train_texts), split.y_train, 2, 2, model.config.ngram_bits
+        model.encode(split.train_texts), split.y_train, 2, 2, cfg.ngram_bits, cfg.ngram_scale
     )
     cal = both.metrics["calibration"]
     assert model.config.temperature == cal["temperature"] and model.config.ngrams == 2
     np.testing.assert_array_equal(w["ngram.W"], (head.W * cal["beta"]).astype(np.float32))
     recurrent = model.members()[0]
     valid = model.encode(split.valid_texts)
-    z = ngrams.head_logits(ngrams.features(valid, 2, head.bits), head.W, head.b)
+    z = ngrams.head_logits(ngrams.features(valid, 2, head.bits), head.W, head.b, head.scale)
     mix = ngrams.fit_mix(split.y_valid, recurrent.predict_logits(valid), z)
     assert (mix.temperature, mix.beta) == (cal["temperature"], cal["beta"])
     # the metrics are the mixed model's on the validation rows
@@ -667,10 +668,11 @@ def test_calibration_fits_and_reports_on_the_validation_rows_no_other_row_holds(
     model = Model.load(tmp_path / "m")
     recurrent, cal = model.members()[0], result.metrics["calibration"]
     tokens = model.encode(split.valid_texts.take(np.flatnonzero(whole)))
+    cfg = model.config
     head = ngrams.fit_head(
-        model.encode(split.train_texts), split.y_train, 2, 2, model.config.ngram_bits
+        model.encode(split.train_texts), split.y_train, 2, 2, cfg.ngram_bits, cfg.ngram_scale
     )
-    z = ngrams.head_logits(ngrams.features(tokens, 2, head.bits), head.W, head.b)
+    z = ngrams.head_logits(ngrams.features(tokens, 2, head.bits), head.W, head.b, head.scale)
     mix = ngrams.fit_mix(split.y_valid[whole], recurrent.predict_logits(tokens), z)
     assert (mix.temperature, mix.beta) == (cal["temperature"], cal["beta"])
     logits = recurrent.predict_logits(tokens)
@@ -694,14 +696,14 @@ def test_a_refit_refits_the_head_on_every_row_and_keeps_the_mix(binary_file, tmp
     split = load_split(binary_file, None, None, "label", None, tc)
     texts = pa.chunked_array(split.train_texts.chunks + split.valid_texts.chunks)
     y = np.concatenate([split.y_train, split.y_valid])
-    head = ngrams.fit_head(model.encode(texts), y, 2, 2, model.config.ngram_bits)
+    head = ngrams.fit_head(model.encode(texts), y, 2, 2, model.config.ngram_bits, "sqrt")
     beta = both.metrics["calibration"]["beta"]
     np.testing.assert_array_equal(_weights(tmp_path / "both")["ngram.W"], head.W * np.float32(beta))
     tokens = model.encode(texts)
     members = [m.predict_logits(tokens).astype(np.float64) for m in model.members()]
     feats = ngrams.features(tokens, 2, head.bits)
     want = sum(members) / 2 + ngrams.head_logits(
-        feats, model.params["ngram.W"], model.params["ngram.b"]
+        feats, model.params["ngram.W"], model.params["ngram.b"], "sqrt"
     )
     np.testing.assert_allclose(model.predict_logits(tokens), want, rtol=1e-5, atol=1e-5)
     # a warm start from a model with a head starts from its recurrent model alone

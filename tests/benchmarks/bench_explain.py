@@ -257,8 +257,9 @@ def main() -> None:
     # n-gram head, whose exact shares rnnpipe adds (timed above, left out of the comparison)
     recurrent = ours.values.astype(np.float64)
     if model.config.ngrams:
-        recurrent -= ngrams.token_shares(rest, model.config.ngrams, model.config.ngram_bits,
-                                         model.params["ngram.W"], ones[:, None] * 1.0)  # fmt: skip
+        cfg = model.config
+        recurrent -= ngrams.token_shares(rest, cfg.ngrams, cfg.ngram_bits, model.params["ngram.W"],
+                                         ones[:, None] * 1.0, cfg.ngram_scale)  # fmt: skip
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"weights": str(model_dir / "weights.npz"), "threads": args.threads,
                    "members": model.config.members,

@@ -14,6 +14,8 @@ What it measures. Held-out sets that rnnpipe never trains or calibrates on:
   would put the same films on both sides and reward memorising them.
 * **SST-2**: ``sst2_train.parquet`` to train, ``sst2_dev.parquet`` held out (the training
   phrases are cut from the same sentences, so a random split of them would leak).
+* **SST-2 dev, trained on IMDB** (another domain): the IMDB models above judged on SST-2's
+  dev sentences too (short, tokenized, lower-cased: ``shared/ANCHORS.md``'s row).
 * **IMDB stars** (``imdb-stars``, multi-class): the same movie-disjoint split, the label the
   review's rating (8 classes: 1-4 and 7-10 stars; ``--label-col rating``). Not tuned on:
   it checks that the defaults chosen on the binary sets hold for many classes.
@@ -90,6 +92,8 @@ def datasets(names: list[str]) -> dict[str, dict]:
         out["imdb"] = {
             "train": train, "held": held, "train_args": ["--valid-group", "movie"],
             "unlabeled": [data_dir() / "imdb_unsup.parquet", train], "label": "label",
+            # another domain: short sentences, tokenized and lower-cased (ANCHORS.md's row)
+            "other": {"sst2-dev, trained on imdb": data_dir() / "sst2_dev.parquet"},
         }  # fmt: skip
     if "imdb-stars" in names:
         train, held = imdb_split()
@@ -135,7 +139,12 @@ def evaluate(model: Path, held: Path, label: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def run_rnnpipe(name: str, ds: dict, route: str, seed: int, threads: int) -> dict:
+def held_sets(name: str, ds: dict) -> dict[str, Path]:
+    """Where a dataset's models are judged: its held-out rows, and other domains'."""
+    return {name: ds["held"], **ds.get("other", {})}
+
+
+def run_rnnpipe(name: str, ds: dict, route: str, seed: int, threads: int) -> dict[str, dict]:
     work = GEN / f"{name}-{route}-seed{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -148,15 +157,17 @@ def run_rnnpipe(name: str, ds: dict, route: str, seed: int, threads: int) -> dic
         seconds += rnnpipe("pretrain", *ds["unlabeled"], "--out", work / "encoder", *common)
         train_args += ["--init-from", work / "encoder"]
     seconds += rnnpipe("train", *train_args)
-    report = evaluate(work / "model", ds["held"], ds["label"])
-    return {**_summary(report), "seconds": seconds}
+    return {
+        held: {**_summary(evaluate(work / "model", path, ds["label"])), "seconds": seconds}
+        for held, path in held_sets(name, ds).items()
+    }
 
 
 def _summary(report: dict) -> dict:
     return {k: report[k] for k in ("n", "accuracy", "f1_macro", "log_loss", "ece")}
 
 
-def run_tfidf(ds: dict) -> dict:
+def run_tfidf(name: str, ds: dict) -> dict[str, dict]:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -166,14 +177,17 @@ def run_tfidf(ds: dict) -> dict:
         return texts, table[ds["label"]].to_numpy().astype(np.int64)
 
     x_train, y_train = load(ds["train"])
-    x_held, y_held = load(ds["held"])
     t0 = time.perf_counter()
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, max_features=200000)
     clf = LogisticRegression(C=4, max_iter=2000).fit(vec.fit_transform(x_train), y_train)
     seconds = time.perf_counter() - t0
-    probs = clf.predict_proba(vec.transform(x_held))
-    y_index, names = np.searchsorted(clf.classes_, y_held), [str(c) for c in clf.classes_]
-    return {**_summary(evaluate_probs(y_index, probs, names)), "seconds": seconds}
+    out = {}
+    for held, path in held_sets(name, ds).items():
+        x_held, y_held = load(path)
+        probs = clf.predict_proba(vec.transform(x_held))
+        y_index, names = np.searchsorted(clf.classes_, y_held), [str(c) for c in clf.classes_]
+        out[held] = {**_summary(evaluate_probs(y_index, probs, names)), "seconds": seconds}
+    return out
 
 
 def main() -> None:
@@ -190,12 +204,15 @@ def main() -> None:
     rows = []
     for name, ds in datasets(args.datasets.split(",")).items():
         for route in routes:
-            runs = [run_tfidf(ds)] if route == "tfidf" else [
+            by_seed = [run_tfidf(name, ds)] if route == "tfidf" else [
                 run_rnnpipe(name, ds, route, seed, args.threads) for seed in seeds
             ]  # fmt: skip
-            for seed, r in zip(seeds, runs, strict=False):
-                print(json.dumps({"data": name, "route": route, "seed": seed, **r}), flush=True)
-            rows.append((name, route, runs))
+            for held in held_sets(name, ds):
+                runs = [r[held] for r in by_seed]
+                for seed, r in zip(seeds, runs, strict=False):
+                    line = {"data": held, "route": route, "seed": seed, **r}
+                    print(json.dumps(line), flush=True)
+                rows.append((held, route, runs))
     print()
     print("| held-out set | route | runs | accuracy | macro F1 | log loss | ECE | wall s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")

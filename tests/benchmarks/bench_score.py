@@ -203,7 +203,7 @@ def child_prepare(spec: dict[str, Any]) -> dict[str, Any]:
             # stay the recurrent model's, which the PyTorch peer computes and is checked on
             K, bits = config.num_outputs, config.ngram_bits
             head = ngrams.Head(
-                2, bits, np.zeros((1 << bits, K), np.float32), np.zeros(K, np.float32)
+                2, bits, np.zeros((1 << bits, K), np.float32), np.zeros(K, np.float32), "sqrt"
             )
             model = ngrams.attach(model, head, ngrams.Mix())
             model.save(Path(spec["models"]) / cell)
