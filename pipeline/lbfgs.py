@@ -3,12 +3,12 @@
 The head has one weight per n-gram bucket and class, 5 million for 8 classes on 20,000 IMDB
 reviews. At that size the minimiser's own vector work outweighed the objective: a NumPy
 two-loop recursion made a dozen 40 MB temporaries per iteration, each mapped fresh from the
-kernel and faulted in page by page (40 % of the fit's processor time went to the system). Here every
-vector lives in a buffer allocated once; each pass of the recursion is one Numba loop that
-applies an update and takes the next inner product together; the curvature pairs are kept in
-float32 (half the memory and traffic: 340 MB instead of 680 for that head; the line search
-keeps every step a descent whatever their rounding); inner products add fixed blocks in a
-fixed order, so the result does not depend on the thread count.
+kernel and faulted in page by page (40 % of the fit's processor time went to the system).
+Here every vector lives in a buffer allocated once; each pass of the recursion is one Numba
+loop that applies an update and takes the next inner product together; the curvature pairs
+are kept in float32 (half the memory and traffic: 340 MB instead of 680 for that head; the
+line search keeps every step a descent whatever their rounding); inner products add fixed
+blocks in a fixed order, so the result does not depend on the thread count.
 
 ``fg(x, grad)`` returns the value at ``x`` and writes the gradient into ``grad``.
 ``reference_minimize`` is the NumPy specification (float64 pairs, the same steps).

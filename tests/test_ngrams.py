@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import ngrams
+from pipeline import lbfgs, ngrams
 from pipeline.attribution import attributions
 from pipeline.config import ModelConfig
 from pipeline.errors import ConfigError
@@ -266,3 +266,18 @@ def test_a_head_saved_before_the_scale_reads_its_sums_as_they_are():
     plain = ModelConfig()  # no head: nothing to scale, nothing written
     assert "ngram_scale" not in plain.to_dict()
     assert ModelConfig.from_dict(plain.to_dict()) == plain
+
+
+@pytest.mark.parametrize("scale", ["none", "sqrt"])
+def test_a_fitted_heads_logits_are_the_ones_its_fit_minimised(scale):
+    tokens = ragged(13, lengths=(1, 30, 4, 0, 12, 2, 25, 7), vocab=8)  # lengths far apart
+    y = np.array([0, 1, 1, 0, 1, 0, 1, 0])
+    head = ngrams.fit_head(tokens, y, 2, order=2, bits=10, scale=scale, C=3.0)
+    problem = ngrams.HeadProblem.build(tokens, y, 2, order=2, bits=10, C=3.0, scale=scale)
+    U = problem.r.shape[0]
+    x = lbfgs.minimize(problem.objective, np.zeros(U + 1))
+    X = np.zeros((len(tokens), U))
+    X[np.repeat(np.arange(len(tokens)), np.diff(problem.offsets)), problem.cols] = 1.0
+    want = problem.s * (X @ (problem.r[:, 0] * x[:U])) + x[U]
+    got = ngrams.head_logits(ngrams.features(tokens, 2, 10), head.W, head.b, scale)[:, 0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
