@@ -296,7 +296,7 @@ class HeadProblem:
     C: float
     s: np.ndarray
     unit: float
-    _rw: np.ndarray | None = field(default=None, repr=False)  # r * w, reused by objective
+    rw: np.ndarray = field(repr=False)  # scratch [U, K] for r * w, reused by objective
 
     @classmethod
     def build(
@@ -318,7 +318,8 @@ class HeadProblem:
         r = nb_ratios(counts.reshape(used.size, n_classes).astype(np.float64))
         s = row_scale(feats.offsets, scale)
         unit = float(np.sqrt(np.mean(1.0 / s**2))) if len(tokens) else 1.0
-        return cls(used, feats.offsets, cols, col_offsets, rows_by_col, r, y, C, s * unit, unit)
+        rw = np.empty_like(r)
+        return cls(used, feats.offsets, cols, col_offsets, rows_by_col, r, y, C, s * unit, unit, rw)
 
     def objective(self, x: np.ndarray, grad: np.ndarray) -> float:
         """C * (summed cross-entropy) + |w|^2 / 2 at x = (w [U, K] flat, bias [K]); its
@@ -326,11 +327,9 @@ class HeadProblem:
         columns."""
         U, K = self.r.shape
         w, bias = x[: U * K].reshape(U, K), x[U * K :]
-        if self._rw is None:
-            self._rw = np.empty((U, K))
-        np.multiply(self.r, w, out=self._rw)
+        np.multiply(self.r, w, out=self.rw)
         s = self.s[:, None]
-        z = row_sums(self.offsets, self.cols, self._rw) * s + bias
+        z = row_sums(self.offsets, self.cols, self.rw) * s + bias
         per_row, dz = cross_entropy(z, self.y)
         _penalised_grads(self.col_offsets, self.rows_by_col, dz * s, self.r, w, self.C, grad)
         grad[U * K :] = self.C * dz.sum(axis=0)

@@ -3,6 +3,7 @@ two-loop recursion, the block inner product, and whole fits."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 
@@ -44,8 +45,6 @@ def test_direction_matches_the_two_loop_recursion(k, n):
 
 
 def test_dot_adds_fixed_blocks_so_any_thread_count_gives_the_same_bits():
-    import numba
-
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=5 * lbfgs.BLOCK + 3), rng.normal(size=5 * lbfgs.BLOCK + 3)
     assert lbfgs.dot(a, b) == pytest.approx(a @ b, rel=1e-12)
