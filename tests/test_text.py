@@ -33,6 +33,16 @@ FRAGMENTS = [
     "’",
     "don't",
     "'tis",
+    "it's",
+    "Can't",
+    "N’T",
+    "we'll",
+    "'re",
+    "n't",
+    "'s",
+    "o'clock",
+    "he'd've",
+    "x''ve",
     "rock 'n' roll",
     "it's'",
     "Ǆ",
@@ -120,6 +130,32 @@ def test_tokens_match_reference(texts, lowercase):
     assert tok.tokens(texts) == [reference_tokens(t, lowercase) for t in texts]
 
 
+def check_spans(texts: list[str | None], lowercase: bool) -> None:
+    """Each span is its token as written: it ends on a character that is not an apostrophe,
+    and the rules without the clitic split (v2) read it as that one token."""
+    tok = Tokenizer(lowercase=lowercase)
+    rows, starts, ends = tok.spans(texts)
+    for i, (text, want) in enumerate(zip(texts, tok.tokens(texts), strict=True)):
+        raw = [
+            text[a:b]
+            for a, b in zip(starts[rows[i] : rows[i + 1]], ends[rows[i] : rows[i + 1]], strict=True)
+        ]
+        got = [reference_tokens(r, lowercase, normalisation="rnnpipe-text-v2") for r in raw]
+        assert got == [[w] for w in want], text
+        assert not any(r.endswith(("'", "\u2019")) for r in raw), text
+
+
+@settings_fast
+@given(st.lists(texts_st, min_size=1, max_size=8), st.booleans())
+def test_spans_hold_the_tokens(texts, lowercase):
+    check_spans(texts, lowercase)
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_spans_hold_the_tokens_by_hand(lowercase):
+    check_spans([text for text, _ in RULES_BY_HAND.values()], lowercase)
+
+
 @settings_fast
 @given(st.lists(texts_st, min_size=1, max_size=8))
 def test_encode_matches_reference_ids(fitted, texts):
@@ -150,11 +186,11 @@ def test_rules_by_example():
     )
     assert got == [
         ["great", "great", "great"],
-        ["don't", "quoted", "rock", "n", "roll"],
+        ["do", "n't", "quoted", "rock", "n", "roll"],
         ["well", "made", "10", "10", "a", "b"],
         ["café", "москва", "東京", "naïve", "über"],
         ["a", "b", "and", "<3", "but", "c"],
-        ["don't"],
+        ["do", "n't"],
     ]
     assert Tokenizer(lowercase=False).tokens(["Great GREAT"]) == [["Great", "GREAT"]]
 
@@ -191,7 +227,7 @@ RULES_BY_HAND = {
     ),
     "symbol-ends-token": (
         "loved it\U0001f60d\U0001f60d don't\u2122 \u00a9'a'",
-        ["loved", "it", "\U0001f60d", "\U0001f60d", "don't", "\u2122", "\u00a9", "a"],
+        ["loved", "it", "\U0001f60d", "\U0001f60d", "do", "n't", "\u2122", "\u00a9", "a"],
     ),
     "symbol-not-cased": ("\u24b6 \u24d0", ["\u24b6", "\u24d0"]),
     "symbol-tags-and-zwj": (
@@ -246,11 +282,52 @@ RULES_BY_HAND = {
         ["\u043c\u043e\u0441\u043a\u0432\u0430"] * 2,
     ),
     # apostrophes: ' and U+2019 (written as '), kept inside a word, dropped around it
-    "ascii-apostrophe": ("don't l'homme rock''n", ["don't", "l'homme", "rock''n"]),
-    "curly-apostrophe": ("don\u2019t \u2019tis it\u2019s\u2019", ["don't", "tis", "it's"]),
+    "ascii-apostrophe": ("y'all l'homme rock''n", ["y'all", "l'homme", "rock''n"]),
+    "curly-apostrophe": ("o\u2019clock \u2019tis it\u2019s\u2019", ["o'clock", "tis", "it", "s"]),
     "around": (
         "'tis rock 'n' roll it's' dogs'' '' \u2019\u2019 '",
-        ["tis", "rock", "n", "roll", "it's", "dogs"],
+        ["tis", "rock", "n", "roll", "it", "s", "dogs"],
+    ),
+    # clitics split off, written as a text that sets them apart writes them (SST-2's "is n't")
+    "clitics": (
+        "don't can't won't it's I'm he'd we're you'll they've film's 90's",
+        [
+            "do",
+            "n't",
+            "ca",
+            "n't",
+            "wo",
+            "n't",
+            "it",
+            "s",
+            "i",
+            "m",
+            "he",
+            "d",
+            "we",
+            "re",
+            "you",
+            "ll",
+            "they",
+            "ve",
+            "film",
+            "s",
+            "90",
+            "s",
+        ],
+    ),  # fmt: skip
+    "clitics-apart": ("does n't it 's we 're", ["does", "n't", "it", "s", "we", "re"]),
+    "clitics-curly": ("isn\u2019t she\u2019ll", ["is", "n't", "she", "ll"]),
+    "clitic-once": ("he'd've don't's", ["he'd", "ve", "don't", "s"]),
+    "clitic-needs-a-word": ("'s n't 're x''s x'n't", ["s", "n't", "re", "x''s", "x'n't"]),
+    "not-clitics": (
+        "o'clock rock'n'roll 's's don't'a it'sy n'tt ma'am o'd's",
+        ["o'clock", "rock'n'roll", "s", "s", "don't'a", "it'sy", "n'tt", "ma'am", "o'd", "s"],
+    ),
+    "clitic-after-non-ascii": ("caf\u00e9's e\u0301's", ["caf\u00e9", "s", "e\u0301", "s"]),
+    "clitic-before-symbol": (
+        "it's\u2605 can't:) we'll<br>",
+        ["it", "s", "\u2605", "ca", "n't", ":)", "we", "ll"],
     ),
     "apostrophe-then-mark": ("'\u0301a", ["a"]),
     # modifier letters are letters (Lm): word characters, not apostrophes, never folded
@@ -273,7 +350,7 @@ RULES_BY_HAND = {
     "tag-after-lone-lt": ("<a<b>c <<b>>x", ["a", "c", "x"]),
     "unclosed": ("good <b", ["good", "b"]),
     "tag-then-gt": ("5<br>>3", ["5", "3"]),
-    "tag-then-apostrophe": ("it's<br />great <b>a</b>'s", ["it's", "great", "a", "s"]),
+    "tag-then-apostrophe": ("it's<br />great <b>a</b>'s", ["it", "s", "great", "a", "s"]),
 }
 
 # the same texts that lowercasing would change, with lowercase=False
@@ -281,7 +358,12 @@ RULES_BY_HAND_CASED = {
     "dotted-capital-i": ("\u0130stanbul I", ["\u0130stanbul", "I"]),
     "no-final-sigma": ("\u039f\u0394\u039f\u03a3", ["\u039f\u0394\u039f\u03a3"]),
     "kelvin-digraph": ("\u212a \u01c5 \uff21", ["\u212a", "\u01c5", "\uff21"]),
-    "curly-apostrophe": ("Don\u2019t", ["Don't"]),
+    "curly-apostrophe": ("Don\u2019t", ["Do", "n't"]),
+    "clitics-any-case": (
+        "DON'T IT'S We'Ll Can\u2019T",
+        ["DO", "N'T", "IT", "S", "We", "Ll", "Ca", "n'T"],
+    ),
+    "clitics-ascii-letters-only": ("it'\u017f x'\u212a", ["it'\u017f", "x'\u212a"]),
     "tag": ("A<BR>B", ["A", "B"]),
 }
 
@@ -307,6 +389,20 @@ RULES_BY_HAND_V1 = {
     "symbol-ends-token": ("it\U0001f60d\U0001f60dgood", ["it", "good"]),
     "emoticons": ("great :) ;-P <3 x", ["great", "p", "3", "x"]),
 }
+
+
+# rnnpipe-text-v2 (models trained before clitics split): a clitic stays in its word
+RULES_BY_HAND_V2 = {
+    "clitics": ("Don't it's we'll film\u2019s", ["don't", "it's", "we'll", "film's"]),
+    "symbols": ("it's\u2605 :)", ["it's", "\u2605", ":)"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RULES_BY_HAND_V2))
+def test_rules_by_hand_version_2(case):
+    text, want = RULES_BY_HAND_V2[case]
+    assert Tokenizer(normalisation="rnnpipe-text-v2").tokens([text]) == [want]
+    assert reference_tokens(text, normalisation="rnnpipe-text-v2") == want
 
 
 @pytest.mark.parametrize("case", sorted(RULES_BY_HAND_V1))
@@ -592,7 +688,7 @@ def test_a_version_1_vocabulary_keeps_reading_symbols_as_separators(tmp_path):
 def test_to_config_has_settings_not_words(fitted):
     config = fitted.to_config()
     assert config == {
-        "normalisation": "rnnpipe-text-v2",
+        "normalisation": "rnnpipe-text-v3",
         "num_words": 30,
         "lowercase": True,
         "min_count": 1,

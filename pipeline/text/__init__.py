@@ -11,13 +11,14 @@ The package, one role per module:
   plain Python, the oracle) and the Unicode tables the scanners read.
 * ``arrow``: any string input as Arrow ``large_string`` buffers, in bounded batches.
 * ``scan``: the Numba scanners over those buffers: tokenize, count, encode.
+* ``spans``: the scanner that finds where each token lies in its text (for explanations).
 * ``tokenizer``: the ``Tokenizer`` (fit, encode, tokens, decode, save, load).
 
 Example::
 
     >>> tok = Tokenizer(num_words=100).fit(["Great movie!", "a great, GREAT cast<br />"])
     >>> tok.tokens(["Great!<br />Don't"])
-    [['great', "don't"]]
+    [['great', 'do', "n't"]]
     >>> tok.encode(["great cast", None]).to_arrow().to_pylist()
     [[2, 4], []]
 """

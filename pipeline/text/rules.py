@@ -1,6 +1,6 @@
 """The text normalisation rules: what a token is, written once.
 
-Normalisation (``NORMALISATION = "rnnpipe-text-v2"``), applied to each text in this order:
+Normalisation (``NORMALISATION = "rnnpipe-text-v3"``), applied to each text in this order:
 
 1. A null or empty text has no tokens.
 2. HTML tags are separators: ``<`` then an optional ``/`` then an ASCII letter, up to the
@@ -24,20 +24,30 @@ Normalisation (``NORMALISATION = "rnnpipe-text-v2"``), applied to each text in t
    ``) ( D P p O o / | ] [ 3 *`` or a backslash, or ``<3``, not followed by an ASCII
    letter or digit, ``/`` or ``_`` (regex ``_EMOTICON_RE``): ``"great:)"`` -> ``great :)``,
    ``;-P``, ``=D``; ``10:30``, ``http://`` and ``:Done`` hold none.
-5. With ``lowercase=True`` each character takes its one-character Unicode lowercase
+5. A token ending in a clitic splits in two, the clitic written apart: ``n't``, or an
+   apostrophe then ``s``, ``m``, ``d``, ``re``, ``ll`` or ``ve`` (ASCII letters of either
+   case), when the character before it is not an apostrophe. The apostrophe before
+   s/m/d/re/ll/ve goes, as it goes when a text writes the clitic apart (``it 's``, Penn
+   Treebank style, as SST-2 does), so both spellings give the same tokens: ``don't`` ->
+   ``do n't``, ``can't`` -> ``ca n't``, ``it's`` -> ``it s``, ``we'll`` -> ``we ll``,
+   ``film's`` -> ``film s``, ``it's'`` -> ``it s`` (trailing apostrophes go first); one
+   split per token (``he'd've`` -> ``he'd ve``); ``o'clock``, ``l'homme``, ``rock'n'roll``
+   and ``it''s`` stay whole.
+6. With ``lowercase=True`` each character takes its one-character Unicode lowercase
    (``ch.lower()``, or its first character for U+0130 İ -> i). No other normalisation
    (no NFC, no accent stripping: ``café`` and ``cafe`` are different words).
 
 ``reference_tokens`` is these rules in plain Python, the oracle the fast path is tested
 against; ``unicode_tables`` turns them into the tables the scanners (``scan``) read.
-Models and encoders record the rules they were trained with: ``rnnpipe-text-v1``, the rules
-before symbols and emoticons, reads them as separators, and ``NORMALISATIONS`` lists every
-version this rnnpipe reads (a model keeps tokenizing as it was trained).
+Models and encoders record the rules they were trained with, and ``NORMALISATIONS`` lists
+every version this rnnpipe reads (a model keeps tokenizing as it was trained):
+``rnnpipe-text-v2`` leaves clitics joined (rule 5 out), ``rnnpipe-text-v1`` also reads
+symbols and emoticons as separators (rule 4's last two sentences out).
 
 Example::
 
     >>> reference_tokens("Great!<br />It's a 10/10 'must-see' CAFÉ")
-    ['great', "it's", 'a', '10', '10', 'must', 'see', 'café']
+    ['great', 'it', 's', 'a', '10', '10', 'must', 'see', 'café']
 """
 
 from __future__ import annotations
@@ -51,8 +61,8 @@ import numpy as np
 __all__ = ["APOS", "EMOTE", "MARK", "NORMALISATION", "NORMALISATIONS", "SEP", "SYMBOL", "WORD",
            "check_normalisation", "reference_tokens", "unicode_tables"]  # fmt: skip
 
-NORMALISATION = "rnnpipe-text-v2"
-NORMALISATIONS = ("rnnpipe-text-v1", NORMALISATION)  # v1: symbols are separators
+NORMALISATION = "rnnpipe-text-v3"
+NORMALISATIONS = ("rnnpipe-text-v1", "rnnpipe-text-v2", NORMALISATION)
 
 _TAG_RE = re.compile(r"</?[A-Za-z][^<>]*>")
 _APOSTROPHES = "'\u2019"
@@ -63,6 +73,8 @@ _REPLACEMENTS = "\ufffc\ufffd"  # So, but stand for text lost (invalid UTF-8 dec
 # character classes in the scanners' tables
 SEP, WORD, MARK, APOS, SYMBOL, EMOTE = 0, 1, 2, 3, 4, 5  # EMOTE: may start an emoticon
 _EMOTICON_RE = re.compile(r"(?:[:;=]-?[)(DPpOo/\\|\][3*]|<3)(?![A-Za-z0-9/_])")
+# a clitic ending a token, after a character that is not an apostrophe (rule 5)
+_CLITIC_RE = re.compile(r"(?<=[^'])(?:n't|'(?:s|m|d|re|ll|ve))\Z", re.ASCII | re.IGNORECASE)
 
 
 def check_normalisation(normalisation: str) -> str:
@@ -72,6 +84,10 @@ def check_normalisation(normalisation: str) -> str:
             f"normalisation {normalisation!r}: this rnnpipe reads {', '.join(NORMALISATIONS)}"
         )
     return normalisation
+
+
+def _splits_clitics(normalisation: str) -> bool:
+    return normalisation not in ("rnnpipe-text-v1", "rnnpipe-text-v2")
 
 
 def _is_symbol(ch: str) -> bool:
@@ -88,11 +104,12 @@ def reference_tokens(
     Returns the list of tokens (empty for None or "").
 
     >>> reference_tokens("Great!<br />It's a 10/10 'must-see' CAFÉ")
-    ['great', "it's", 'a', '10', '10', 'must', 'see', 'café']
+    ['great', 'it', 's', 'a', '10', '10', 'must', 'see', 'café']
     >>> reference_tokens("loved it😍😍")
     ['loved', 'it', '😍', '😍']
     """
     symbols = check_normalisation(normalisation) != "rnnpipe-text-v1"
+    clitics = _splits_clitics(normalisation)
     if not text:
         return []
     text = _TAG_RE.sub(" ", text)
@@ -127,7 +144,10 @@ def reference_tokens(
         # drop marks and apostrophes before the first word character, then trailing apostrophes
         start = next((i for i, ch in enumerate(piece) if ch.isalnum()), len(piece))
         token = piece[start:].rstrip("'")
-        if token:
+        clitic = _CLITIC_RE.search(token) if clitics else None
+        if clitic:
+            tokens += [token[: clitic.start()], clitic.group().lstrip("'")]
+        elif token:
             tokens.append(token)
     return tokens
 
@@ -140,12 +160,13 @@ _TABLE_RANGES = ((0, 0xD800), (0xE000, 0x40000), (0xE0000, 0xE1000))
 @functools.cache
 def unicode_tables(
     lowercase: bool, normalisation: str = NORMALISATION
-) -> tuple[np.ndarray, np.ndarray]:
-    """``classes`` uint8[0x110000] and ``norm`` int32[0x20000] for the kernels (~70 ms, once
-    per setting), by the rules of version ``normalisation``.
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(classes uint8[0x110000], norm int32[0x20000], clitics)`` for the kernels (~70 ms,
+    once per setting), by the rules of version ``normalisation``.
 
     ``norm[cp]`` is the code point written for ``cp`` (lowercase, apostrophe folding);
     code points past ``norm`` map to themselves (no cased letters lie beyond plane 1).
+    ``clitics``: whether tokens ending in a clitic split (rule 5).
     """
     cps = np.concatenate([np.arange(a, b, dtype=np.uint32) for a, b in _TABLE_RANGES])
     chars = cps.tobytes().decode("utf-32-le")
@@ -182,7 +203,7 @@ def unicode_tables(
         # the kernels size token buffers at 2 bytes out per byte in
         if np.any(_utf8_len(low[changed]) > 2 * _utf8_len(src[changed])):
             raise RuntimeError("a lowercase mapping more than doubles a character's UTF-8 size")
-    return classes, norm
+    return classes, norm, _splits_clitics(normalisation)
 
 
 def _utf8_len(cp: np.ndarray) -> np.ndarray:

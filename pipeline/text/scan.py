@@ -11,9 +11,10 @@ they are then copied to their final offsets (a chunk denser than the estimate co
 tokens first instead). Inputs under 1 MB run on one thread.
 
 The entry points, called by ``Tokenizer`` (``tokenizer.py``): ``count_words`` (fit),
-``encode_serial`` and ``encode_parallel`` (encode), ``token_bytes`` (tokens), ``token_spans``
-(where tokens lie), ``new_slots`` (a vocabulary's hash table); ``arrow`` turns any string
-input into the ``large_string`` buffers they read.
+``encode_serial`` and ``encode_parallel`` (encode), ``token_bytes`` (tokens), ``new_slots``
+(a vocabulary's hash table); ``spans`` finds where tokens lie with the character helpers and
+the clitic rule made public here; ``arrow`` turns any string input into the ``large_string``
+buffers they read.
 The character classes and normalisation tables come from ``rules.unicode_tables``.
 """
 
@@ -26,13 +27,18 @@ from pipeline.text.ids import OOV_ID
 from pipeline.text.rules import APOS, EMOTE, SEP, SYMBOL, WORD
 
 __all__ = [
+    "APOSTROPHE",
+    "TAIL",
+    "ascii_class",
+    "clitic_split",
     "count_words",
+    "decode_utf8",
     "encode_parallel",
     "encode_serial",
     "new_slots",
     "ngram_hash",
+    "tail_char",
     "token_bytes",
-    "token_spans",
 ]
 
 # The scanners work a whole text per call: a call per token costs more than the token itself.
@@ -100,7 +106,7 @@ def _emoticon(data, pos, end):
 
 
 @njit(cache=True, inline="always")
-def _ascii_class(data, pos, end, cls):
+def ascii_class(data, pos, end, cls):
     """(class, bytes) of the ASCII character ``data[pos]`` of class ``cls`` that is not a word
     character, with what follows it: a tag is one separator, an emoticon one EMOTE token,
     an EMOTE character starting none a separator."""
@@ -115,7 +121,7 @@ def _ascii_class(data, pos, end, cls):
 
 
 @njit(cache=True)
-def _decode_utf8(data, pos, end):
+def decode_utf8(data, pos, end):
     """(code point, byte length) at ``pos``; malformed bytes decode as U+FFFD, one at a time."""
     b0 = np.int64(data[pos])
     if b0 >= 0xC2 and b0 < 0xE0:
@@ -204,35 +210,6 @@ def mix64(h):
 
 
 @njit(cache=True)
-def _count_row(data, pos, end, classes):
-    """Number of tokens in ``data[pos:end]`` (the same rules as ``_tokenize_row``, no output)."""
-    count = 0
-    started = False  # a word character has been seen in the current run
-    while pos < end:
-        b = data[pos]
-        if b < 128:
-            cls, step = classes[b], 1
-            if cls != WORD:
-                cls, step = _ascii_class(data, pos, end, cls)
-            if cls == WORD:
-                started = True
-            elif cls == SEP or cls == EMOTE:  # an emoticon is a token of its own
-                count += started + (cls == EMOTE)
-                started = False
-            pos += step
-            continue
-        cp, step = _decode_utf8(data, pos, end)
-        pos += step
-        cls = classes[cp]
-        if cls == WORD:
-            started = True
-        elif cls == SEP or cls == SYMBOL:  # a symbol is a token of its own (never ASCII)
-            count += started + (cls == SYMBOL)
-            started = False
-    return count + started
-
-
-@njit(cache=True)
 def _own_token(buf, n, data, start, stop, cp, tok_end, tok_word, t):
     """Write ``data[start:stop]`` (a symbol, code point ``cp``, or an emoticon) at ``buf[n]``
     as token ``t``, as it is; returns where its bytes end."""
@@ -246,12 +223,82 @@ def _own_token(buf, n, data, start, stop, cp, tok_end, tok_word, t):
     return end
 
 
+def _packed(chars: str) -> int:
+    """``chars`` (ASCII) packed as ``clitic_split`` reads a tail, the last in the low byte."""
+    return int.from_bytes(chars.encode("ascii"), "big")
+
+
+APOSTROPHE = 39
+_CLITICS_1 = (_packed("'s"), _packed("'m"), _packed("'d"))  # one letter after the apostrophe
+_CLITICS_2 = (_packed("'re"), _packed("'ll"), _packed("'ve"))  # two
+_NT = _packed("n't")
+TAIL = (1 << 40) - 1  # five characters
+
+
 @njit(cache=True)
-def _tokenize_row(data, pos, end, classes, norm, buf, tok_end, tok_word):
+def clitic_split(tail):
+    """How a token ending in ``tail`` splits by rule 5 (``rules.py``): ``(length, gap)``, its
+    last ``length`` characters a token of their own without the ``gap`` (0 or 1) apostrophe
+    before them; ``(0, 0)`` when it stays whole. ``tail`` packs the token's last five
+    characters, the last in the low byte: ASCII letters lowercased, the apostrophe as 39,
+    any other character as 128, none (before the token's start) as 0."""
+    two = tail & 0xFFFF
+    three = tail & 0xFFFFFF
+    length, gap = 0, 1
+    if two == _CLITICS_1[0] or two == _CLITICS_1[1] or two == _CLITICS_1[2]:
+        length = 1
+    elif three == _CLITICS_2[0] or three == _CLITICS_2[1] or three == _CLITICS_2[2]:
+        length = 2
+    elif three == _NT:
+        length, gap = 3, 0
+    before = (tail >> (8 * (length + gap))) & 0xFF
+    if length == 0 or before == 0 or before == APOSTROPHE:
+        return 0, 0
+    return length, gap
+
+
+@njit(cache=True, inline="always")
+def tail_char(c):
+    """A character's byte in ``clitic_split``'s tail, from a code point or a UTF-8 byte."""
+    if 65 <= c <= 90:
+        return c + 32
+    return c if c < 128 else 128
+
+
+@njit(cache=True)
+def _end_token(buf, start, keep, w, tok_end, tok_word, t, clitics):
+    """Close token ``t``, ``buf[start:keep]`` (its first 8 bytes ``w``), split in two when
+    ``clitics`` (rule 5) and it ends in a clitic; returns ``(tokens, bytes)`` now written."""
+    if (
+        clitics
+        and keep - start > 2
+        and (buf[keep - 2] == APOSTROPHE or buf[keep - 3] == APOSTROPHE)
+    ):
+        tail = 0
+        for j in range(max(start, keep - 5), keep):  # a character's bytes in buf are >= 128
+            tail = (tail << 8) | tail_char(np.int64(buf[j]))
+        length, gap = clitic_split(tail)
+        if length > 0:
+            cut = keep - length - gap
+            tok_end[t] = cut
+            tok_word[t] = w
+            for j in range(length):  # the clitic moves over its apostrophe
+                buf[cut + j] = buf[keep - length + j]
+            tok_end[t + 1] = cut + length
+            tok_word[t + 1] = _first8(buf, cut, length)
+            return t + 2, cut + length
+    tok_end[t] = keep
+    tok_word[t] = w
+    return t + 1, keep
+
+
+@njit(cache=True)
+def _tokenize_row(data, pos, end, tables, buf, tok_end, tok_word):
     """Tokenize ``data[pos:end]`` into scratch arrays; returns the number of tokens ``t``.
     Token ``i`` is ``buf[tok_end[i-1]:tok_end[i]]`` (from 0 for the first), its normalised
     UTF-8 bytes; ``tok_word[i]`` holds its first 8 bytes. ``buf`` needs 2 bytes per input
     byte and ``tok_end``/``tok_word`` two slots per 3 input bytes (plus two: "a©a©a")."""
+    classes, norm, clitics = tables
     t = 0
     n = 0  # bytes written to buf
     start = 0  # where the current token starts in buf
@@ -283,7 +330,7 @@ def _tokenize_row(data, pos, end, classes, norm, buf, tok_end, tok_word):
                         break
                 keep = n
                 continue
-            # _ascii_class inline: called here it costs this loop a fifth of its speed
+            # ascii_class inline: called here it costs this loop a fifth of its speed
             step, cp = 1, np.int64(b)
             if b == 60:
                 after = _tag_end(data, pos, end)
@@ -294,16 +341,14 @@ def _tokenize_row(data, pos, end, classes, norm, buf, tok_end, tok_word):
                 step = max(_emoticon(data, pos, end), 1)
                 cls = EMOTE if step > 1 else SEP
         else:
-            cp, step = _decode_utf8(data, pos, end)
+            cp, step = decode_utf8(data, pos, end)
             cls = classes[cp]
         pos += step
         if cls == SEP or cls == SYMBOL or cls == EMOTE:
-            if started:
+            if started:  # keep drops trailing apostrophes
                 started = False
-                tok_end[t] = keep
-                tok_word[t] = w
-                t += 1
-                n = keep  # drops trailing apostrophes
+                t, n = _end_token(buf, start, keep, w, tok_end, tok_word, t, clitics)
+                keep = n
             if cls != SEP:  # a token of its own, written as it is
                 n = keep = _own_token(buf, n, data, pos - step, pos, cp, tok_end, tok_word, t)
                 t += 1
@@ -323,9 +368,7 @@ def _tokenize_row(data, pos, end, classes, norm, buf, tok_end, tok_word):
         if cls != APOS:
             keep = n
     if started:
-        tok_end[t] = keep
-        tok_word[t] = w
-        t += 1
+        t, _ = _end_token(buf, start, keep, w, tok_end, tok_word, t, clitics)
     _trim_words(tok_end, tok_word, t)
     return t
 
@@ -407,12 +450,11 @@ def new_slots(key_off, key_bytes, nkeys, size):
 def _encode_rows(text, tables, vocab, r0, r1, lengths, out, o, cap):
     """Encode rows ``r0:r1`` into ``out[o:o+cap]`` back to back, their lengths into ``lengths``.
 
-    ``text`` is ``(offsets, data, valid)``, ``tables`` is ``(classes, norm)``, ``vocab`` is
+    ``text`` is ``(offsets, data, valid)``, ``tables`` is ``(classes, norm, clitics)``, ``vocab`` is
     ``(slots, key_off, key_bytes)``. Returns the number of ids written, or -1 when they would
     not fit in ``cap``.
     """
     offsets, data, valid = text
-    classes, norm = tables
     slots, key_off, key_bytes = vocab
     buf, tok_end, tok_word = _scratch(offsets, valid, r0, r1)
     used = 0
@@ -420,7 +462,7 @@ def _encode_rows(text, tables, vocab, r0, r1, lengths, out, o, cap):
         if not valid[r]:
             lengths[r] = 0
             continue
-        t = _tokenize_row(data, offsets[r], offsets[r + 1], classes, norm, buf, tok_end, tok_word)
+        t = _tokenize_row(data, offsets[r], offsets[r + 1], tables, buf, tok_end, tok_word)
         if used + t > cap:
             return -1
         lengths[r] = t
@@ -438,11 +480,17 @@ def _encode_rows(text, tables, vocab, r0, r1, lengths, out, o, cap):
 
 
 @njit(cache=True)
-def _count_rows(text, classes, r0, r1, lengths):
-    """Token counts of rows ``r0:r1`` into ``lengths``."""
+def _count_rows(text, tables, r0, r1, lengths):
+    """Token counts of rows ``r0:r1`` into ``lengths`` (tokenizing them: counting by other
+    rules than the tokenizer's could only go wrong)."""
     offsets, data, valid = text
+    buf, tok_end, tok_word = _scratch(offsets, valid, r0, r1)
     for r in range(r0, r1):
-        lengths[r] = _count_row(data, offsets[r], offsets[r + 1], classes) if valid[r] else 0
+        lengths[r] = 0
+        if valid[r]:
+            lengths[r] = _tokenize_row(
+                data, offsets[r], offsets[r + 1], tables, buf, tok_end, tok_word
+            )
 
 
 @njit(cache=True)
@@ -466,7 +514,7 @@ def encode_parallel(text, tables, vocab, bounds):
     ``bounds`` int64[chunks+1] splits the rows into chunks run in parallel. Each chunk writes
     its ids to its own stretch of a scratch array sized from its bytes; a chunk with more
     tokens than that counts them first and writes straight to the output in the second loop.
-    ``bad`` is non-zero if the counting and the tokenizing scanners disagreed (a bug).
+    ``bad`` is non-zero if a chunk's second pass wrote other than the ids it counted (a bug).
     """
     offsets = text[0]
     n = offsets.size - 1
@@ -483,7 +531,7 @@ def encode_parallel(text, tables, vocab, bounds):
         cap = cap_start[c + 1] - cap_start[c]
         used[c] = _encode_rows(text, tables, vocab, r0, r1, lengths, scratch, cap_start[c], cap)
         if used[c] < 0:
-            _count_rows(text, tables[0], r0, r1, lengths)
+            _count_rows(text, tables, r0, r1, lengths)
     out_offsets = _exclusive_cumsum(lengths)
     ids = np.empty(out_offsets[n], dtype=np.int32)
     bad = np.zeros(nchunks, dtype=np.int64)
@@ -509,7 +557,7 @@ def encode_serial(text, tables, vocab):
     used = _encode_rows(text, tables, vocab, 0, n, lengths, scratch, 0, scratch.size)
     if used >= 0:
         return _exclusive_cumsum(lengths), scratch[:used].copy(), 0
-    _count_rows(text, tables[0], 0, n, lengths)
+    _count_rows(text, tables, 0, n, lengths)
     out_offsets = _exclusive_cumsum(lengths)
     ids = np.empty(out_offsets[n], dtype=np.int32)
     got = _encode_rows(text, tables, vocab, 0, n, lengths, ids, 0, ids.size)
@@ -524,14 +572,13 @@ def count_words(text, tables, table, nkeys):
     with the new number of keys.
     """
     offsets, data, valid = text
-    classes, norm = tables
     slots, key_off, key_bytes, counts = table
     n = offsets.size - 1
     buf, tok_end, tok_word = _scratch(offsets, valid, 0, n)
     for r in range(n):
         if not valid[r]:
             continue
-        t = _tokenize_row(data, offsets[r], offsets[r + 1], classes, norm, buf, tok_end, tok_word)
+        t = _tokenize_row(data, offsets[r], offsets[r + 1], tables, buf, tok_end, tok_word)
         start = 0
         for j in range(t):
             m = tok_end[j] - start
@@ -572,7 +619,6 @@ def _grow(a, size):
 def token_bytes(text, tables):
     """Every token's bytes: ``(row_offsets int64[n+1], token_offsets int64[t+1], bytes)``."""
     offsets, data, valid = text
-    classes, norm = tables
     n = offsets.size - 1
     buf, tok_end, tok_word = _scratch(offsets, valid, 0, n)
     row_offsets = np.zeros(n + 1, dtype=np.int64)
@@ -580,9 +626,7 @@ def token_bytes(text, tables):
     for r in range(n):
         t = 0
         if valid[r]:
-            t = _tokenize_row(
-                data, offsets[r], offsets[r + 1], classes, norm, buf, tok_end, tok_word
-            )
+            t = _tokenize_row(data, offsets[r], offsets[r + 1], tables, buf, tok_end, tok_word)
             nbytes += tok_end[t - 1] if t else 0
         row_offsets[r + 1] = row_offsets[r] + t
     token_offsets = np.zeros(row_offsets[n] + 1, dtype=np.int64)
@@ -590,7 +634,7 @@ def token_bytes(text, tables):
     for r in range(n):
         if not valid[r]:
             continue
-        t = _tokenize_row(data, offsets[r], offsets[r + 1], classes, norm, buf, tok_end, tok_word)
+        t = _tokenize_row(data, offsets[r], offsets[r + 1], tables, buf, tok_end, tok_word)
         o = row_offsets[r]
         s = token_offsets[o]
         start = 0
@@ -601,73 +645,3 @@ def token_bytes(text, tables):
             token_offsets[o + i + 1] = s
             start = tok_end[i]
     return row_offsets, token_offsets, out
-
-
-@njit(cache=True)
-def _code_points(data, pos, end):
-    """How many code points the UTF-8 bytes ``data[pos:end]`` hold."""
-    n = 0
-    for i in range(pos, end):
-        if (data[i] & 0xC0) != 0x80:  # every byte but a continuation byte starts one
-            n += 1
-    return n
-
-
-@njit(cache=True)
-def token_spans(text, tables):
-    """Where every token lies in its text, in code points (Python ``str`` indices):
-    ``(row_offsets int64[n+1], starts int32[t], ends int32[t])``, token for token as
-    ``token_bytes`` and the encoders find them: a token starts at its first word character
-    and ends after its last character that is not an apostrophe; a symbol spans itself."""
-    offsets, data, valid = text
-    classes, _ = tables
-    n = offsets.size - 1
-    cap = 0
-    for r in range(n):
-        if valid[r]:
-            cap += offsets[r + 1] - offsets[r]
-    starts = np.empty(cap, dtype=np.int32)
-    ends = np.empty(cap, dtype=np.int32)
-    row_offsets = np.zeros(n + 1, dtype=np.int64)
-    t = 0
-    for r in range(n):
-        if valid[r]:
-            pos, end = offsets[r], offsets[r + 1]
-            ci = 0  # code point index within the row
-            started = False
-            first = 0
-            keep = 0
-            while pos < end:
-                b = data[pos]
-                chars = 1
-                if b < 128:
-                    cls, step = _ascii_class(data, pos, end, classes[b])
-                    if step > 1:  # a tag (any characters) or an emoticon
-                        chars = _code_points(data, pos, pos + step)
-                else:
-                    cp, step = _decode_utf8(data, pos, end)
-                    cls = classes[cp]
-                if cls == SEP or cls == SYMBOL or cls == EMOTE:
-                    if started:
-                        starts[t] = first
-                        ends[t] = keep
-                        t += 1
-                        started = False
-                    if cls != SEP:
-                        starts[t] = ci
-                        ends[t] = ci + chars
-                        t += 1
-                elif started or cls == WORD:
-                    if not started:
-                        started = True
-                        first = ci
-                    if cls != APOS:
-                        keep = ci + 1
-                pos += step
-                ci += chars
-            if started:
-                starts[t] = first
-                ends[t] = keep
-                t += 1
-        row_offsets[r + 1] = t
-    return row_offsets, starts[:t].copy(), ends[:t].copy()

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from pipeline.errors import ConfigError, ModelFormatError
 from pipeline.io import atomic_write_text
-from pipeline.text import arrow, scan
+from pipeline.text import arrow, scan, spans
 from pipeline.text.ids import PAD_ID, TokenIds
 from pipeline.text.rules import NORMALISATION, check_normalisation, unicode_tables
 
@@ -117,7 +117,7 @@ class Tokenizer:
             raise RuntimeError("the tokenizer has no vocabulary: call fit() or load() first")
         return self._words
 
-    def _tables(self) -> tuple[np.ndarray, np.ndarray]:
+    def _tables(self) -> tuple[np.ndarray, np.ndarray, bool]:
         return unicode_tables(self.lowercase, self.normalisation)
 
     def fit(self, texts: Any) -> Tokenizer:
@@ -231,7 +231,7 @@ class Tokenizer:
         tables = self._tables()
         rows, starts, ends = [np.zeros(1, np.int64)], [], []
         for arr in arrow.text_batches(texts):
-            r, s, e = scan.token_spans(arrow.buffers(arr), tables)
+            r, s, e = spans.token_spans(arrow.buffers(arr), tables)
             rows.append(r[1:] + rows[-1][-1])
             starts.append(s)
             ends.append(e)

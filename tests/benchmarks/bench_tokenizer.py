@@ -38,9 +38,11 @@ import pyarrow.parquet as pq  # noqa: E402
 
 try:
     from pipeline.text import OOV_ID, Tokenizer
+    from pipeline.text.rules import NORMALISATION, NORMALISATIONS
 except ImportError:  # run from a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from pipeline.text import OOV_ID, Tokenizer
+    from pipeline.text.rules import NORMALISATION, NORMALISATIONS
 
 THREADS = 2
 PEER_PATTERN = r"[a-z0-9']+"
@@ -123,6 +125,9 @@ def main() -> None:
     parser.add_argument("--column", default="review", help="text column (default: review)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method")
     parser.add_argument("--num-words", type=int, default=20000, help="vocabulary size")
+    parser.add_argument(
+        "--normalisation", default=NORMALISATION, choices=NORMALISATIONS, help="the rules"
+    )
     args = parser.parse_args()
     if not args.data.is_file():
         sys.exit(f"data not found: {args.data} (pass --data or set RNNPIPE_DATA_DIR)")
@@ -135,7 +140,7 @@ def main() -> None:
     n = len(texts)
     mb = sum(len(t.encode("utf-8")) for t in texts if t) / 1e6
 
-    tok = Tokenizer(num_words=args.num_words)
+    tok = Tokenizer(num_words=args.num_words, normalisation=args.normalisation)
     fit_s, _ = median_time(lambda: tok.fit(arrow), args.repeats)
     words = tok.words
 
