@@ -16,7 +16,7 @@ Normalisation (``NORMALISATION = "rnnpipe-text-v3"``), applied to each text in t
 4. A token is a maximal run of word, mark and apostrophe characters, with the marks and
    apostrophes before its first word character dropped and its trailing apostrophes
    dropped; a run with no word character gives no token. So ``"great!"`` -> ``great``,
-   ``don't`` -> ``don't``, ``'quoted'`` -> ``quoted``, ``rock 'n' roll`` -> ``rock n roll``,
+   ``l'homme`` -> ``l'homme``, ``'quoted'`` -> ``quoted``, ``rock 'n' roll`` -> ``rock n roll``,
    ``well-made`` -> ``well made``, ``10/10`` -> ``10 10``. A symbol is a token of its own,
    written as it is, and ends any token before it: ``"loved it😍😍"`` -> ``loved it 😍 😍``,
    ``★★★☆☆`` -> five tokens (in reviews and posts they carry sentiment). So is an

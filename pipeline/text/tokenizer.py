@@ -12,7 +12,7 @@ Example::
 
     >>> tok = Tokenizer(num_words=100).fit(["Great movie!", "a great, GREAT cast<br />"])
     >>> tok.tokens(["Great!<br />Don't"])
-    [['great', "don't"]]
+    [['great', 'do', "n't"]]
     >>> tok.encode(["great cast", None]).to_arrow().to_pylist()
     [[2, 4], []]
 """
