@@ -48,7 +48,8 @@ def token_spans(text, tables):
     """Where every token lies in its text, in code points (Python ``str`` indices):
     ``(row_offsets int64[n+1], starts int32[t], ends int32[t])``, token for token as
     ``token_bytes`` and the encoders find them: a token starts at its first word character
-    and ends after its last character that is not an apostrophe; a symbol spans itself."""
+    and ends after its last character that is not an apostrophe; a clitic split off (rule 5)
+    spans its letters, the word before it ends before its apostrophe; a symbol spans itself."""
     offsets, data, valid = text
     classes, _, clitics = tables
     n = offsets.size - 1
@@ -67,7 +68,7 @@ def token_spans(text, tables):
             started = False
             first = 0
             keep = 0
-            tail = kept = 0  # the token's last characters for _clitic, and up to keep
+            tail = kept = 0  # the token's last characters for clitic_split, and up to keep
             while pos < end:
                 b = data[pos]
                 chars = 1
