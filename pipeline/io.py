@@ -352,8 +352,8 @@ def real_entry(path: str | Path) -> Path:
     its parent with every symbolic link resolved, then its own name. A link at ``path``
     itself is replaced by the rename, not followed, so it stays in the name.
 
-    >>> real_entry("dlink/a.parquet")  # doctest: +SKIP  (dlink -> d)
-    PosixPath('/home/me/d/a.parquet')
+    Example: in ``/home/me``, where ``dlink`` links to ``d``, ``real_entry("dlink/a.parquet")``
+    is ``Path("/home/me/d/a.parquet")``.
     """
     p = Path(os.path.abspath(os.path.expanduser(str(path))))
     return Path(os.path.realpath(p.parent)) / p.name

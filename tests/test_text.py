@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import importlib
 import json
 
 import numpy as np
@@ -776,11 +774,3 @@ def test_truncate_keeps_the_chosen_end_of_every_sequence(keep):
     assert tokens.truncate(12) is tokens  # nothing longer: the same object, no copy
     with pytest.raises(ValueError, match="keep"):
         tokens.truncate(4, keep="middle")
-
-
-@pytest.mark.parametrize("name", ["", ".ids", ".rules", ".tokenizer"])
-def test_the_docstring_examples_hold(name):
-    # the examples are the rules as a reader meets them: they must say what the code does
-    module = importlib.import_module("pipeline.text" + name)
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0, name
