@@ -400,7 +400,10 @@ class PretrainConfig:
     ``word_vectors`` epochs of skip-gram word vectors over the text that start the
     embedding before the language model trains (0: a random embedding); ``num_words``
     the tokenizer's vocabulary; ``valid_frac`` share of the reviews held out for perplexity
-    (at most ``max_valid`` of them); ``seed``; ``threads`` (None: leave as is); ``backend``.
+    (at most ``max_valid`` of them); ``seed``; ``members`` encoders pretrained one after
+    the other on the same tokens, member k exactly as one run with seed ``seed + k``
+    (``train`` fine-tunes each and averages their logits); ``threads`` (None: leave as
+    is); ``backend``.
 
     Example: ``PretrainConfig(epochs=2, samples=512)``.
     """
@@ -416,13 +419,14 @@ class PretrainConfig:
     valid_frac: float = 0.01
     max_valid: int = 500
     seed: int = 0
+    members: int = 2
     threads: int | None = None
     backend: str = "cpu"
 
     def __post_init__(self) -> None:
         for name, low in (("epochs", 0), ("batch_size", 1), ("warmup_steps", 0),
                           ("samples", 1), ("num_words", 1), ("max_valid", 0),
-                          ("word_vectors", 0)):  # fmt: skip
+                          ("word_vectors", 0), ("members", 1)):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")

@@ -48,6 +48,7 @@ __all__ = [
     "glorot",
     "init_encoder_params",
     "layer_names",
+    "member_name",
     "skip_padding",
 ]
 
@@ -57,6 +58,12 @@ def layer_names(config: Any) -> Iterator[tuple[int, str, str]]:
     for layer in range(config.num_layers):
         for direction in config.directions:
             yield layer, direction, f"l{layer}.{direction}"
+
+
+def member_name(k: int, name: str) -> str:
+    """Parameter ``name`` of member ``k`` of an ensemble (of models or of pretrained
+    encoders): member 0 keeps the name, member k >= 1 is prefixed ``m<k>.``."""
+    return name if k == 0 else f"m{k}.{name}"
 
 
 def encoder_shapes(config: Any) -> dict[str, tuple[int, ...]]:

@@ -34,6 +34,8 @@ class DataReady:
     batches_per_epoch: int
     start_epoch: int  # > 0 when resuming
     embedding_coverage: float | None
+    member: int = 0  # which of the models on a pretrained encoder's members, from 0
+    members: int = 1
     kind: str = "data_ready"
 
 
@@ -43,6 +45,8 @@ class RefitStart:
 
     rows: int
     epochs: int
+    member: int = 0  # as in ``DataReady``
+    members: int = 1
     kind: str = "refit"
 
 
@@ -101,6 +105,8 @@ class PretrainReady:
     epochs: int
     batches_per_epoch: int
     start_epoch: int  # > 0 when resuming
+    member: int = 0  # which of the encoders being pretrained, from 0
+    members: int = 1
     kind: str = "pretrain_ready"
 
 

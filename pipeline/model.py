@@ -57,6 +57,7 @@ from pipeline.encoder import (
     encoder_shapes,
     glorot,
     init_encoder_params,
+    member_name,
 )
 from pipeline.errors import ConfigError, ModelFormatError, RnnpipeError, RunError
 from pipeline.kernels import BACKENDS, get_backend
@@ -90,15 +91,11 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes["out.b"] = (config.num_outputs,)
     one = dict(shapes)
     for k in range(1, config.members):  # an ensemble's other members: the same shapes
-        shapes.update({_member_name(k, name): shape for name, shape in one.items()})
+        shapes.update({member_name(k, name): shape for name, shape in one.items()})
     if config.ngrams:  # the word n-gram head (pipeline.ngrams)
         shapes["ngram.W"] = (1 << config.ngram_bits, config.num_outputs)
         shapes["ngram.b"] = (config.num_outputs,)
     return shapes
-
-
-def _member_name(k: int, name: str) -> str:  # an ensemble's member k >= 1: "m<k>.<name>"
-    return name if k == 0 else f"m{k}.{name}"
 
 
 def ensemble(models: Sequence[Model]) -> Model:
@@ -113,7 +110,7 @@ def ensemble(models: Sequence[Model]) -> Model:
         same = dataclasses.replace(m.config, temperature=first.config.temperature) == single
         if not same or single.ngrams:
             raise ConfigError("ensemble members must share one model config, without a head")
-        params.update({_member_name(k, n): v for n, v in m.params.items()})
+        params.update({member_name(k, n): v for n, v in m.params.items()})
     config = dataclasses.replace(single, members=len(models))
     return Model(config, params, tokenizer=first.tokenizer, backend=first.backend)
 
@@ -246,7 +243,7 @@ class Model:
             self._members = [
                 Model(
                     cfg,
-                    {n: self.params[_member_name(k, n)] for n in expected_shapes(cfg)},
+                    {n: self.params[member_name(k, n)] for n in expected_shapes(cfg)},
                     tokenizer=self.tokenizer,
                     backend=self.backend,
                 )  # fmt: skip

@@ -43,7 +43,13 @@ from pipeline import io
 from pipeline.batching import length_bucketed_batches
 from pipeline.checkpoint import check_outputs, read_state_dir, write_checkpoint
 from pipeline.config import EncoderConfig, PretrainConfig
-from pipeline.encoder import encoder_backward, encoder_forward, encoder_shapes, init_encoder_params
+from pipeline.encoder import (
+    encoder_backward,
+    encoder_forward,
+    encoder_shapes,
+    init_encoder_params,
+    member_name,
+)
 from pipeline.errors import ConfigError, InputError, ModelFormatError, RunError
 from pipeline.events import BatchDone, EpochStart, PretrainEpochEnd, PretrainReady, WordVectorsDone
 from pipeline.kernels import get_backend
@@ -65,7 +71,7 @@ __all__ = [
 ]
 
 ENCODER_KIND = "rnnpipe-encoder"
-ENCODER_FORMAT_VERSION = 1
+ENCODER_FORMAT_VERSION = 2  # 2: several members; one member is still written as version 1
 CHECKPOINT_VERSION = 1
 _READ_ROWS = 4096  # rows per record batch while building the token store
 
@@ -76,16 +82,23 @@ _READ_ROWS = 4096  # rows per record batch while building the token store
 @dataclass
 class Encoder:
     """A pretrained encoder: its config, parameters (encoder and language-model heads) and
-    tokenizer. ``encoder_params`` are the ones a classifier takes over."""
+    tokenizer. With ``members`` > 1 it holds that many encoders of one shape on one
+    tokenizer, member k's parameters named as ``pipeline.encoder.member_name`` says.
+    ``member_params(k)`` are the ones a classifier takes over."""
 
     config: EncoderConfig
     params: dict[str, np.ndarray]
     tokenizer: Tokenizer
     info: dict[str, Any] = field(default_factory=dict)
+    members: int = 1
+
+    def member_params(self, k: int = 0) -> dict[str, np.ndarray]:
+        """Member ``k``'s embedding and recurrent layers, under a single encoder's names."""
+        return {name: self.params[member_name(k, name)] for name in encoder_shapes(self.config)}
 
     @property
     def encoder_params(self) -> dict[str, np.ndarray]:
-        return {k: self.params[k] for k in encoder_shapes(self.config)}
+        return self.member_params(0)
 
 
 def _head_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
@@ -96,8 +109,9 @@ def _head_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _all_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
-    return {**encoder_shapes(config), **_head_shapes(config)}
+def _all_shapes(config: EncoderConfig, members: int = 1) -> dict[str, tuple[int, ...]]:
+    one = {**encoder_shapes(config), **_head_shapes(config)}
+    return {member_name(k, n): shape for k in range(members) for n, shape in one.items()}
 
 
 def is_encoder_dir(path: str | Path) -> bool:
@@ -114,8 +128,9 @@ def _save_encoder(directory: Path, encoder: Encoder) -> None:
 
     check_model_target(directory)
     config = {
-        "format_version": ENCODER_FORMAT_VERSION,
+        "format_version": ENCODER_FORMAT_VERSION if encoder.members > 1 else 1,
         "kind": ENCODER_KIND,
+        "members": encoder.members,
         "encoder": encoder.config.to_dict(),
         "tokenizer": encoder.tokenizer.to_config(),
         "pretraining": encoder.info,
@@ -142,8 +157,11 @@ def load_encoder(directory: str | Path) -> Encoder:
     if not is_encoder_dir(directory):
         raise fail("not an rnnpipe encoder directory (no config.json of kind rnnpipe-encoder)")
     raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    if raw.get("format_version") != ENCODER_FORMAT_VERSION:
+    if raw.get("format_version") not in (1, ENCODER_FORMAT_VERSION):
         raise fail(f"encoder format_version {raw.get('format_version')!r} is not supported")
+    members = raw.get("members", 1)
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise fail(f"members must be a positive integer, got {members!r}")
     try:
         config = EncoderConfig.from_dict(raw.get("encoder") or {})
         tokenizer = Tokenizer.load(directory / "vocab.json")
@@ -156,7 +174,7 @@ def load_encoder(directory: str | Path) -> Encoder:
             params = {k: npz[k] for k in npz.files}
     except Exception as e:  # zip, header and pickle errors all mean a broken file
         raise fail(f"cannot read weights.npz: {e}") from None
-    shapes = _all_shapes(config)
+    shapes = _all_shapes(config, members)
     if set(params) != set(shapes):
         raise fail(f"weights.npz holds {sorted(params)}, expected {sorted(shapes)}")
     for name, shape in shapes.items():
@@ -165,7 +183,7 @@ def load_encoder(directory: str | Path) -> Encoder:
             raise fail(
                 f"weight {name!r} is {a.dtype}{list(a.shape)}, expected float32{list(shape)}"
             )
-    return Encoder(config, params, tokenizer, dict(raw.get("pretraining") or {}))
+    return Encoder(config, params, tokenizer, dict(raw.get("pretraining") or {}), members)
 
 
 # ------------------------------------------------------------------------------ token store
@@ -233,7 +251,8 @@ def _build_store(
 @dataclass
 class PretrainResult:
     """What ``pretrain`` produced: the encoder directory, the encoder and its history (one
-    dict per epoch: epoch, train_loss, perplexity per direction, seconds, tokens_per_s)."""
+    dict per epoch: epoch, train_loss, perplexity per direction, seconds, tokens_per_s; and
+    member, the member's index, when there are several)."""
 
     encoder_dir: Path
     encoder: Encoder
@@ -360,6 +379,7 @@ class _LMRun:
     identity: dict[str, Any]
     ckpt: Path
     tokenizer: Tokenizer
+    member: int = 0
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -367,9 +387,10 @@ class _LMRun:
 def _tokenized(
     files: Sequence[Path], text_col: str | None, ckpt: Path, stamp: dict[str, Any],
     pc: PretrainConfig, resume: bool,
-) -> tuple[Any, Any, Tokenizer, _Store]:  # fmt: skip
-    """The tokenizer and the token store: built once (fit, then tokenize every review), or
-    taken from the checkpoint when resuming, with its last epoch's state and arrays."""
+) -> tuple[Any, Any, Tokenizer]:  # fmt: skip
+    """The tokenizer, and the token store beside the checkpoint: built once (fit, then
+    tokenize every review), or taken from the checkpoint when resuming, with the first
+    member's last epoch's state and arrays."""
     state = arrays = None
     if resume:
         state, arrays, tokenizer = _read_state(ckpt, stamp)
@@ -387,7 +408,7 @@ def _tokenized(
             raise InputError(f"{files[0]}: no words to learn from (every text is empty)")
         _build_store(files, text_col, tokenizer, ckpt / "store")
         io.atomic_write_text(ckpt / "stamp.json", json.dumps(stamp) + "\n")
-    return state, arrays, tokenizer, _open_store(ckpt / "store", tokenizer, pc)
+    return state, arrays, tokenizer
 
 
 def _lm_epoch(run: _LMRun, emit: Callable[[Any], None]) -> dict[str, Any]:
@@ -432,14 +453,22 @@ def _checkpoint(run: _LMRun) -> None:
     arrays.update({f"optim/{k}": v for k, v in run.optimizer.state_dict().items()})
     state = {"version": CHECKPOINT_VERSION, **run.identity, "epoch": run.epoch,
              "history": _json_ready(run.history), "rng": run.rng.bit_generator.state}  # fmt: skip
-    write_checkpoint(run.ckpt / "state", state, arrays, run.tokenizer)
+    write_checkpoint(_state_dir(run.ckpt, run.member), state, arrays, run.tokenizer)
+
+
+def _state_dir(ckpt: Path, member: int) -> Path:
+    """Where a member's last whole epoch is checkpointed (the token store is shared)."""
+    return ckpt / ("state" if member == 0 else f"state.m{member}")
 
 
 def _start(
     files: Sequence[Path], text_col: str | None, ec: EncoderConfig, pc: PretrainConfig,
-    ckpt: Path, resume: bool, emit: Callable[[Any], None],
+    ckpt: Path, resume: bool, emit: Callable[[Any], None], member: int = 0,
+    tokenizer: Tokenizer | None = None,
 ) -> _LMRun:  # fmt: skip
-    """Tokenize, learn the word vectors, build the optimizer; restore a checkpoint."""
+    """Member ``member``'s run: tokenize (the first member; the others take its
+    ``tokenizer`` and token store), learn the word vectors, build the optimizer; restore
+    its checkpoint. Member k runs exactly as a single run with seed ``pc.seed + k``."""
     stamp = {
         "files": _fingerprint_files(files, text_col),
         "num_words": pc.num_words,
@@ -447,7 +476,13 @@ def _start(
         "valid_frac": pc.valid_frac,
         "max_valid": pc.max_valid,
     }
-    state, arrays, tokenizer, store = _tokenized(files, text_col, ckpt, stamp, pc, resume)
+    if member == 0:
+        state, arrays, tokenizer = _tokenized(files, text_col, ckpt, stamp, pc, resume)
+    else:  # a member not begun before the run stopped starts afresh
+        state, arrays, _ = _read_state(ckpt, stamp, member) if resume else (None, None, None)
+    assert tokenizer is not None
+    pc = dataclasses.replace(pc, seed=pc.seed + member)
+    store = _open_store(ckpt / "store", tokenizer, pc)
     ec = dataclasses.replace(ec, vocab_size=tokenizer.vocab_size)
     starts, lens = store.windows(ec.max_len, valid=False)
     if starts.size == 0:
@@ -476,7 +511,7 @@ def _start(
             },
             "stamp": stamp,
         },
-        ckpt=ckpt, tokenizer=tokenizer,
+        ckpt=ckpt, tokenizer=tokenizer, member=member,
     )  # fmt: skip
     if state is not None:
         run.epoch, run.history = _restore(
@@ -524,15 +559,40 @@ def pretrain(
     check_outputs(out_dir, ckpt, files, "stamp.json")
     if pc.threads is not None:
         set_threads(pc.threads)
-    run = _start(files, text_col, ec, pc, ckpt, resume, emit)
-    store = run.store
+    params: dict[str, np.ndarray] = {}
+    history: list[dict[str, Any]] = []
+    tokenizer = None
+    for k in range(pc.members):  # one after the other: memory for one member's training
+        run = _start(files, text_col, ec, pc, ckpt, resume, emit, k, tokenizer)
+        _run_epochs(run, emit)
+        tokenizer = run.tokenizer
+        params.update({member_name(k, n): p for n, p in run.params.items()})
+        history += [{**row, "member": k} if pc.members > 1 else row for row in run.history]
+        if k == 0:
+            info = {
+                "data": [str(f) for f in files],
+                "text_col": text_col,
+                "reviews": int((~run.store.valid).sum()),
+                "held_out_reviews": int(run.store.valid.sum()),
+                "tokens_per_epoch": int(run.lens.sum()),
+                "pretrain_config": pc.to_dict(),
+            }
+    encoder = Encoder(run.ec, params, tokenizer, {**info, "history": _json_ready(history)},
+                      pc.members)  # fmt: skip
+    _save_encoder(out_dir, encoder)
+    return PretrainResult(out_dir, encoder, history, ckpt)
+
+
+def _run_epochs(run: _LMRun, emit: Callable[[Any], None]) -> None:
+    """A member's epochs left, each checkpointed."""
+    pc, store = run.pc, run.store
     emit(
         PretrainReady(
             n_reviews=int((~store.valid).sum()), n_valid=int(store.valid.sum()),
             tokens=int(run.lens.sum()), windows=int(run.starts.size),
             vocab_size=run.ec.vocab_size, epochs=pc.epochs,
             batches_per_epoch=math.ceil(run.starts.size / pc.batch_size),
-            start_epoch=run.epoch,
+            start_epoch=run.epoch, member=run.member, members=pc.members,
         )
     )  # fmt: skip
     while run.epoch < pc.epochs:
@@ -541,18 +601,6 @@ def pretrain(
         _checkpoint(run)
         emit(PretrainEpochEnd(run.epoch, pc.epochs, row["train_loss"], row["perplexity"],
                               row["seconds"], row["tokens_per_s"]))  # fmt: skip
-    info = {
-        "data": [str(f) for f in files],
-        "text_col": text_col,
-        "reviews": int((~store.valid).sum()),
-        "held_out_reviews": int(store.valid.sum()),
-        "tokens_per_epoch": int(run.lens.sum()),
-        "pretrain_config": pc.to_dict(),
-        "history": _json_ready(run.history),
-    }
-    encoder = Encoder(run.ec, run.params, run.tokenizer, info)
-    _save_encoder(out_dir, encoder)
-    return PretrainResult(out_dir, encoder, run.history, ckpt)
 
 
 def _json_ready(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -598,9 +646,13 @@ def _open_store(folder: Path, tokenizer: Tokenizer, pc: PretrainConfig) -> _Stor
     return _Store(offsets, ids, valid, counts)
 
 
-def _read_state(ckpt: Path, stamp: dict[str, Any]):
-    state_dir = ckpt / "state"
+def _read_state(ckpt: Path, stamp: dict[str, Any], member: int = 0):
+    """The checkpoint of ``member`` (state, arrays, tokenizer); (None, None, None) for a
+    member after the first that has none yet."""
+    state_dir = _state_dir(ckpt, member)
     if not (state_dir / "state.json").is_file():
+        if member > 0:
+            return None, None, None
         raise ConfigError(f"no pretraining checkpoint to resume at {ckpt}: run without --resume")
     try:
         saved_stamp = json.loads((ckpt / "stamp.json").read_text())

@@ -55,15 +55,17 @@ class TrainProgress:
         if self.quiet:
             return
         if kind == "data_ready":
+            member = f"model {event.member + 1} of {event.members}: " * (event.members > 1)
             _console.print(
-                f"{event.n_train:,} training and {event.n_valid:,} validation reviews, "
+                f"{member}{event.n_train:,} training and {event.n_valid:,} validation reviews, "
                 f"classes {list(event.classes)}, vocabulary {event.vocab_size:,}"
                 + (f", resuming after epoch {event.start_epoch}" if event.start_epoch else "")
             )
         elif kind == "refit":
+            member = f"model {event.member + 1} of {event.members}: " * (event.members > 1)
             _console.print(
-                f"training again on all {event.rows:,} reviews (the validation rows too) for "
-                f"{event.epochs} epoch{'s' if event.epochs != 1 else ''}, keeping the "
+                f"{member}training again on all {event.rows:,} reviews (the validation rows "
+                f"too) for {event.epochs} epoch{'s' if event.epochs != 1 else ''}, keeping the "
                 "calibration (and the n-gram head's mix)"
             )
         elif kind == "word_vectors":
@@ -77,9 +79,11 @@ class TrainProgress:
                 f"{event.rows:,} reviews in {event.seconds:.1f} s"
             )
         elif kind == "pretrain_ready":
+            member = f"encoder {event.member + 1} of {event.members}: " * (event.members > 1)
             _console.print(
-                f"{event.n_reviews:,} reviews ({event.tokens:,} tokens in {event.windows:,} "
-                f"windows) and {event.n_valid:,} held out, vocabulary {event.vocab_size:,}"
+                f"{member}{event.n_reviews:,} reviews ({event.tokens:,} tokens in "
+                f"{event.windows:,} windows) and {event.n_valid:,} held out, "
+                f"vocabulary {event.vocab_size:,}"
                 + (f", resuming after epoch {event.start_epoch}" if event.start_epoch else "")
             )
         elif kind == "pretrain_epoch_end":

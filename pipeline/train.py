@@ -1,8 +1,9 @@
 """The training loop: data, tokenizer and model built, epochs run, the model saved.
 
-``train`` reads and splits the labelled data (``pipeline.dataset``), fits the ``Tokenizer``
-on the training rows (or takes a warm start's), learns word vectors from the training
-text (``pipeline.word2vec``), then runs epochs of length-bucketed shuffled minibatches with
+``train`` starts where ``pipeline.starting`` says: the labelled data read and split, the
+``Tokenizer`` fitted on the training rows (or a warm start's), word vectors learned from the
+training text, or a pretrained encoder (a model for each of its members, their logits
+averaged in the end). Then it runs epochs of length-bucketed shuffled minibatches with
 Adam (or SGD), gradient clipping and a learning-rate schedule. After each epoch it
 validates, keeps the best weights (early stopping on validation loss, when asked) and
 writes a checkpoint (``pipeline.checkpoint``) from which ``resume=True`` continues bit for
@@ -48,11 +49,10 @@ from pipeline.checkpoint import (
     check_outputs,
     check_resumable,
     checkpoint_dir_for,
-    read_checkpoint,
     write_checkpoint,
 )
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.dataset import Split, fingerprint_data, load_split
+from pipeline.config import TrainConfig
+from pipeline.dataset import Split, fingerprint_data
 from pipeline.errors import ConfigError, RunError
 from pipeline.evaluate import evaluate
 from pipeline.events import (
@@ -63,15 +63,14 @@ from pipeline.events import (
     HeadFitted,
     ProgressEvent,
     RefitStart,
-    WordVectorsDone,
 )
 from pipeline.metrics import accuracy, log_loss
-from pipeline.model import Model, ensemble, init_params
+from pipeline.model import Model, ensemble
 from pipeline.optim import LRSchedule, WeightAverage, clip_global_norm, make_optimizer
-from pipeline.pretrain import Encoder, is_encoder_dir, load_encoder
 from pipeline.runtime import set_threads
-from pipeline.text import TokenIds, Tokenizer
-from pipeline.word2vec import load_embeddings, word_vectors
+from pipeline.starting import Request, starting_point
+from pipeline.text import TokenIds
+from pipeline.word2vec import load_embeddings
 
 __all__ = ["BatchDone", "DataReady", "EpochEnd", "EpochStart", "TrainConfig", "TrainResult",
            "checkpoint_dir_for", "evaluate", "load_embeddings", "train"]  # fmt: skip
@@ -94,58 +93,6 @@ class TrainResult:
 # --------------------------------------------------------------------------- train
 
 
-def _build_config(
-    overrides: Mapping[str, Any], vocab_size: int, classes: tuple[str, ...]
-) -> ModelConfig:
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise ConfigError(f"unknown model option {unknown[0]!r}: expected some of {sorted(names)}")
-    for fixed in ("vocab_size", "classes"):
-        if fixed in overrides:
-            raise ConfigError(f"model option {fixed} comes from the data and cannot be set")
-    return ModelConfig(**{**overrides, "vocab_size": vocab_size, "classes": classes})
-
-
-def _warm_config(warm: Model, overrides: Mapping[str, Any], source: Any) -> ModelConfig:
-    """The warm-start model's config; only the regularisers and max_len may change, and the
-    temperature starts again from 1 (training fits it anew)."""
-    allowed = {"dropout", "word_dropout", "embed_dropout", "weight_drop", "max_len"}
-    for key, value in overrides.items():
-        if key not in allowed and getattr(warm.config, key, value) != value:
-            raise ConfigError(
-                f"model option {key}={value!r} differs from {source} "
-                f"({getattr(warm.config, key)!r}): a warm start keeps the architecture"
-            )
-    kept = {k: overrides[k] for k in allowed & set(overrides)}
-    return dataclasses.replace(warm.config, **kept, temperature=1.0)
-
-
-def _from_encoder(
-    encoder: Encoder, overrides: Mapping[str, Any], classes: tuple[str, ...], seed: int, source
-) -> tuple[ModelConfig, dict[str, np.ndarray]]:
-    """A classifier on a pretrained encoder: its shape and weights, a new dense layer (and
-    pooling, dropout, max_len from ``overrides`` or the defaults)."""
-    shape = {
-        "cell": encoder.config.cell,
-        "embed_dim": encoder.config.embed_dim,
-        "hidden_dim": encoder.config.hidden_dim,
-        "num_layers": encoder.config.num_layers,
-        "bidirectional": encoder.config.bidirectional,
-    }
-    for key, value in shape.items():
-        if key in overrides and overrides[key] != value:
-            raise ConfigError(
-                f"model option {key}={overrides[key]!r} differs from the encoder {source} "
-                f"({value!r}): a classifier on an encoder keeps its shape"
-            )
-    config = _build_config({**overrides, **shape}, encoder.config.vocab_size, classes)
-    params = init_params(config, seed)  # the dense layer's draws; the encoder's replace theirs
-    for name, value in encoder.encoder_params.items():
-        params[name] = value.copy()
-    return config, params
-
-
 @dataclass
 class _Run:
     """One training run, built by ``_build``: the model and everything ``_fit`` works on."""
@@ -162,10 +109,13 @@ class _Run:
     rng: np.random.Generator
     best: dict[str, np.ndarray]  # the kept weights of the best epoch so far
     identity: dict[str, Any]  # what a checkpoint must match to be resumed
-    ckpt: Path | None  # None: no checkpoints (the refit)
+    ckpt: Path | None  # None: no checkpoints (the refit, an encoder's members after the first)
     coverage: float | None
     loop: LoopState = field(default_factory=LoopState)
     initial: dict[str, np.ndarray] | None = None  # the starting weights, kept for the refit
+    refit: bool = False  # this run is a refit
+    member: int = 0  # which model of an encoder's members, of ``members``
+    members: int = 1
 
     @property
     def batches_per_epoch(self) -> int:
@@ -291,77 +241,6 @@ def _validate(run: _Run) -> tuple[float, float]:
     return log_loss(y, probs), accuracy(y, probs.argmax(axis=1))
 
 
-@dataclass(frozen=True)
-class _Request:
-    """What ``train`` was asked for, as its arguments say."""
-
-    data_paths: Any
-    valid_paths: Any
-    overrides: Mapping[str, Any]
-    tc: TrainConfig
-    ckpt: Path
-    text_col: str | None
-    label_col: str
-    classes: Sequence[str] | None
-    resume: bool
-    init_from: str | Path | None
-    init_embeddings: str | Path | None
-
-
-def _starting_point(
-    req: _Request, emit: Callable[[ProgressEvent], None]
-) -> tuple[Split, Tokenizer, ModelConfig, dict[str, np.ndarray], float | None, Any, Any]:
-    """The split data, the tokenizer, the model config and its first weights (a warm
-    start's, an encoder's, word vectors or fresh), and a checkpoint's state when resuming."""
-    tc, overrides, init_from, init_embeddings = (
-        req.tc, req.overrides, req.init_from, req.init_embeddings
-    )  # fmt: skip
-    encoder = None
-    if init_from is not None and is_encoder_dir(init_from):
-        encoder, init_from_model = load_encoder(init_from), None
-    else:
-        init_from_model = init_from
-    warm = Model.load(init_from_model, backend=tc.backend) if init_from_model is not None else None
-    warm = warm.members()[0] if warm is not None else None  # an ensemble: its first member
-    declared = tuple(str(c) for c in req.classes) if req.classes is not None else None
-    if warm is not None:
-        if declared is not None and declared != warm.config.classes:
-            raise ConfigError(f"classes {list(declared)} differ from those of {init_from}")
-        declared = warm.config.classes
-    split = load_split(req.data_paths, req.valid_paths, req.text_col, req.label_col, declared, tc)
-    state, arrays = None, {}
-    if req.resume:
-        state, arrays, tokenizer = read_checkpoint(req.ckpt)
-    elif warm is not None or encoder is not None:
-        tokenizer = (warm or encoder).tokenizer
-    else:
-        tokenizer = Tokenizer(num_words=tc.num_words).fit(split.train_texts)
-    if warm is not None:
-        config = _warm_config(warm, overrides, init_from)
-        params = {k: v.copy() for k, v in warm.params.items()}
-    elif encoder is not None:
-        config, params = _from_encoder(encoder, overrides, split.classes, tc.seed, init_from)
-    else:
-        config = _build_config(overrides, tokenizer.vocab_size, split.classes)
-        params = init_params(config, tc.seed)
-    coverage = None
-    if tc.word_vectors > 0 and state is None and warm is None and encoder is None and (
-        init_embeddings is None
-    ):  # fmt: skip
-        t0 = time.perf_counter()
-        text = tokenizer.encode(split.train_texts)  # every token is context, untruncated
-        params["embedding"] = word_vectors(
-            text, tokenizer.vocab_size, config.embed_dim, tc.word_vectors, tc.seed
-        )
-        emit(WordVectorsDone(tc.word_vectors, text.nnz, time.perf_counter() - t0))
-    if init_embeddings is not None:
-        emb = params["embedding"].astype(np.float64)
-        coverage = load_embeddings(init_embeddings, tokenizer, emb)
-        emb[0] = 0.0
-        params["embedding"] = emb.astype(np.float32)
-    return split, tokenizer, config, params, coverage, state, arrays
-
-
 def _weights_and_schedule(
     tc: TrainConfig, y_train: np.ndarray, n_classes: int
 ) -> tuple[np.ndarray | None, LRSchedule]:
@@ -413,21 +292,30 @@ def _new_run(
     )
 
 
-def _build(req: _Request, emit: Callable[[ProgressEvent], None]) -> _Run:
+def _build(req: Request, emit: Callable[[ProgressEvent], None]) -> list[_Run]:
     """Read and split the data, fit (or take) the tokenizer, build the model and the
-    optimisation state; restore the checkpoint when resuming."""
-    split, tokenizer, config, params, coverage, state, arrays = _starting_point(req, emit)
-    model = Model(config, params, tokenizer=tokenizer, backend=req.tc.backend)
+    optimisation state; restore the checkpoint when resuming. A run per model to train:
+    one, or one per member of a pretrained encoder (member k with seed ``seed + k``, not
+    checkpointed: ``train`` cannot resume from an encoder)."""
+    start = starting_point(req, emit)
+    split, tokenizer = start.split, start.tokenizer
     texts = (split.train_texts, split.valid_texts)
-    tokens = tuple(tokenizer.encode(t).truncate(config.max_len) for t in texts)
-    run = _new_run(req.tc, model, split, tokens, req.ckpt, coverage)
-    if _refits(req.tc, split):
-        run.initial = {k: v.copy() for k, v in model.params.items()}
-    elif req.tc.ensemble:  # no refit to join to the first model
+    max_len = start.members[0][0].max_len
+    tokens = tuple(tokenizer.encode(t).truncate(max_len) for t in texts)
+    if not _refits(req.tc, split) and req.tc.ensemble:  # no refit to join to the first model
         raise ConfigError("ensemble needs a refit: validation rows held out, not --valid files")
-    if state is not None:
-        _restore_checkpoint(run, state, arrays)
-    return run
+    runs = []
+    for k, (config, params) in enumerate(start.members):
+        model = Model(config, params, tokenizer=tokenizer, backend=req.tc.backend)
+        tc = dataclasses.replace(req.tc, seed=req.tc.seed + k)
+        run = _new_run(tc, model, split, tokens, req.ckpt if k == 0 else None, start.coverage)
+        run.member, run.members = k, len(start.members)
+        if _refits(tc, split):
+            run.initial = {k: v.copy() for k, v in model.params.items()}
+        runs.append(run)
+    if start.state is not None:
+        _restore_checkpoint(runs[0], start.state, start.arrays)
+    return runs
 
 
 def _refits(tc: TrainConfig, split: Split) -> bool:
@@ -438,14 +326,15 @@ def _refits(tc: TrainConfig, split: Split) -> bool:
 def _fit(run: _Run, emit: Callable[[ProgressEvent], None]) -> None:
     """Run the epochs left, validating and checkpointing after each."""
     tc, loop = run.tc, run.loop
-    if run.ckpt is None:
-        emit(RefitStart(int(run.split.y_train.size), tc.epochs))
+    if run.refit:
+        emit(RefitStart(int(run.split.y_train.size), tc.epochs, run.member, run.members))
     else:
         emit(DataReady(
             n_train=int(run.split.y_train.size), n_valid=int(run.split.y_valid.size),
             classes=run.model.config.classes, vocab_size=run.model.config.vocab_size,
             epochs=tc.epochs, batches_per_epoch=run.batches_per_epoch,
             start_epoch=loop.epoch, embedding_coverage=run.coverage,
+            member=run.member, members=run.members,
         ))  # fmt: skip
     while loop.epoch < tc.epochs and not loop.stopped:
         loop.epoch += 1
@@ -479,14 +368,24 @@ def _fit(run: _Run, emit: Callable[[ProgressEvent], None]) -> None:
         ))  # fmt: skip
 
 
-def _keep_and_calibrate(run: _Run) -> tuple[int, dict[str, Any]]:
-    """Put the weights to keep into the model and fit its temperature on the validation
-    rows. Returns (the epoch kept, the validation metrics of the final model).
+def _keep_and_calibrate(runs: list[_Run]) -> tuple[list[int], Model, dict[str, Any]]:
+    """Put the weights to keep into each run's model, join the models (one, or the
+    ensemble of an encoder's members) and fit the temperature on the validation rows.
+    Returns (each run's epoch kept, the joined model, its validation metrics)."""
+    kept = [_keep(run) for run in runs]
+    run = runs[0]
+    first = run.model if len(runs) == 1 else ensemble([r.model for r in runs])
+    if run.split.y_valid.size == 0:
+        return kept, first, {"n": 0, "note": "no validation rows (valid_frac 0): nothing measured"}
+    return kept, first, calibrate(first, *_whole(run), fit=run.tc.calibrate)
 
-    With early stopping on, the best epoch's weights (lowest validation loss); with it off
-    (patience 0), the last epoch's: the one the learning-rate schedule was planned to end on
-    (Keras' restore_best_weights=False). Either is the average when averaging is on."""
-    tc, loop, model, split = run.tc, run.loop, run.model, run.split
+
+def _keep(run: _Run) -> int:
+    """Put the weights to keep into the model; returns their epoch. With early stopping on,
+    the best epoch's weights (lowest validation loss); with it off (patience 0), the last
+    epoch's: the one the learning-rate schedule was planned to end on (Keras'
+    restore_best_weights=False). Either is the average when averaging is on."""
+    tc, loop, model = run.tc, run.loop, run.model
     if tc.patience > 0:
         kept = loop.best_epoch
         for k, p in model.params.items():
@@ -497,9 +396,7 @@ def _keep_and_calibrate(run: _Run) -> tuple[int, dict[str, Any]]:
             for k, p in model.params.items():
                 np.copyto(p, run.average.average[k])
     model.clear_cache()
-    if split.y_valid.size == 0:
-        return kept, {"n": 0, "note": "no validation rows (valid_frac 0): nothing measured"}
-    return kept, calibrate(model, *_whole(run), fit=tc.calibrate)
+    return kept
 
 
 def _whole(run: _Run) -> tuple[TokenIds, np.ndarray]:
@@ -520,14 +417,17 @@ def _fit_head(run: _Run, tokens: TokenIds, y: np.ndarray, emit: Callable) -> ngr
     return head
 
 
-def _head(run: _Run, metrics: dict, emit: Callable) -> tuple[ngrams.Head, ngrams.Mix, dict]:
-    """The n-gram head fitted on the first model's training rows, mixed with the model on
-    its validation rows (the mix replaces the temperature). The metrics become the mixed
-    model's; the recurrent model's alone stay under ``recurrent``."""
+def _head(
+    run: _Run, first: Model, metrics: dict, emit: Callable
+) -> tuple[ngrams.Head, ngrams.Mix, dict]:
+    """The n-gram head fitted on the first model's training rows, mixed with ``first`` (the
+    first model, or the first models joined) on its validation rows (the mix replaces the
+    temperature). The metrics become the mixed model's; the recurrent model's alone stay
+    under ``recurrent``."""
     head = _fit_head(run, run.train_tokens, run.split.y_train, emit)
     if run.split.y_valid.size == 0 or not run.tc.calibrate:
         return head, ngrams.Mix(), metrics
-    return head, *mix_head(run.model, head, *_whole(run), metrics)
+    return head, *mix_head(first, head, *_whole(run), metrics)
 
 
 def _every_row(run: _Run) -> tuple[TokenIds, np.ndarray]:
@@ -565,14 +465,33 @@ def _refit(run: _Run, epochs: int, emit: Callable[[ProgressEvent], None]) -> Mod
     params = {k: v.copy() for k, v in run.initial.items()}
     model = Model(config, params, tokenizer=first.tokenizer, backend=tc.backend)
     again = _new_run(tc, model, everything, (tokens, tokens.take(np.arange(0))), None, run.coverage)
+    again.refit, again.member, again.members = True, run.member, run.members
     _fit(again, emit)
-    _keep_and_calibrate(again)  # the last epoch's weights (or their average); no rows left
+    _keep(again)  # the last epoch's weights (or their average)
     model.config = dataclasses.replace(config, temperature=first.config.temperature)
     return model
 
 
+def _refit_all(
+    runs: list[_Run], kept: list[int], first: Model, emit: Callable[[ProgressEvent], None]
+) -> tuple[Model, dict[str, int]]:
+    """Every run trained again on every row for the epochs it kept, joined (their logits
+    averaged; with ``ensemble``, the first models too) at the temperature ``first``, the
+    first models joined, was calibrated to; and what the refit was."""
+    split = runs[0].split
+    models = [_refit(r, max(e, 1), emit) for r, e in zip(runs, kept, strict=True)]
+    refit = {"rows": int(split.y_train.size + split.y_valid.size), "epochs": max(kept[0], 1)}
+    if runs[0].tc.ensemble:  # the refits and the first models, their logits averaged
+        models += [r.model for r in runs]
+    if len(models) == 1:
+        return models[0], refit
+    joined, refit["members"] = ensemble(models), len(models)
+    joined.config = dataclasses.replace(joined.config, temperature=first.config.temperature)
+    return joined, refit
+
+
 def _training_info(
-    req: _Request, run: _Run, kept_epoch: int, refit: dict[str, int] | None
+    req: Request, run: _Run, kept_epoch: int, refit: dict[str, int] | None
 ) -> dict[str, Any]:
     """How the model was trained, for its ``config.json``."""
     split, loop = run.split, run.loop
@@ -627,7 +546,9 @@ def train(
     the training rows and mixed with the model on the validation rows; with
     ``TrainConfig.refit`` (the default) and validation rows held out of the data, the model
     (and head) are then trained again on all the rows and keep that temperature and mix
-    (with ``TrainConfig.ensemble``, joined to the first model). It is saved with
+    (with ``TrainConfig.ensemble``, joined to the first model). From an encoder of several
+    members (``init_from``), a model is trained on each, member k with seed ``seed + k``
+    on the same split, and their logits are averaged before the head is mixed in. It is saved with
     ``metrics.json`` (validation metrics of the first model and head, calibration, refit)
     and ``history.csv``. Returns a ``TrainResult``.
 
@@ -649,24 +570,21 @@ def train(
     check_outputs(out_dir, ckpt, inputs, "state.json")
     if tc.threads is not None:
         set_threads(tc.threads)
-
-    req = _Request(
+    req = Request(
         data_paths, valid_paths, dict(model_config_overrides or {}), tc, ckpt, text_col,
         label_col, classes, resume, init_from, init_embeddings,
     )  # fmt: skip
-    run = _build(req, emit)
-    _fit(run, emit)
-    kept_epoch, metrics = _keep_and_calibrate(run)
+    runs = _build(req, emit)
+    for run in runs:
+        _fit(run, emit)
+    kept, model, metrics = _keep_and_calibrate(runs)
+    run, kept_epoch = runs[0], kept[0]
     if tc.ngrams:
-        head, mix, metrics = _head(run, metrics, emit)
-    metrics["best_epoch"] = kept_epoch
-    split, loop, model, refit = run.split, run.loop, run.model, None
+        head, mix, metrics = _head(run, model, metrics, emit)
+    metrics["best_epoch"], metrics["members"] = kept_epoch, len(runs)
+    split, loop, refit = run.split, run.loop, None
     if run.initial is not None:
-        epochs = max(kept_epoch, 1)
-        model = _refit(run, epochs, emit)
-        refit = {"rows": int(split.y_train.size + split.y_valid.size), "epochs": epochs}
-        if tc.ensemble:  # the refit and the first model, their logits averaged
-            model, refit["members"] = ensemble([model, run.model]), 2
+        model, refit = _refit_all(runs, kept, model, emit)
         if tc.ngrams:  # the head too, on every row; the mix stays the first model's
             head = _fit_head(run, *_every_row(run), emit)
         # the figures above are the first model's, on rows it never saw

@@ -1,8 +1,10 @@
 """Pretraining (``pipeline/pretrain.py``): the language-model step against finite
-differences, the encoder artifact, --resume bit for bit, and warm-starting a classifier."""
+differences, the encoder artifact, --resume bit for bit, warm-starting a classifier, and
+encoders of several members (each the run of its own seed; a model per member)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import toy_reviews
+from typer.testing import CliRunner
 
+from pipeline import ngrams
+from pipeline.cli import app
 from pipeline.config import EncoderConfig, PretrainConfig, TrainConfig
 from pipeline.errors import ConfigError, InputError, ModelFormatError
 from pipeline.events import PretrainEpochEnd
@@ -35,7 +40,7 @@ TINY_ENC = EncoderConfig(cell="gru", embed_dim=6, hidden_dim=5, max_len=12)
 
 def _pc(**kw) -> PretrainConfig:
     base = dict(epochs=2, batch_size=8, lr=0.01, samples=8, num_words=200, valid_frac=0.1,
-                warmup_steps=2, threads=1)  # fmt: skip
+                warmup_steps=2, threads=1, members=1)  # fmt: skip
     return PretrainConfig(**{**base, **kw})
 
 
@@ -199,3 +204,107 @@ def test_word_vectors_only(corpus, tmp_path):
     assert not np.allclose(enc.params["embedding"], unlearned)  # the vectors learned
     with pytest.raises(ConfigError, match="nothing to pretrain"):
         PretrainConfig(epochs=0, word_vectors=0)
+
+
+def _same_params(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_members_are_the_runs_of_the_next_seeds(corpus, tmp_path):
+    joined = pretrain(corpus, tmp_path / "enc", TINY_ENC, _pc(members=2, seed=4))
+    enc = load_encoder(tmp_path / "enc")
+    assert enc.members == 2 and joined.encoder.members == 2
+    raw = json.loads((tmp_path / "enc" / "config.json").read_text())
+    assert (raw["format_version"], raw["members"]) == (2, 2)
+    assert [(r["member"], r["epoch"]) for r in raw["pretraining"]["history"]] == [
+        (0, 1), (0, 2), (1, 1), (1, 2)
+    ]  # fmt: skip
+    for k, seed in enumerate((4, 5)):  # member k is the single run with seed + k, bit for bit
+        one = pretrain(corpus, tmp_path / f"s{seed}", TINY_ENC, _pc(seed=seed))
+        assert (
+            json.loads((tmp_path / f"s{seed}" / "config.json").read_text())["format_version"] == 1
+        )
+        mine = {n: enc.params[n if k == 0 else f"m{k}.{n}"] for n in one.encoder.params}
+        _same_params(mine, one.encoder.params)
+        _same_params(enc.member_params(k), one.encoder.encoder_params)
+    assert not np.array_equal(enc.params["embedding"], enc.params["m1.embedding"])
+
+
+def test_members_resume_bit_identical(corpus, tmp_path):
+    pc = _pc(members=2)
+    pretrain(corpus, tmp_path / "a", TINY_ENC, pc)
+
+    class Stop(Exception):
+        pass
+
+    ends = []
+
+    def stop_in_the_second_member(event):
+        ends.append(isinstance(event, PretrainEpochEnd))
+        if sum(ends) == 3:  # member 0's two epochs, member 1's first
+            raise Stop
+
+    with pytest.raises(Stop):
+        pretrain(corpus, tmp_path / "b", TINY_ENC, pc, progress=stop_in_the_second_member)
+    assert (checkpoint_dir_for(tmp_path / "b") / "state.m1" / "state.json").is_file()
+    resumed = pretrain(corpus, tmp_path / "b", TINY_ENC, pc, resume=True)
+    assert [(r["member"], r["epoch"]) for r in resumed.history] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    _same_params(load_encoder(tmp_path / "a").params, load_encoder(tmp_path / "b").params)
+
+
+def test_a_model_per_member_each_as_its_own_run(tmp_path):
+    data, valid = tmp_path / "train.parquet", tmp_path / "valid.parquet"
+    pq.write_table(toy_reviews(160, seed=1), data)
+    pq.write_table(toy_reviews(60, seed=2), valid)
+    pretrain(data, tmp_path / "enc", TINY_ENC, _pc(members=2))
+    pretrain(data, tmp_path / "enc1", TINY_ENC, _pc(seed=1))  # member 1 alone
+    tc = TrainConfig(epochs=1, batch_size=16, backend="reference", ngrams=1)
+    joined = train(data, tmp_path / "m", {}, tc, valid_paths=valid, init_from=tmp_path / "enc")
+    one = train(data, tmp_path / "m1", {}, dataclasses.replace(tc, seed=1), valid_paths=valid,
+                init_from=tmp_path / "enc1")  # fmt: skip
+    model = Model.load(tmp_path / "m")
+    assert model.config.members == 2 and joined.metrics["members"] == 2
+    members = model.members()
+    _same_params(members[1].params, one.model.members()[0].params)  # trained as its own run
+    assert not np.array_equal(members[0].params["out.W"], members[1].params["out.W"])
+    tokens = model.encode(pq.read_table(valid).column("text"))
+    mean = (members[0].predict_logits(tokens) + members[1].predict_logits(tokens)) / 2
+    cfg, p = model.config, model.params
+    feats = ngrams.features(tokens, cfg.ngrams, cfg.ngram_bits)
+    head = ngrams.head_logits(feats, p["ngram.W"], p["ngram.b"], cfg.ngram_scale)
+    # the saved model: the members' mean logits, and the head mixed in
+    np.testing.assert_allclose(model.logits(tokens) - head, mean, rtol=1e-5, atol=1e-5)
+
+
+def test_the_cli_pretrains_members_and_trains_on_them_without_shape_flags(tmp_path):
+    data = tmp_path / "train.parquet"
+    pq.write_table(toy_reviews(160, seed=1), data)
+    enc = tmp_path / "enc"
+    small = "--embed-dim 6 --hidden-dim 5 --max-len 12 --num-words 200 --batch-size 8 "
+    small += "--samples 8 --word-vectors 1 --threads 1 -q"
+    res = CliRunner().invoke(app, ["pretrain", str(data), "--out", str(enc), *small.split()])
+    assert res.exit_code == 0, res.output
+    assert "saved" in res.output and load_encoder(enc).members == 2
+    out = tmp_path / "m"
+    args = ["train", str(data), "--init-from", str(enc), "--out", str(out), "--epochs", "1", "-q"]
+    res = CliRunner().invoke(app, args)  # the encoder's shape, with no flag for it
+    assert res.exit_code == 0, res.output
+    cfg = Model.load(out).config
+    assert (cfg.embed_dim, cfg.hidden_dim, cfg.members) == (6, 5, 2)
+    res = CliRunner().invoke(app, [*args, "--hidden-dim", "7"])  # asked for, and contradicted
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "hidden_dim" in res.output
+    res = CliRunner().invoke(app, ["pretrain", str(data), "--out", str(enc), "--members", "0"])
+    assert res.exit_code == 2 and "members must be an integer >= 1" in res.output
+
+
+def test_broken_members_are_refused(corpus, tmp_path):
+    pretrain(corpus, tmp_path / "enc", TINY_ENC, _pc(members=2, epochs=1))
+    cfg_path = tmp_path / "enc" / "config.json"
+    raw = json.loads(cfg_path.read_text())
+    for members, match in ((0, "members must be a positive integer"),
+                           (3, "weights.npz holds")):  # fmt: skip
+        cfg_path.write_text(json.dumps({**raw, "members": members}))
+        with pytest.raises(ModelFormatError, match=match):
+            load_encoder(tmp_path / "enc")

@@ -29,6 +29,7 @@ from pipeline.config import TrainConfig as _T
 @app.command()
 @expected_errors
 def train(
+    ctx: typer.Context,
     data: Annotated[list[str], typer.Argument(help="Parquet file(s), directories or globs.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model directory to write.")],
     cell: Annotated[str, typer.Option(help="lstm, gru or rnn.")] = _M.cell,
@@ -165,18 +166,9 @@ def train(
         threads=threads or None,
         backend=resolve_backend(device),
     )
+    # from a model or an encoder, what is not asked for comes from the one started from
     overrides = {
-        "cell": cell,
-        "embed_dim": embed_dim,
-        "hidden_dim": hidden_dim,
-        "num_layers": num_layers,
-        "bidirectional": bidirectional,
-        "pooling": pooling,
-        "dropout": dropout,
-        "word_dropout": word_dropout,
-        "embed_dropout": embed_dropout,
-        "weight_drop": weight_drop,
-        "max_len": max_len,
+        k: ctx.params[k] for k in _MODEL_OPTIONS if init_from is None or not _defaulted(ctx, k)
     }
     declared = [c.strip() for c in classes.split(",")] if classes else None
     from pipeline.progress import TrainProgress
@@ -236,6 +228,9 @@ def pretrain(
         int, typer.Option(help="Epochs of word vectors that start the embedding (0: off).")
     ] = _P.word_vectors,
     seed: Annotated[int, typer.Option(help="Seed for init, held-out rows, shuffling.")] = _P.seed,
+    members: Annotated[
+        int, typer.Option(help="Encoders pretrained (seeds SEED, SEED+1...); train averages them.")
+    ] = _P.members,
     resume: Annotated[bool, typer.Option(help="Continue after the last whole epoch.")] = False,
     text_col: TextCol = None,
     threads: Threads = 0,
@@ -257,11 +252,23 @@ def pretrain(
     )  # fmt: skip
     pc = PretrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, samples=samples, num_words=num_words,
-        word_vectors=word_vectors, seed=seed, threads=threads or None,
+        word_vectors=word_vectors, seed=seed, members=members, threads=threads or None,
     )  # fmt: skip
     with TrainProgress(enabled=not quiet) as progress:
         result = run_pretrain(data, out, ec, pc, text_col=text_col, resume=resume,
                               progress=progress)  # fmt: skip
-    last = result.history[-1] if result.history else {}
-    ppl = ", ".join(f"{d} {v:,.1f}" for d, v in (last.get("perplexity") or {}).items())
+    last = [r for r in result.history if r["epoch"] == epochs]  # each member's last epoch
+    ppl = "; ".join(
+        ", ".join(f"{d} {v:,.1f}" for d, v in (r.get("perplexity") or {}).items()) for r in last
+    )
     typer.echo(f"saved {result.encoder_dir}: held-out perplexity {ppl or 'not measured'}")
+
+
+_MODEL_OPTIONS = ("cell", "embed_dim", "hidden_dim", "num_layers", "bidirectional", "pooling",
+                  "dropout", "word_dropout", "embed_dropout", "weight_drop", "max_len")  # fmt: skip
+
+
+def _defaulted(ctx: typer.Context, name: str) -> bool:
+    """True when option ``name`` was not given on the command line (nor by the environment)."""
+    source = ctx.get_parameter_source(name)  # an enum of the click Typer runs on
+    return source is None or source.name == "DEFAULT"
