@@ -311,7 +311,7 @@ def _build(req: Request, emit: Callable[[ProgressEvent], None]) -> list[_Run]:
         run = _new_run(tc, model, split, tokens, req.ckpt if k == 0 else None, start.coverage)
         run.member, run.members = k, len(start.members)
         if _refits(tc, split):
-            run.initial = {k: v.copy() for k, v in model.params.items()}
+            run.initial = {name: p.copy() for name, p in model.params.items()}
         runs.append(run)
     if start.state is not None:
         _restore_checkpoint(runs[0], start.state, start.arrays)
