@@ -55,14 +55,14 @@ class TrainProgress:
         if self.quiet:
             return
         if kind == "data_ready":
-            member = f"model {event.member + 1} of {event.members}: " * (event.members > 1)
+            member = _member("model", event)
             _console.print(
                 f"{member}{event.n_train:,} training and {event.n_valid:,} validation reviews, "
                 f"classes {list(event.classes)}, vocabulary {event.vocab_size:,}"
                 + (f", resuming after epoch {event.start_epoch}" if event.start_epoch else "")
             )
         elif kind == "refit":
-            member = f"model {event.member + 1} of {event.members}: " * (event.members > 1)
+            member = _member("model", event)
             _console.print(
                 f"{member}training again on all {event.rows:,} reviews (the validation rows "
                 f"too) for {event.epochs} epoch{'s' if event.epochs != 1 else ''}, keeping the "
@@ -79,7 +79,7 @@ class TrainProgress:
                 f"{event.rows:,} reviews in {event.seconds:.1f} s"
             )
         elif kind == "pretrain_ready":
-            member = f"encoder {event.member + 1} of {event.members}: " * (event.members > 1)
+            member = _member("encoder", event)
             _console.print(
                 f"{member}{event.n_reviews:,} reviews ({event.tokens:,} tokens in "
                 f"{event.windows:,} windows) and {event.n_valid:,} held out, "
@@ -118,6 +118,11 @@ class TrainProgress:
                 f"epoch {event.epoch}/{event.epochs}: train loss {event.train_loss:.4f}, "
                 f"{valid}, {event.seconds:.0f} s, {event.tokens_per_s:,.0f} tok/s{mark}"
             )
+
+
+def _member(noun: str, event: Any) -> str:
+    """The prefix of a line about one of several models or encoders ("model 2 of 2: ")."""
+    return f"{noun} {event.member + 1} of {event.members}: " if event.members > 1 else ""
 
 
 class ScoreProgress:
